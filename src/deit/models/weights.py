@@ -1,0 +1,491 @@
+"""Weights in and out: read any common DeiT checkpoint, fit it to a model, save and convert.
+
+Formats read (detected from the content, not the file name):
+- safetensors files, and folders holding `model.safetensors` or `pytorch_model.bin` (+ `config.json`);
+- official DeiT `.pth` (`{'model': state_dict}`), plain timm state dicts, deit training checkpoints;
+- HF transformers saves: `DeiTForImageClassificationWithTeacher` (distilled DeiT) and `ViTForImageClassification`
+  (how HF stores plain DeiT), separate q/k/v merged into our fused qkv.
+
+Pickled files are read with `torch.load(weights_only=True)` only: a file whose unpickling would run code is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import pickle
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .registry import MODELS
+from .vit import DistilledVisionTransformer, VisionTransformer
+
+log = logging.getLogger("deit")
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_KEY = "deit_config"  # where a deit config lives in safetensors metadata and in training checkpoints
+EXPORT_FORMATS = ("deit", "timm", "hf")
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+@dataclass
+class Checkpoint:
+    """A state dict in our key names, with what its file says about the model."""
+
+    path: Path
+    format: str  # what the file was: "deit", "timm/official", "hf"
+    state_dict: dict[str, torch.Tensor]
+    config: dict | None = None  # a deit config (model name, hparams), when the file carries one
+    hf_config: dict | None = None  # an HF config.json, when the file came with one
+    ignored: list[str] = field(default_factory=list)  # keys with no counterpart in a DeiT classifier
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file or folder into a `Checkpoint` (our key names), without building a model."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights not found: {path}; give a .safetensors or .pth file, or a saved model folder")
+    config_json = None
+    file = path
+    if path.is_dir():
+        if (path / CONFIG_FILE).is_file():
+            config_json = json.loads((path / CONFIG_FILE).read_text())
+        found = [path / name for name in (WEIGHTS_FILE, "pytorch_model.bin") if (path / name).is_file()]
+        if not found:
+            raise WeightsError(
+                f"{path} is a folder without {WEIGHTS_FILE} or pytorch_model.bin; give the weights file itself"
+            )
+        file = found[0]
+    tensors, metadata = _read_file(file)
+    config = None
+    if metadata.get(CONFIG_KEY):
+        config = json.loads(metadata[CONFIG_KEY])
+    elif config_json and config_json.get("format") == "deit":
+        config = config_json
+    hf_config = config_json if config_json and "model_type" in config_json else None
+    state_dict, ignored, fmt = _to_native(tensors)
+    if config is not None:
+        fmt = "deit"
+    return Checkpoint(path, fmt, state_dict, config, hf_config, ignored)
+
+
+def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a safetensors or torch file."""
+    with open(file, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as e:
+            raise WeightsError(f"cannot read {file} as safetensors ({_first_line(e)}); is the file complete?") from None
+    try:
+        with _allow_namespace():
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # not a pickle at all, or a damaged one
+            raise WeightsError(f"cannot read {file} as a PyTorch checkpoint ({_first_line(e)}); is it a model file?") from None
+        raise WeightsError(
+            f"refusing to load {file}: it holds pickled Python objects besides tensors, and unpickling them could "
+            "run code; if you trust it, re-save its state dict (or as safetensors) and load that"
+        ) from None
+    except Exception as e:
+        raise WeightsError(
+            f"cannot read {file} as a PyTorch checkpoint ({_first_line(e)}); is it a complete .pth/.safetensors file?"
+        ) from None
+    return _unwrap(obj, file)
+
+
+def _allow_namespace():
+    """Official DeiT training checkpoints hold their `args` as an argparse.Namespace: plain data, safe to rebuild."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
+
+
+def _unwrap(obj, file: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    metadata = {}
+    if isinstance(obj, dict):
+        if isinstance(obj.get(CONFIG_KEY), dict):
+            metadata[CONFIG_KEY] = json.dumps(obj[CONFIG_KEY])
+        for key in ("model", "state_dict"):  # official DeiT and deit training checkpoints; other trainers
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise WeightsError(f"{file} holds no tensors: it is not a model checkpoint")
+    return tensors, metadata
+
+
+def _first_line(e: Exception) -> str:
+    """The exception's first sentence: enough to say what went wrong on one line."""
+    text = str(e).strip().split("\n")[0].split(". ")[0][:160]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Key names: ours (= timm / official DeiT) and HF transformers'
+
+# Inside encoder layer N. The first group is what `save_pretrained` writes (and the hub holds); the second, the
+# in-memory names of newer transformers releases.
+_HF_BLOCK = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_BLOCK_NEW = {"attention.o_proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_HF_TOP = {  # under the `deit.` / `vit.` prefix
+    "embeddings.cls_token": "cls_token",
+    "embeddings.distillation_token": "dist_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection": "patch_embed.proj",
+    "layernorm": "norm",
+}
+_HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
+_HF_QKV = re.compile(r"attention\.(?:attention\.(query|key|value)|([qkv])_proj)\.(weight|bias)$")
+_HF_LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
+_HF_MARKER = "embeddings.patch_embeddings.projection.weight"
+
+
+def _to_native(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """Our key names from any supported layout: (state_dict, ignored keys, format)."""
+    sd = {_strip_wrappers(k): v for k, v in sd.items()}
+    hf_prefix = next((k[: -len(_HF_MARKER)] for k in sd if k.endswith(_HF_MARKER)), None)
+    if hf_prefix is None:
+        return sd, [], "timm/official"
+    out, ignored, qkv = {}, [], defaultdict(dict)
+    for key, value in sd.items():
+        rest = key[len(hf_prefix) :] if key.startswith(hf_prefix) else None
+        module, _, param = key.rpartition(".")
+        if module in _HF_HEADS:  # classifiers sit outside the prefix
+            out[f"{_HF_HEADS[module]}.{param}"] = value
+        elif rest is None or rest.startswith(("pooler.", "embeddings.mask_token")):
+            ignored.append(key)  # pooler and mask token: not part of a DeiT classifier
+        elif layer := _HF_LAYER.match(rest):
+            index, sub = layer.groups()
+            if part := _HF_QKV.match(sub):
+                which = (part[1] or part[2])[0]  # q, k or v
+                qkv[(index, part[3])]["qkv".index(which)] = value
+                continue
+            sub_module, _, sub_param = sub.rpartition(".")
+            target = _HF_BLOCK.get(sub_module) or _HF_BLOCK_NEW.get(sub_module)
+            out[f"blocks.{index}.{target}.{sub_param}" if target else key] = value
+        else:
+            top_module = rest.rpartition(".")[0] if rest.endswith((".weight", ".bias")) else rest
+            suffix = rest[len(top_module) :]
+            out[_HF_TOP[top_module] + suffix if top_module in _HF_TOP else key] = value
+    for (index, param), parts in qkv.items():
+        if len(parts) != 3:
+            raise WeightsError(f"HF checkpoint has an incomplete query/key/value set in layer {index}")
+        out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+    return out, ignored, "hf"
+
+
+def _strip_wrappers(key: str) -> str:
+    # DDP saves keys under `module.`, torch.compile under `_orig_mod.`: neither is part of the model.
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def to_hf(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The model's weights in HF transformers' names (as `save_pretrained` writes them) and a matching config."""
+    distilled = isinstance(model, DistilledVisionTransformer)
+    prefix = "deit." if distilled else "vit."
+    block_names = {ours: hf for hf, ours in _HF_BLOCK.items()}
+    top_names = {ours: hf for hf, ours in _HF_TOP.items()}
+    head_names = {"head": "cls_classifier" if distilled else "classifier", "head_dist": "distillation_classifier"}
+    out = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if key.startswith("blocks."):
+            _, index, sub = key.split(".", 2)
+            module, _, param = sub.rpartition(".")
+            if module == "attn.qkv":
+                for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                    out[f"{prefix}encoder.layer.{index}.attention.attention.{name}.{param}"] = part.contiguous()
+            else:
+                out[f"{prefix}encoder.layer.{index}.{block_names[module]}.{param}"] = value.contiguous()
+        else:
+            module, _, param = key.rpartition(".")
+            if module in head_names:
+                out[f"{head_names[module]}.{param}"] = value.contiguous()
+            elif key in top_names:  # tokens and pos_embed have no `.weight`
+                out[prefix + top_names[key]] = value.contiguous()
+            else:
+                out[f"{prefix}{top_names[module]}.{param}"] = value.contiguous()
+    hp = model.hparams
+    labels = {str(i): f"LABEL_{i}" for i in range(hp["num_classes"])}
+    config = {
+        "architectures": ["DeiTForImageClassificationWithTeacher" if distilled else "ViTForImageClassification"],
+        "model_type": "deit" if distilled else "vit",
+        "hidden_size": hp["embed_dim"],
+        "num_hidden_layers": hp["depth"],
+        "num_attention_heads": hp["num_heads"],
+        "intermediate_size": int(hp["embed_dim"] * hp["mlp_ratio"]),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,
+        "image_size": hp["img_size"],
+        "patch_size": hp["patch_size"],
+        "num_channels": hp["in_chans"],
+        "qkv_bias": hp["qkv_bias"],
+        "encoder_stride": hp["patch_size"],
+        "id2label": labels,
+        "label2id": {v: int(k) for k, v in labels.items()},
+    }
+    return out, config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a checkpoint says about its model
+
+
+def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
+    """(registered name or None, constructor kwargs, distilled) of the model a checkpoint was made for."""
+    if ckpt.config:
+        return ckpt.config.get("model"), dict(ckpt.config["hparams"]), bool(ckpt.config.get("distilled"))
+    sd = ckpt.state_dict
+    needed = ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
+    if any(k not in sd for k in needed):
+        raise WeightsError(
+            f"{ckpt.path} is not a DeiT/ViT checkpoint (it lacks {', '.join(k for k in needed if k not in sd)}); "
+            "give the model name if it is one saved under other key names"
+        )
+    distilled = "dist_token" in sd
+    embed_dim = sd["cls_token"].shape[-1]
+    patch_size = sd["patch_embed.proj.weight"].shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    grid = math.isqrt(sd["pos_embed"].shape[1] - (2 if distilled else 1))
+    kwargs = dict(
+        img_size=grid * patch_size, patch_size=patch_size, in_chans=sd["patch_embed.proj.weight"].shape[1],
+        embed_dim=embed_dim, depth=depth, mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+    )  # fmt: skip
+    if "head.weight" in sd:
+        kwargs["num_classes"] = sd["head.weight"].shape[0]
+    # The head count is not visible in the tensors: take it from HF's config, a registered size, or ViT's 64/head.
+    same = [
+        (name, spec)
+        for name, spec in MODELS.items()
+        if (spec.patch_size, spec.embed_dim, spec.depth, spec.distilled) == (patch_size, embed_dim, depth, distilled)
+    ]
+    if ckpt.hf_config and "num_attention_heads" in ckpt.hf_config:
+        kwargs["num_heads"] = ckpt.hf_config["num_attention_heads"]
+    elif same:
+        kwargs["num_heads"] = same[0][1].num_heads
+    elif embed_dim % 64 == 0:
+        kwargs["num_heads"] = embed_dim // 64
+    else:
+        raise WeightsError(f"cannot tell the head count of {ckpt.path}; give the model name")
+    same = [(n, s) for n, s in same if s.num_heads == kwargs["num_heads"]]
+    exact = [n for n, s in same if s.img_size == kwargs["img_size"]]
+    name = exact[0] if exact else same[0][0] if same else None
+    return name, kwargs, distilled
+
+
+def checkpoint_io(ckpt: Checkpoint) -> dict:
+    """The class count and input channels a checkpoint was trained with (and image size, from a deit config)."""
+    sd, out = ckpt.state_dict, {}
+    if "head.weight" in sd:
+        out["num_classes"] = sd["head.weight"].shape[0]
+    if "patch_embed.proj.weight" in sd:
+        out["in_chans"] = sd["patch_embed.proj.weight"].shape[1]
+    if ckpt.config and "img_size" in ckpt.config.get("hparams", {}):
+        out["img_size"] = ckpt.config["hparams"]["img_size"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fitting a checkpoint to a model
+
+
+def load_weights(model: VisionTransformer, path: str | os.PathLike) -> list[str]:
+    """Load a checkpoint of any supported format into `model`; returns notes on what was adapted.
+
+    `pos_embed` is resized (bicubic, prefix tokens kept) when the patch grid differs; RGB patch weights are summed
+    for a 1-channel model; a head whose class count differs is dropped (left at its initialisation) with a warning.
+    Anything else that does not fit raises `WeightsError` listing the mismatched keys and shapes.
+    """
+    return load_state(model, read_checkpoint(path))
+
+
+def load_state(model: VisionTransformer, ckpt: Checkpoint) -> list[str]:
+    sd = dict(ckpt.state_dict)
+    expected = model.state_dict()
+    notes, dropped = _adapt(sd, expected, model.num_prefix_tokens)
+    missing = [k for k in expected if k not in sd and k not in dropped]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(_mismatch_message(ckpt, model, sd, expected, missing, unexpected, wrong))
+    model.load_state_dict(sd, strict=not dropped)
+    if ckpt.ignored:
+        notes.append(f"ignored {len(ckpt.ignored)} tensors a DeiT classifier has no use for ({ckpt.ignored[0]}, ...)")
+    for note in notes:
+        (log.warning if note.startswith("head") else log.info)(f"{ckpt.path}: {note}")
+    return notes
+
+
+def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[str]]:
+    """Resize pos_embed, fold RGB filters for 1-channel input, drop a head of another class count (in place).
+    Returns notes and the keys dropped."""
+    notes, dropped = [], set()
+    ours, theirs = expected.get("pos_embed"), sd.get("pos_embed")
+    if ours is not None and theirs is not None and ours.shape != theirs.shape and ours.shape[2] == theirs.shape[2]:
+        old_grid = math.isqrt(theirs.shape[1] - num_prefix)
+        new_grid = math.isqrt(ours.shape[1] - num_prefix)
+        if old_grid**2 == theirs.shape[1] - num_prefix:
+            sd["pos_embed"] = resize_pos_embed(theirs, new_grid, num_prefix)
+            notes.append(f"pos_embed resized from a {old_grid}x{old_grid} to a {new_grid}x{new_grid} patch grid")
+    ours, theirs = expected.get("patch_embed.proj.weight"), sd.get("patch_embed.proj.weight")
+    if ours is not None and theirs is not None and ours.shape[1] == 1 and theirs.shape[1] == 3:
+        # A grayscale image seen as RGB has three equal channels: summing the filters keeps the response.
+        sd["patch_embed.proj.weight"] = theirs.sum(dim=1, keepdim=True)
+        notes.append("RGB patch-embedding filters summed for a 1-channel input")
+    ours, theirs = expected.get("head.weight"), sd.get("head.weight")
+    if ours is not None and theirs is not None and ours.shape[0] != theirs.shape[0] and ours.shape[1] == theirs.shape[1]:
+        dropped = {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+        for key in dropped:
+            sd.pop(key, None)
+        notes.append(f"head dropped: the checkpoint has {theirs.shape[0]} classes, the model {ours.shape[0]}; "
+                     "the new head starts untrained")  # fmt: skip
+    return notes, dropped
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix: int) -> torch.Tensor:
+    """Bicubic resize of the patch part of a (1, prefix + g*g, C) position embedding; prefix tokens kept as is."""
+    prefix, grid_part = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    old_grid = math.isqrt(grid_part.shape[1])
+    C = grid_part.shape[-1]
+    grid_part = grid_part.float().reshape(1, old_grid, old_grid, C).permute(0, 3, 1, 2)  # (1, C, g, g)
+    grid_part = F.interpolate(grid_part, size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=True)
+    grid_part = grid_part.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, C).to(pos_embed.dtype)
+    return torch.cat([prefix, grid_part], dim=1)
+
+
+def _mismatch_message(ckpt, model, sd, expected, missing, unexpected, wrong) -> str:
+    def listing(keys, fmt, limit=4):
+        shown = ", ".join(fmt(k) for k in keys[:limit])
+        return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    def shapes(k):
+        return f"{k}: checkpoint {tuple(sd[k].shape)}, model {tuple(expected[k].shape)}"
+
+    parts = []
+    if wrong:
+        parts.append(f"{len(wrong)} tensors differ in shape ({listing(wrong, shapes)})")
+    if missing:
+        parts.append(f"{len(missing)} missing from the checkpoint ({listing(missing, str)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model ({listing(unexpected, str)})")
+    fix = "create the model the checkpoint was made for"
+    with contextlib.suppress(WeightsError):
+        name, kwargs, _ = infer_architecture(ckpt)
+        fix += f" (it looks like {name})" if name else f" (embed_dim={kwargs['embed_dim']}, depth={kwargs['depth']})"
+    model_name = getattr(model, "model_name", None) or type(model).__name__
+    return f"{ckpt.path} does not fit {model_name}: {'; '.join(parts)}; {fix}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def deit_config(model: VisionTransformer) -> dict:
+    return {
+        "format": "deit",
+        "version": 1,
+        "model": getattr(model, "model_name", None),
+        "distilled": isinstance(model, DistilledVisionTransformer),
+        "hparams": dict(model.hparams),
+    }
+
+
+def _cpu_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _write_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_weights(model: VisionTransformer, path: str | os.PathLike) -> Path:
+    """Save as safetensors with the model's config: a `.safetensors` file (config in its metadata), or a folder
+    holding `model.safetensors` and `config.json`. `create_model(pretrained=path)` rebuilds the model from either."""
+    path = Path(path)
+    config = deit_config(model)
+    if path.suffix == ".safetensors":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_safetensors(_cpu_state_dict(model), path, {"format": "pt", CONFIG_KEY: json.dumps(config)})
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        _write_safetensors(_cpu_state_dict(model), path / WEIGHTS_FILE, {"format": "pt", CONFIG_KEY: json.dumps(config)})
+        _write_json(config, path / CONFIG_FILE)
+    return path
+
+
+def export_weights(model: VisionTransformer, path: str | os.PathLike, to: str) -> Path:
+    """Write the model's weights for another tool: `deit` (save_weights), `timm` (a state dict file, .safetensors
+    or .pth, that timm's model of the same name loads with strict=True), or `hf` (a folder that transformers'
+    `from_pretrained` loads)."""
+    path = Path(path)
+    if to == "deit":
+        return save_weights(model, path)
+    if to == "timm":
+        if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+            raise WeightsError(f"timm weights go to a file: name it {path.name}.safetensors or {path.name}.pth")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            _write_safetensors(_cpu_state_dict(model), path, {"format": "pt"})
+        else:
+            atomic_write(path, lambda tmp: torch.save(_cpu_state_dict(model), tmp))
+        return path
+    if to == "hf":
+        tensors, config = to_hf(model)
+        path.mkdir(parents=True, exist_ok=True)
+        _write_safetensors(tensors, path / WEIGHTS_FILE, {"format": "pt"})
+        _write_json(config, path / CONFIG_FILE)
+        return path
+    raise WeightsError(f"unknown weights format {to!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
