@@ -1,4 +1,4 @@
-"""The `deit` command: `deit models`, `deit convert`.
+"""The `deit` command: `deit train`, `deit models`, `deit convert`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
 file, a checkpoint of another model, a bad value) print one line and exit with status 2; set DEIT_DEBUG=1 to see
@@ -51,6 +51,62 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flags whose official DeiT spelling is not the field name with dashes.
+FLAG_NAMES = {"output_dir": "--output_dir", "num_workers": "--num_workers", "three_augment": "--ThreeAugment"}
+
+
+def _flag(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _parse_type(annotation: str):
+    names = [part.strip() for part in annotation.split("|")]
+    base = {"int": int, "float": float, "str": str, "bool": bool}[next(n for n in names if n != "None")]
+    if "None" not in names:
+        return base
+
+    def optional(text: str):
+        return None if text.lower() in ("none", "null") else base(text)
+
+    optional.__name__ = base.__name__
+    return optional
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped by section; a flag not given leaves the field to the preset/default."""
+    from dataclasses import MISSING, fields
+
+    from .config import SECTIONS, field_docs
+
+    for section, section_cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} (YAML section `{section}:`)")
+        docs = field_docs(section_cls)
+        for f in fields(section_cls):
+            default = f.default if f.default is not MISSING else None
+            help_text = f"{docs.get(f.name, '')} [{section}.{f.name}, default {default}]".strip()
+            kwargs = dict(dest=f"{section}.{f.name}", default=argparse.SUPPRESS, help=help_text)
+            if f.type == "bool":
+                group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                group.add_argument(_flag(f.name), type=_parse_type(f.type), metavar=f.name.upper(), **kwargs)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, load_yaml, merge
+    from .train import run, saved_config
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k}
+    if args.config:
+        base = load_yaml(args.config)
+    elif overrides.get("run.resume"):
+        base = saved_config(overrides["run.resume"])  # continue the run as it was configured
+    else:
+        base = {}
+    values, explicit = merge(base, overrides)
+    run(TrainConfig.from_dict(values, explicit))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     p.add_argument("filter", nargs="?", default="", help="only names containing this text")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "train",
+        help="train a DeiT (or a CNN teacher), with or without distillation",
+        description="Train as the DeiT paper does. Flags follow the official DeiT main.py; --config loads a YAML "
+        "preset (configs/) and flags override it. Under torchrun, one process per GPU (DDP).",
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("convert", help="convert weights between deit, timm and HF transformers layouts")
     p.add_argument("src", help="weights in any supported format (file or folder)")

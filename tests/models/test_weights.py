@@ -200,3 +200,15 @@ def test_unreadable_files_get_one_clear_line(tmp_path):
         with pytest.raises(WeightsError, match=pattern) as info:
             read_checkpoint(tmp_path / file)
         assert "\n" not in str(info.value)
+
+
+def test_plain_weights_into_a_distilled_model_and_back(tmp_path):
+    plain = deit.create_model("deit_pico_patch4_28", num_classes=10).eval()
+    save_weights(plain, tmp_path / "plain")
+    distilled = deit.create_model("deit_pico_distilled_patch4_28", pretrained=tmp_path / "plain").eval()
+    assert torch.equal(distilled.dist_token, plain.cls_token) and torch.equal(distilled.head_dist.weight, plain.head.weight)
+    assert torch.equal(distilled.pos_embed[:, 1], plain.pos_embed[:, 0])
+    save_weights(distilled, tmp_path / "distilled")
+    back = deit.create_model("deit_pico_patch4_28", pretrained=tmp_path / "distilled").eval()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key

@@ -159,6 +159,10 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters to keep out of weight decay besides norms and biases (read by timm's optimizer factory)."""
+        return {"pos_embed", "cls_token", "dist_token"}
+
     @property
     def num_heads(self) -> int:
         return self.blocks[0].attn.num_heads

@@ -268,6 +268,10 @@ def to_hf(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], dict]:
 def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
     """(registered name or None, constructor kwargs, distilled) of the model a checkpoint was made for."""
     if ckpt.config:
+        if ckpt.config.get("family", "deit") != "deit":
+            raise WeightsError(
+                f"{ckpt.path} holds a {ckpt.config.get('model')} CNN, not a DeiT; use it as a teacher (--teacher-path)"
+            )
         return ckpt.config.get("model"), dict(ckpt.config["hparams"]), bool(ckpt.config.get("distilled"))
     sd = ckpt.state_dict
     needed = ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
@@ -352,9 +356,23 @@ def load_state(model: VisionTransformer, ckpt: Checkpoint) -> list[str]:
 
 
 def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[str]]:
-    """Resize pos_embed, fold RGB filters for 1-channel input, drop a head of another class count (in place).
-    Returns notes and the keys dropped."""
+    """Fit a checkpoint to the model, in place: add or drop the distillation token, resize pos_embed, fold RGB
+    filters for 1-channel input, drop a head of another class count. Returns notes and the keys dropped."""
     notes, dropped = [], set()
+    if "dist_token" in expected and "dist_token" not in sd and "cls_token" in sd and "pos_embed" in sd:
+        # plain DeiT weights into a distilled model: the distillation token starts as a copy of the class token
+        sd["dist_token"] = sd["cls_token"].clone()
+        pos = sd["pos_embed"]
+        sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+        if "head.weight" in sd:
+            sd["head_dist.weight"], sd["head_dist.bias"] = sd["head.weight"].clone(), sd["head.bias"].clone()
+        notes.append("distillation token, its position and head_dist started from the class token's")
+    elif "dist_token" in sd and "dist_token" not in expected and "pos_embed" in sd:
+        sd.pop("dist_token")
+        sd.pop("head_dist.weight", None)
+        sd.pop("head_dist.bias", None)
+        sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 2:]], dim=1)
+        notes.append("distillation token and head_dist dropped: the model has none")
     ours, theirs = expected.get("pos_embed"), sd.get("pos_embed")
     if ours is not None and theirs is not None and ours.shape != theirs.shape and ours.shape[2] == theirs.shape[2]:
         old_grid = math.isqrt(theirs.shape[1] - num_prefix)
@@ -430,6 +448,7 @@ def deit_config(model: VisionTransformer) -> dict:
     return {
         "format": "deit",
         "version": 1,
+        "family": "deit",
         "model": getattr(model, "model_name", None),
         "distilled": isinstance(model, DistilledVisionTransformer),
         "hparams": dict(model.hparams),

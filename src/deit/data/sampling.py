@@ -1,0 +1,130 @@
+"""Which samples each process sees, and the random seed of every augmentation.
+
+Every training sample is augmented under its own seed, drawn from (run seed, epoch, position in the epoch's global
+order). Augmentation is then a pure function of those three: a resumed run repeats the interrupted one exactly,
+N processes see the very images one process would see with the same global batch, and a cache of teacher outputs
+can replay an augmentation from its seed.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def process_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a training process's own randomness (Mixup, drop path) in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_everything(seed: int, cuda: bool = False) -> None:
+    """Seed Python's, NumPy's and torch's global generators (timm's augmentations draw from all three).
+
+    torch's CUDA generators too if `cuda`: that costs ~1 ms a call (torch queues a seed for every device), too much
+    for every sample, which is augmented on the CPU anyway.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if cuda:
+        torch.manual_seed(seed)
+    else:
+        torch.random.default_generator.manual_seed(seed)
+
+
+class SeededSampler(Sampler):
+    """Yields (index, seed) pairs: the inner sampler's indices with the seed of their global position.
+
+    The inner sampler (DistributedSampler, timm's RepeatAugSampler) gives process `rank` of `world_size` the global
+    positions rank, rank + world_size, ...; so local position j is global position rank + j * world_size.
+    """
+
+    def __init__(self, sampler: Sampler, seed: int, rank: int = 0, world_size: int = 1):
+        self.sampler, self.seed, self.rank, self.world_size = sampler, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for j, index in enumerate(self.sampler):
+            yield index, sample_seed(self.seed, self.epoch, self.rank + j * self.world_size)
+
+
+class SeededDataset(Dataset):
+    """Looks up (index, seed) keys: seeds the generators, then returns dataset[index].
+
+    In a DataLoader worker the generators belong to the worker. In the main process (num_workers=0) their state is
+    saved and restored around the sample, so training randomness (drop path, Mixup) is not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        if torch.utils.data.get_worker_info() is not None:
+            seed_everything(seed)
+            return self.dataset[index]
+        states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+        try:
+            seed_everything(seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.random.set_rng_state(states[2])
+
+
+class ShardSampler(Sampler):
+    """Evaluation: process `rank` takes every world_size-th sample, no padding, so each sample counts once."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, size, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def train_sampler(dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool) -> SeededSampler:
+    """Shuffled order from (seed, epoch), split over processes; repeated augmentation (3 copies) under DDP."""
+    if repeated_aug and world_size > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        # RepeatAugSampler seeds its shuffle with the epoch only: fold the run seed into its epoch counter.
+        inner = _RunSeeded(RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True), seed)
+    else:
+        inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return SeededSampler(inner, seed, rank, world_size)
+
+
+class _RunSeeded(Sampler):
+    def __init__(self, sampler: Sampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(self.seed * 100_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return iter(self.sampler)

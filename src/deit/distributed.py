@@ -1,0 +1,70 @@
+"""One process per GPU (or CPU rank) under `torchrun`: NCCL on GPUs, gloo on CPUs.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous for several nodes); without them, one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(preference: str, env: DistEnv) -> torch.device:
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {preference}: no CUDA device is visible; use --device cpu")
+        return torch.device("cuda", env.local_rank) if env.enabled or preference == "cuda" else torch.device(preference)
+    if preference != "cpu":
+        raise ValueError(f"--device {preference!r}: auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def setup(preference: str) -> tuple[DistEnv, torch.device]:
+    """Join the process group torchrun describes (if any) and pick this process's device."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        env = DistEnv()
+        return env, resolve_device(preference, env)
+    env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(preference, env)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return env, device
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over processes (in place; a no-op in one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,163 @@
+"""One training epoch and one evaluation, on built objects (model, loss, loader, optimizer, schedule, EMA)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .distributed import all_reduce_sum
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast when asked for, else nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def progress(description: str, total: int, enabled: bool):
+    """A rich progress bar with free-text fields (loss, img/s); a silent stand-in when disabled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), disable=not enabled, transient=False,
+    )  # fmt: skip
+    task = bar.add_task(description, total=total, info="")
+    return bar, task
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    epoch: int,
+    num_updates: int,
+    mixup_fn: Callable | None = None,
+    lr_schedule=None,
+    ema=None,
+    amp_dtype: torch.dtype | None = None,
+    accum_iter: int = 1,
+    clip_grad: float | None = None,
+    show_progress: bool = True,
+    world_size: int = 1,
+) -> tuple[dict, int]:
+    """Train for one pass over `loader`. Returns the epoch's averages (loss and its parts, lr, images/s, skipped
+    unreadable images) and the optimizer step count after it.
+
+    `criterion.parts(inputs, outputs, targets)` gives {"loss", "base_loss", ...}: each part is averaged over steps
+    and processes. Gradients are accumulated over `accum_iter` batches (without DDP communication but for the last).
+    """
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    steps, images_seen, skipped = 0, 0, 0
+    bar, task = progress(f"epoch {epoch}", len(loader), show_progress)
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    with bar:
+        for step, (images, targets, *rest) in enumerate(loader):
+            if rest:
+                skipped += int(rest[0].sum())
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None:
+                images, targets = mixup_fn(images, targets)
+            last_of_group = (step + 1) % accum_iter == 0 or step + 1 == len(loader)
+            sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast(device, amp_dtype):
+                    outputs = model(images)
+                    parts = criterion.parts(images, outputs, targets)
+                (parts["loss"] / accum_iter).backward()
+            # one all-reduce of the detached parts: logged means over processes, and every process sees a NaN
+            values = all_reduce_sum(torch.stack([p.detach().float() for p in parts.values()])) / world_size
+            if not torch.isfinite(values[0]):
+                raise NonFiniteLoss(
+                    f"the loss is {values[0].item()} at epoch {epoch}, step {step}: training stopped and the last "
+                    "good checkpoint kept; lower --lr, or set --clip-grad 1.0, and --resume"
+                )
+            for key, value in zip(parts, values):
+                sums[key] = sums.get(key, 0.0) + value
+            if last_of_group:
+                if clip_grad is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                num_updates += 1
+                if ema is not None:
+                    ema.update(unwrap(model), step=num_updates)
+                if lr_schedule is not None:
+                    lr_schedule.step_update(num_updates)
+            steps += 1
+            images_seen += images.shape[0] * world_size
+            if show_progress and (step % 10 == 0 or step + 1 == len(loader)):
+                rate = images_seen / (time.perf_counter() - start)
+                bar.update(task, completed=step + 1,
+                           info=f"loss {sums['loss'].item() / steps:.4f}  {rate:,.0f} img/s")  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    stats = {f"train_{key}" if key == "loss" else key: (value / max(steps, 1)).item() for key, value in sums.items()}
+    skipped = int(all_reduce_sum(torch.tensor([skipped], dtype=torch.float64)).item())
+    stats.update(
+        lr=optimizer.param_groups[0]["lr"],
+        images_per_s=images_seen / elapsed,
+        train_seconds=elapsed,
+        skipped_images=skipped,
+    )
+    return stats, num_updates
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    show_progress: bool = False,
+    description: str = "eval",
+) -> dict:
+    """Top-1 / top-5 accuracy (%) and cross-entropy over the loader; sums over processes when distributed."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
+    bar, task = progress(description, len(loader), show_progress)
+    with bar:
+        for images, targets, *_ in loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits = model(images)
+            logits = logits.float()
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top5 == targets[:, None]
+            totals += torch.stack([
+                hits[:, 0].sum(), hits.any(dim=1).sum(),
+                nn.functional.cross_entropy(logits, targets, reduction="sum"), torch.tensor(len(targets), device=device),
+            ]).double()  # fmt: skip
+            bar.advance(task)
+    correct1, correct5, loss, count = all_reduce_sum(totals).tolist()
+    count = max(count, 1)
+    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss / count}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model

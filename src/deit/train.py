@@ -1,0 +1,311 @@
+"""One training run: config -> data, model, teacher, optimizer, schedule, EMA, DDP -> epochs, checkpoints, logs.
+
+Everything below `run` receives plain objects and numbers, not the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import distributed
+from .config import TrainConfig
+from .data import build_dataset, build_transform, canonical_name, dataset_defaults
+from .data.sampling import SeededDataset, ShardSampler, process_seed, seed_everything, train_sampler
+from .distill import DistillationLoss
+from .engine import evaluate, train_one_epoch, unwrap
+from .models import MODELS, create_model, load_weights, read_checkpoint
+from .models.weights import atomic_write, deit_config
+from .teachers import create_cnn, load_teacher
+
+log = logging.getLogger("deit")
+
+CHECKPOINT = "checkpoint.pth"
+LOG = "log.jsonl"
+CONFIG = "config.yaml"
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train (or, with cfg.run.eval, only evaluate) as the config says; returns the final summary."""
+    env, device = distributed.setup(cfg.run.device)
+    try:
+        return _run(cfg, env, device)
+    finally:
+        distributed.cleanup()
+
+
+def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> dict:
+    cfg = cfg.with_defaults(dataset_defaults(cfg.data.data_set))
+    out = Path(cfg.run.output_dir) if cfg.run.output_dir else None
+    resume = _resume_path(cfg.run.resume)
+    if out and resume is None and not cfg.run.eval and (out / CHECKPOINT).exists():
+        raise ValueError(f"{out} already holds a run ({CHECKPOINT}); --resume {out} to continue it, or pick another "
+                         "--output_dir")  # fmt: skip
+    amp_dtype = torch.bfloat16 if cfg.run.precision == "bf16" or (
+        cfg.run.precision == "auto" and device.type == "cuda") else None  # fmt: skip
+
+    # data
+    data_set = canonical_name(cfg.data.data_set)
+    train_set, info = build_dataset(data_set, cfg.data.data_path, True, grayscale=cfg.data.grayscale,
+                                    labels_per_class=cfg.data.labels_per_class)  # fmt: skip
+    val_set, _ = build_dataset(data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale)
+    world_batch = cfg.run.batch_size * env.world_size
+    if len(train_set) < world_batch:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
+                         "lower --batch-size")  # fmt: skip
+
+    # model: the same initial weights for a seed (and in every process)
+    seed_everything(cfg.run.seed, cuda=device.type == "cuda")
+    model, img_size = build_student(cfg.model.model, num_classes=info.num_classes, in_chans=info.in_chans,
+                                    input_size=cfg.model.input_size, drop_path=cfg.model.drop_path,
+                                    native_size=info.native_size)  # fmt: skip
+    if cfg.model.finetune:
+        _finetune(model, cfg.model.finetune)
+    aug = cfg.aug
+    train_set.transform = build_transform(
+        True, img_size=img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
+        color_jitter=aug.color_jitter, aa=aug.aa, three_augment=aug.three_augment,
+        interpolation=aug.train_interpolation, reprob=aug.reprob, remode=aug.remode, recount=aug.recount,
+    )  # fmt: skip
+    val_set.transform = build_transform(False, img_size=img_size, mean=info.mean, std=info.std,
+                                        interpolation=aug.train_interpolation, eval_crop_ratio=aug.eval_crop_ratio)
+    sampler = train_sampler(train_set, seed=cfg.run.seed, rank=env.rank, world_size=env.world_size,
+                            repeated_aug=aug.repeated_aug)  # fmt: skip
+    loader_args = dict(num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
+                       persistent_workers=cfg.data.num_workers > 0)  # fmt: skip
+    train_loader = DataLoader(SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler,
+                              drop_last=True, **loader_args)  # fmt: skip
+    val_loader = DataLoader(val_set, batch_size=2 * cfg.run.batch_size,
+                            sampler=ShardSampler(len(val_set), env.rank, env.world_size), **loader_args)  # fmt: skip
+
+    # teacher and loss
+    distill = cfg.distill
+    teacher = None
+    if distill.distillation_type != "none":
+        teacher = load_teacher(distill.teacher_model, distill.teacher_path, num_classes=info.num_classes,
+                               in_chans=info.in_chans).to(device)  # fmt: skip
+    elif getattr(model, "num_prefix_tokens", 1) == 2:
+        raise ValueError(f"{cfg.model.model} has a distillation head that learns only from a teacher: give "
+                         "--distillation-type hard (or soft) with --teacher-path, or train the model without "
+                         "'_distilled'")  # fmt: skip
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    mixup_fn = None
+    if aug.mixup_active:
+        mixup_fn = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
+                         switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode, label_smoothing=aug.smoothing,
+                         num_classes=info.num_classes)  # fmt: skip
+        base = SoftTargetCrossEntropy()
+    elif aug.smoothing > 0:
+        base = LabelSmoothingCrossEntropy(aug.smoothing)
+    else:
+        base = nn.CrossEntropyLoss()
+    criterion = DistillationLoss(base, teacher, distill.distillation_type, distill.distillation_alpha,
+                                 distill.distillation_tau)  # fmt: skip
+
+    # optimisation
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    model.to(device)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optim = cfg.optim
+    total_batch = world_batch * optim.accum_iter
+    lr = optim.lr if optim.unscale_lr else optim.lr * total_batch / 512  # the paper's linear scaling rule
+    optimizer = create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay,
+                                    momentum=optim.momentum, eps=optim.opt_eps)  # fmt: skip
+    steps_per_epoch = math.ceil(len(train_loader) / optim.accum_iter)
+    lr_schedule = CosineLRScheduler(optimizer, t_initial=cfg.run.epochs * steps_per_epoch, lr_min=optim.min_lr,
+                                    warmup_t=round(optim.warmup_epochs * steps_per_epoch),
+                                    warmup_lr_init=optim.warmup_lr, t_in_epochs=False)  # fmt: skip
+    ema = ModelEmaV3(model, decay=optim.model_ema_decay) if optim.model_ema else None
+
+    description = model_description(model, info, img_size, aug.eval_crop_ratio, aug.train_interpolation)
+    start_epoch, num_updates = 0, 0
+    if resume is not None:
+        start_epoch, num_updates = _load_resume(resume, model, optimizer, ema, description)
+        lr_schedule.step_update(num_updates)
+
+    train_model = model
+    if env.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.run.compile:
+        train_model = torch.compile(train_model)
+    show = env.is_main
+
+    if cfg.run.eval:
+        stats = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype, show_progress=show)
+        if show:
+            print(f"{len(val_set)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")
+        return stats
+
+    if out and env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = cfg.to_dict()
+        atomic_write(out / CONFIG, lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
+        _trim_log(out / LOG, start_epoch)
+    writer = _tensorboard(out) if cfg.run.tensorboard and out and env.is_main else None
+    if show:
+        teacher_note = f", teacher {teacher.name}" if teacher else ""
+        print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {len(train_set)} "
+              f"images, {info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
+              f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}"
+              f"{', distillation ' + distill.distillation_type + teacher_note if teacher else ''}")  # fmt: skip
+
+    summary = {}
+    for epoch in range(start_epoch, cfg.run.epochs):
+        # Mixup and drop path draw from these: seeded from the epoch, a resumed run repeats them
+        seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
+        sampler.set_epoch(epoch)
+        stats, num_updates = train_one_epoch(
+            train_model, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
+            mixup_fn=mixup_fn, lr_schedule=lr_schedule, ema=ema, amp_dtype=amp_dtype, accum_iter=optim.accum_iter,
+            clip_grad=optim.clip_grad, show_progress=show, world_size=env.world_size,
+        )  # fmt: skip
+        test = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype)
+        line = {"epoch": epoch, **stats, "test_acc1": test["acc1"], "test_acc5": test["acc5"], "test_loss": test["loss"]}
+        if ema is not None:
+            line["ema_acc1"] = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype)["acc1"]
+        line["n_parameters"] = n_parameters
+        if env.is_main and out:
+            _save_checkpoint(out / CHECKPOINT, model, optimizer, ema, epoch, num_updates, cfg, description)
+            with open(out / LOG, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            if writer is not None:
+                for key, value in line.items():
+                    if key != "epoch" and isinstance(value, (int, float)):
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
+        if show:
+            ema_note = f"  ema top-1 {line['ema_acc1']:.2f}%" if ema is not None else ""
+            skipped = f"  ({stats['skipped_images']} unreadable images skipped)" if stats["skipped_images"] else ""
+            print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%"
+                  f"{ema_note}  {stats['images_per_s']:,.0f} img/s{skipped}")  # fmt: skip
+        summary = line
+    if writer is not None:
+        writer.close()
+    return summary
+
+
+def build_student(
+    name: str, *, num_classes: int, in_chans: int, input_size: int | None, drop_path: float, native_size: int | None
+) -> tuple[nn.Module, int]:
+    """A DeiT by registered name, else a CNN (our small one, timm's or torchvision's); and its input size."""
+    if name in MODELS:
+        kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
+        if input_size is not None:
+            kwargs["img_size"] = input_size
+        model = create_model(name, **kwargs)
+        return model, model.hparams["img_size"]
+    return create_cnn(name, num_classes=num_classes, in_chans=in_chans), input_size or native_size or 224
+
+
+def model_description(model: nn.Module, info, img_size: int, crop_ratio: float, interpolation: str) -> dict:
+    """What rebuilds the model and prepares its inputs: saved in every checkpoint."""
+    description = dict(getattr(model, "arch_config", None) or deit_config(model))
+    description["data"] = {
+        "class_names": list(info.class_names), "mean": list(info.mean), "std": list(info.std),
+        "input_size": img_size, "eval_crop_ratio": crop_ratio, "interpolation": interpolation,
+    }  # fmt: skip
+    return description
+
+
+def _finetune(model: nn.Module, path: str) -> None:
+    if hasattr(model, "pos_embed"):
+        load_weights(model, path)  # pos_embed resized, a head of another class count replaced
+        return
+    sd = read_checkpoint(path).state_dict
+    own = model.state_dict()
+    fitting = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if len(fitting) < len(own) // 2:
+        raise ValueError(f"{path} does not fit this model: only {len(fitting)} of {len(own)} tensors match")
+    model.load_state_dict(fitting, strict=False)
+    left = [k for k in own if k not in fitting]
+    if left:
+        log.warning(f"{path}: {len(left)} tensors left at their initialisation ({', '.join(left[:4])})")
+
+
+def saved_config(resume: str) -> dict:
+    """The configuration a checkpoint's run was started with."""
+    path = _resume_path(resume)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise ValueError(f"{path} is not a checkpoint written by `deit train`; to start from its weights use --finetune")
+    return state["config"]
+
+
+def _resume_path(resume: str | None) -> Path | None:
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def _save_checkpoint(path: Path, model, optimizer, ema, epoch: int, num_updates: int, cfg: TrainConfig,
+                     description: dict) -> None:  # fmt: skip
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "model_ema": ema.module.state_dict() if ema is not None else None,
+        "epoch": epoch,
+        "num_updates": num_updates,
+        "config": cfg.to_dict(),
+        "deit_config": description,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_resume(path: Path, model, optimizer, ema, description: dict) -> tuple[int, int]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    if not isinstance(state, dict) or "optimizer" not in state or "deit_config" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by `deit train`; to start from its weights use --finetune")
+    theirs = state["deit_config"]
+    same = {k: v for k, v in theirs.items() if k != "data"} == {k: v for k, v in description.items() if k != "data"}
+    if not same:
+        raise ValueError(
+            f"{path} was written by a run of {theirs.get('model')} {theirs.get('hparams')}, but this run trains "
+            f"{description.get('model')} {description.get('hparams')}; resume with the same model and data, or "
+            "start from its weights with --finetune"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.module.load_state_dict(state["model_ema"] if state.get("model_ema") is not None else state["model"])
+    log.info(f"resuming after epoch {state['epoch']} from {path}")
+    return state["epoch"] + 1, state["num_updates"]
+
+
+def _trim_log(path: Path, start_epoch: int) -> None:
+    """Keep the log lines of epochs before start_epoch: a resumed run rewrites the ones it repeats."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", -1) < start_epoch]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))

@@ -1,0 +1,112 @@
+"""The distillation losses against the paper's formulas, computed directly on fixed tensors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deit.distill import DistillationLoss
+
+B, K = 4, 5
+
+
+class RecordingTeacher(torch.nn.Module):
+    """Returns fixed logits and remembers what it was shown."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits, self.seen = logits, None
+
+    def forward(self, x):
+        self.seen = x
+        return self.logits
+
+
+@pytest.fixture
+def tensors():
+    g = torch.Generator().manual_seed(1)
+    return dict(
+        inputs=torch.randn(B, 3, 8, 8, generator=g),
+        cls=torch.randn(B, K, generator=g, requires_grad=True),
+        dist=torch.randn(B, K, generator=g, requires_grad=True),
+        teacher=torch.randn(B, K, generator=g) * 3,
+        labels=torch.tensor([0, 1, 2, 3]),
+    )
+
+
+def cross_entropy(logits, labels):
+    return -sum(torch.log_softmax(logits[i], 0)[labels[i]] for i in range(len(labels))) / len(labels)
+
+
+def test_none_is_the_base_loss_of_the_class_head(tensors):
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), None, "none", 0.5, 1.0)
+    parts = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"])
+    assert torch.allclose(parts["loss"], cross_entropy(tensors["cls"], tensors["labels"]))
+    assert set(parts) == {"loss", "base_loss"}
+
+
+def test_soft_is_kl_at_temperature_times_tau_squared_over_numel(tensors):
+    tau, alpha = 3.0, 0.1
+    teacher = RecordingTeacher(tensors["teacher"])
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, "soft", alpha, tau)
+    parts = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"])
+    # KL(p_teacher || p_student) at temperature tau, summed over batch and classes, * tau^2 / (B * K)
+    p_t = torch.softmax(tensors["teacher"] / tau, 1)
+    log_p_s = torch.log_softmax(tensors["dist"] / tau, 1)
+    kl = sum(p_t[i, k] * (math.log(p_t[i, k]) - log_p_s[i, k]) for i in range(B) for k in range(K))
+    soft = kl * tau**2 / (B * K)
+    base = cross_entropy(tensors["cls"], tensors["labels"])
+    assert torch.allclose(parts["distill_loss"], soft, atol=1e-6)
+    assert torch.allclose(parts["base_loss"], base, atol=1e-6)
+    assert torch.allclose(parts["loss"], (1 - alpha) * base + alpha * soft, atol=1e-6)
+    assert teacher.seen is tensors["inputs"]  # the teacher sees the student's (mixed) images
+    assert torch.allclose(loss(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"]), parts["loss"])
+
+
+def test_hard_is_cross_entropy_against_the_teacher_argmax(tensors):
+    alpha = 0.5
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", alpha, 1.0)
+    parts = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"])
+    teacher_labels = tensors["teacher"].argmax(1)
+    assert not torch.equal(teacher_labels, tensors["labels"])  # the two signals differ in this example
+    expected = (1 - alpha) * cross_entropy(tensors["cls"], tensors["labels"]) + alpha * cross_entropy(
+        tensors["dist"], teacher_labels
+    )
+    assert torch.allclose(parts["loss"], expected, atol=1e-6)
+
+
+def test_class_head_learns_from_labels_and_distillation_head_from_teacher(tensors):
+    alpha = 0.5
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", alpha, 1.0)
+    loss(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"]).backward()
+    # d CE / d logits = (softmax - one_hot) / B
+    want_cls = (1 - alpha) * (torch.softmax(tensors["cls"], 1) - F.one_hot(tensors["labels"], K)) / B
+    want_dist = alpha * (torch.softmax(tensors["dist"], 1) - F.one_hot(tensors["teacher"].argmax(1), K)) / B
+    assert torch.allclose(tensors["cls"].grad, want_cls, atol=1e-6)
+    assert torch.allclose(tensors["dist"].grad, want_dist, atol=1e-6)
+
+
+def test_student_without_distillation_token_is_distilled_through_its_class_head(tensors):
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", 0.5, 1.0)
+    parts = loss.parts(tensors["inputs"], tensors["cls"], tensors["labels"])
+    expected = 0.5 * cross_entropy(tensors["cls"], tensors["labels"]) + 0.5 * cross_entropy(
+        tensors["cls"], tensors["teacher"].argmax(1)
+    )
+    assert torch.allclose(parts["loss"], expected, atol=1e-6)
+
+
+def test_given_teacher_logits_are_used_instead_of_running_the_teacher(tensors):
+    teacher = RecordingTeacher(torch.zeros(B, K))
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, "hard", 0.5, 1.0)
+    given = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"], tensors["teacher"])
+    assert teacher.seen is None
+    direct = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", 0.5, 1.0)
+    assert torch.allclose(given["loss"], direct(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"]))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="distillation_type='medium'"):
+        DistillationLoss(torch.nn.CrossEntropyLoss(), None, "medium", 0.5, 1.0)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        DistillationLoss(torch.nn.CrossEntropyLoss(), None, "hard", 0.5, 1.0)

@@ -1,0 +1,59 @@
+"""Teachers: built from local weights of every kind, always frozen, class count checked."""
+
+import pytest
+import timm
+import torch
+
+import deit
+from deit.teachers import SmallCNN, Teacher, create_cnn, load_teacher
+
+
+def save_run_checkpoint(path, model, config):
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 0, "deit_config": config}, path)
+
+
+def test_cnn_trained_by_deit_train_loads_as_teacher(tmp_path):
+    cnn = create_cnn("small_cnn", num_classes=10, in_chans=1)
+    save_run_checkpoint(tmp_path / "checkpoint.pth", cnn, cnn.arch_config)
+    teacher = load_teacher("ignored", tmp_path / "checkpoint.pth", num_classes=10, in_chans=1)
+    x = torch.randn(2, 1, 28, 28)
+    cnn.eval()
+    assert torch.equal(teacher(x), cnn(x))
+    assert teacher.name == "small_cnn"
+
+
+def test_timm_state_dict_of_a_named_architecture(tmp_path):
+    reference = timm.create_model("resnet18", num_classes=10).eval()
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    teacher = load_teacher("resnet18", tmp_path / "resnet18.pth", num_classes=10, in_chans=3)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(teacher(x), reference(x))
+
+
+def test_deit_teacher(tmp_path):
+    vit = deit.create_model("deit_pico_patch4_28", num_classes=10, in_chans=1).eval()
+    deit.save_weights(vit, tmp_path / "vit")
+    teacher = load_teacher("ignored", tmp_path / "vit", num_classes=10, in_chans=1)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(teacher(x), vit(x))
+
+
+def test_teacher_stays_frozen_in_eval_mode():
+    teacher = Teacher(SmallCNN(), "small_cnn", 10)
+    teacher.train()
+    assert not teacher.training and not teacher.model.training
+    out = teacher(torch.randn(2, 1, 28, 28))
+    assert not out.requires_grad
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_class_count_mismatch_and_missing_weights_are_clear(tmp_path):
+    torch.save(timm.create_model("resnet18", num_classes=1000).state_dict(), tmp_path / "imagenet.pth")
+    with pytest.raises(ValueError, match="predicts 1000 classes but the data has 10"):
+        load_teacher("resnet18", tmp_path / "imagenet.pth", num_classes=10, in_chans=3)
+    with pytest.raises(ValueError, match="needs the teacher's weights"):
+        load_teacher("resnet18", None, num_classes=10, in_chans=3)
+    with pytest.raises(ValueError, match="does not fit resnet34"):
+        load_teacher("resnet34", tmp_path / "imagenet.pth", num_classes=1000, in_chans=3)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet_huge'"):
+        create_cnn("resnet_huge", num_classes=10, in_chans=3)

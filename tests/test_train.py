@@ -1,0 +1,225 @@
+"""`deit train` end to end on the shipped MNIST digits: teacher, distilled student, resume, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deit
+import deit.train as train_module
+from deit.cli import main
+from deit.config import TrainConfig, merge
+from deit.engine import NonFiniteLoss
+from deit.train import run
+
+# Small and fast: few images per class, no workers, no EMA unless asked.
+FAST = ["--data-set", "mnist5k", "--num_workers", "0", "--batch-size", "32", "--warmup-epochs", "0.5",
+        "--no-model-ema", "--lr", "0.02"]  # fmt: skip
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def config(**dotted) -> TrainConfig:
+    base = {"data.data_set": "mnist5k", "data.num_workers": 0, "run.batch_size": 32, "optim.warmup_epochs": 0.5,
+            "optim.model_ema": False, "optim.lr": 0.02}  # fmt: skip
+    values, explicit = merge({}, {**base, **dotted})
+    return TrainConfig.from_dict(values, explicit)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A small CNN trained by `deit train` on 2,000 digits."""
+    out = tmp_path_factory.mktemp("teacher")
+    code = main(["train", "--model", "small_cnn", *FAST, "--labels-per-class", "200", "--epochs", "2",
+                 "--output_dir", str(out)])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_teacher_then_hard_distilled_student(teacher, tmp_path):
+    teacher_log = read_log(teacher)
+    assert len(teacher_log) == 2 and teacher_log[-1]["test_acc1"] > 80  # chance is 10%
+    out = tmp_path / "student"
+    # a ViT learns slowly from 2,000 images: lighter augmentation for a short run
+    code = main(["train", "--model", "deit_pico_distilled_patch4_28", *FAST, "--lr", "0.032", "--min-lr", "2e-3",
+                 "--epochs", "3", "--aa", "none", "--mixup", "0", "--reprob", "0", "--crop-scale", "1",
+                 "--distillation-type", "hard", "--teacher-path", str(teacher / "checkpoint.pth"),
+                 "--model-ema", "--model-ema-decay", "0.9", "--output_dir", str(out), "--tensorboard"])  # fmt: skip
+    assert code == 0
+    log = read_log(out)
+    assert [line["epoch"] for line in log] == [0, 1, 2]
+    assert log[-1]["test_acc1"] > 40  # chance is 10%; a ViT learns slowly from 4,000 images
+    for key in ("lr", "train_loss", "base_loss", "distill_loss", "test_acc1", "test_acc5", "ema_acc1",
+                "n_parameters", "images_per_s"):  # fmt: skip
+        assert key in log[-1], key
+    saved = (out / "config.yaml").read_text()
+    assert "distillation_type: hard" in saved and "hflip: 0.0" in saved  # resolved, digits' defaults included
+    assert list((out / "tensorboard").iterdir())
+    assert not list(out.glob(".*.tmp"))
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert state["epoch"] == 2 and state["deit_config"]["data"]["class_names"][3] == "3"
+    student = deit.create_model(pretrained=out / "checkpoint.pth")  # a training checkpoint is a weights file too
+    assert student.model_name == "deit_pico_distilled_patch4_28"
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    settings = {"model.model": "deit_pico_patch4_28", "data.labels_per_class": 20, "run.epochs": 3,
+                "optim.model_ema": True, "optim.model_ema_decay": 0.9, "aug.mixup": 0.8, "aug.cutmix": 1.0,
+                "model.drop_path": 0.1}  # fmt: skip
+    run(config(**settings, **{"run.output_dir": str(tmp_path / "whole")}))
+
+    real = train_module.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the third epoch
+        return real(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(**settings, **{"run.output_dir": str(tmp_path / "split")}))
+    assert torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    run(config(**settings, **{"run.output_dir": str(tmp_path / "split"), "run.resume": str(tmp_path / "split")}))
+
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
+    split = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    for part in ("model", "model_ema"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, split[part][key]), f"{part}.{key}"
+    assert [line["train_loss"] for line in read_log(tmp_path / "whole")] == [
+        line["train_loss"] for line in read_log(tmp_path / "split")
+    ]
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    settings = {"model.model": "deit_pico_patch4_28", "data.labels_per_class": 16, "run.epochs": 1,
+                "model.drop_path": 0.0, "aug.mixup": 0.0, "aug.cutmix": 0.0}  # fmt: skip
+    run(config(**settings, **{"run.output_dir": str(tmp_path / "big")}))
+    run(config(**settings, **{"run.batch_size": 16, "optim.accum_iter": 2, "run.output_dir": str(tmp_path / "acc")}))
+    big = torch.load(tmp_path / "big" / "checkpoint.pth", weights_only=True)["model"]
+    acc = torch.load(tmp_path / "acc" / "checkpoint.pth", weights_only=True)["model"]
+    for key in big:
+        assert torch.allclose(big[key], acc[key], atol=1e-5), key
+
+
+def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
+    args = ["--model", "deit_pico_patch4_28", "--data-set", "mnist5k", "--labels-per-class", "24", "--epochs", "2",
+            "--num_workers", "0", "--warmup-epochs", "0.5", "--lr", "0.02", "--mixup", "0", "--cutmix", "0",
+            "--drop-path", "0", "--no-repeated-aug", "--model-ema", "--model-ema-decay", "0.9", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "deit", "train", *args, "--batch-size", "32",
+                             "--output_dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "-m", "deit", "train", *args, "--batch-size", "16", "--output_dir", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    for a, b in zip(one, two):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test_acc1"] == pytest.approx(b["test_acc1"], abs=0.25)
+    w1 = torch.load(tmp_path / "one" / "checkpoint.pth", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "two" / "checkpoint.pth", weights_only=True)["model"]
+    for key in w1:
+        assert torch.allclose(w1[key], w2[key], atol=1e-4), key
+
+
+def test_eval_and_finetune_with_distillation(teacher, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["train", "--model", "deit_pico_patch4_28", *FAST, "--labels-per-class", "10", "--epochs", "1",
+                 "--output_dir", str(first)]) == 0  # fmt: skip
+    assert main(["train", "--model", "deit_pico_patch4_28", *FAST, "--eval", "--resume", str(first)]) == 0
+    assert "top-1" in capsys.readouterr().out
+    # fine-tune a plain DeiT's weights into a distilled one, with a teacher: the official code refuses this
+    assert main(["train", "--model", "deit_pico_distilled_patch4_28", *FAST, "--labels-per-class", "10",
+                 "--epochs", "1", "--finetune", str(first / "checkpoint.pth"), "--distillation-type", "soft",
+                 "--distillation-tau", "3", "--teacher-path", str(teacher / "checkpoint.pth"),
+                 "--output_dir", str(tmp_path / "tuned")]) == 0  # fmt: skip
+    tuned = read_log(tmp_path / "tuned")[0]
+    assert tuned["distill_loss"] > 0 and tuned["test_acc1"] > 10
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = train_module.DistillationLoss.parts
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        parts = real(self, *args, **kwargs)
+        if calls["n"] == 10:  # epoch 1 (6 steps per epoch), step 3
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(train_module.DistillationLoss, "parts", poisoned)
+    with pytest.raises(NonFiniteLoss, match="at epoch 1, step 3"):
+        run(config(**{"model.model": "deit_pico_patch4_28", "data.labels_per_class": 20, "run.epochs": 3,
+                      "run.output_dir": str(out)}))  # fmt: skip
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
+    assert len(read_log(out)) == 1
+
+
+def write_digit_folder(root: Path, corrupt: bool = False):
+    from deit.data import build_dataset
+
+    train, _ = build_dataset("mnist5k", None, True, labels_per_class=8)
+    for split in ("train", "val"):
+        for i, (image, target, _) in enumerate(train[j] for j in range(len(train))):
+            folder = root / split / f"class_{target}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{i}.png")
+    if corrupt:
+        (root / "train" / "class_3" / "broken.png").write_bytes(b"\x89PNG garbage")
+
+
+def test_image_folder_run_skips_and_counts_a_corrupt_image(tmp_path, caplog):
+    write_digit_folder(tmp_path / "digits", corrupt=True)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "deit_pico_patch4_28", "--data-set", "folder", "--data-path",
+                 str(tmp_path / "digits"), "--grayscale", "--num_workers", "0", "--batch-size", "16", "--epochs", "1",
+                 "--no-model-ema", "--output_dir", str(out)]) == 0  # fmt: skip
+    assert read_log(out)[0]["skipped_images"] == 1
+    assert "skipping unreadable image" in caplog.text and "broken.png" in caplog.text
+
+
+def one_line_error(argv) -> str:
+    result = subprocess.run([sys.executable, "-m", "deit", "train", *argv], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    return lines[0]
+
+
+def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
+    write_digit_folder(tmp_path / "digits")
+    (tmp_path / "digits" / "train" / "class_empty").mkdir()
+    (tmp_path / "bad.yaml").write_text("optim:\n  learning_rate: 0.1\n")
+    cifar_teacher = tmp_path / "cifar_teacher.pth"
+    torch.save(deit.teachers.create_cnn("small_cnn", num_classes=100, in_chans=1).state_dict(), cifar_teacher)
+    quick = ["--num_workers", "0", "--epochs", "1"]
+    cases = {
+        "data path not found": ["--data-set", "folder", "--data-path", str(tmp_path / "nowhere"), *quick],
+        "holds no images": ["--data-set", "folder", "--data-path", str(tmp_path / "digits"), *quick],
+        "predicts 100 classes but the data has 10": [
+            "--model", "deit_pico_distilled_patch4_28", "--data-set", "mnist5k", "--distillation-type", "hard",
+            "--teacher-model", "small_cnn", "--teacher-path", str(cifar_teacher), *quick],
+        "is odd, but Mixup/CutMix": ["--data-set", "mnist5k", "--batch-size", "33", *quick],
+        "unknown config key optim.learning_rate": ["--config", str(tmp_path / "bad.yaml")],
+        "was written by a run of small_cnn": ["--model", "deit_pico_patch4_28", "--data-set", "mnist5k",
+                                              "--resume", str(teacher), *quick],
+        "already holds a run": ["--model", "small_cnn", "--data-set", "mnist5k", "--output_dir", str(teacher), *quick],
+        "needs the teacher's weights": ["--model", "deit_pico_distilled_patch4_28", "--data-set", "mnist5k",
+                                        "--distillation-type", "hard", *quick],
+    }  # fmt: skip
+    for expected, argv in cases.items():
+        line = one_line_error(argv)
+        assert line.startswith("deit train: error: ") and expected in line, line
