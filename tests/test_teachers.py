@@ -15,7 +15,7 @@ def save_run_checkpoint(path, model, config):
 def test_cnn_trained_by_deit_train_loads_as_teacher(tmp_path):
     cnn = create_cnn("small_cnn", num_classes=10, in_chans=1)
     save_run_checkpoint(tmp_path / "checkpoint.pth", cnn, cnn.arch_config)
-    teacher = load_teacher("ignored", tmp_path / "checkpoint.pth", num_classes=10, in_chans=1)
+    teacher = load_teacher("ignored", tmp_path, num_classes=10, in_chans=1)  # the run folder
     x = torch.randn(2, 1, 28, 28)
     cnn.eval()
     assert torch.equal(teacher(x), cnn(x))

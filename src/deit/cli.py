@@ -145,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"deit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .engine import NonFiniteLoss
+
+        if not isinstance(e, NonFiniteLoss) or os.environ.get("DEIT_DEBUG"):
+            raise
+        print(f"deit {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"deit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -194,7 +194,7 @@ def test_unreadable_files_get_one_clear_line(tmp_path):
         "cut.safetensors": "cannot read .* as safetensors",
         "cut.pth": "cannot read .* as a PyTorch checkpoint",
         "notes.pth": "cannot read .* as a PyTorch checkpoint",
-        "empty_folder": "folder without model.safetensors",
+        "empty_folder": "folder without model.safetensors, pytorch_model.bin, checkpoint.pth",
     }
     for file, pattern in cases.items():
         with pytest.raises(WeightsError, match=pattern) as info:

@@ -68,11 +68,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.is_dir():
         if (path / CONFIG_FILE).is_file():
             config_json = json.loads((path / CONFIG_FILE).read_text())
-        found = [path / name for name in (WEIGHTS_FILE, "pytorch_model.bin") if (path / name).is_file()]
+        # a saved model (ours or HF's), else the checkpoint of a `deit train` run
+        names = (WEIGHTS_FILE, "pytorch_model.bin", "checkpoint.pth")
+        found = [path / name for name in names if (path / name).is_file()]
         if not found:
-            raise WeightsError(
-                f"{path} is a folder without {WEIGHTS_FILE} or pytorch_model.bin; give the weights file itself"
-            )
+            raise WeightsError(f"{path} is a folder without {', '.join(names)}; give the weights file itself")
         file = found[0]
     tensors, metadata = _read_file(file)
     config = None
