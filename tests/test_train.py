@@ -223,3 +223,19 @@ def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
     for expected, argv in cases.items():
         line = one_line_error(argv)
         assert line.startswith("deit train: error: ") and expected in line, line
+
+
+def test_attention_distillation_run_logs_every_part(teacher, tmp_path):
+    out = tmp_path / "attn"
+    assert main(["train", "--model", "deit_pico_distilled_patch4_28", *FAST, "--labels-per-class", "20",
+                 "--epochs", "1", "--distillation-type", "hard", "--teacher-path", str(teacher),
+                 "--attn-distillation-weight", "1.0", "--attn-distillation-layers=-1,-2",
+                 "--output_dir", str(out)]) == 0  # fmt: skip
+    line = read_log(out)[0]
+    assert line["attn_loss"] > 0 and line["distill_loss"] > 0 and line["base_loss"] > 0
+    # and without the token distillation: attention alone, from the same teacher
+    assert main(["train", "--model", "deit_pico_patch4_28", *FAST, "--labels-per-class", "20", "--epochs", "1",
+                 "--teacher-path", str(teacher), "--attn-distillation-weight", "1.0", "--attn-distillation-loss",
+                 "mse", "--output_dir", str(tmp_path / "attn_only")]) == 0  # fmt: skip
+    line = read_log(tmp_path / "attn_only")[0]
+    assert line["attn_loss"] > 0 and "distill_loss" not in line

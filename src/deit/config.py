@@ -156,6 +156,13 @@ class DistillConfig:
     """total = (1 - alpha) * base + alpha * distillation."""
     distillation_tau: float = 1.0
     """Soft distillation temperature."""
+    attn_distillation_weight: float = 0.0
+    """beta: total += beta * distance between student and teacher attention maps; 0 turns it off."""
+    attn_distillation_layers: str = "-1"
+    """Student blocks whose class-token attention is distilled: -1, or a list such as 2,3 (on the command line
+    --attn-distillation-layers=-2,-1); a ViT teacher gives its maps at the same blocks."""
+    attn_distillation_loss: str = "kl"
+    """kl: KL(teacher || student) between maps as distributions; mse: between L2-normalised maps."""
 
     def __post_init__(self):
         if self.distillation_type not in ("none", "soft", "hard"):
@@ -164,6 +171,17 @@ class DistillConfig:
             raise ValueError(f"distill.distillation_alpha={self.distillation_alpha} must be in [0, 1]")
         if self.distillation_tau <= 0:
             raise ValueError(f"distill.distillation_tau={self.distillation_tau} must be > 0")
+        if self.attn_distillation_weight < 0:
+            raise ValueError(f"distill.attn_distillation_weight={self.attn_distillation_weight} must be >= 0")
+        if self.attn_distillation_loss not in ("kl", "mse"):
+            raise ValueError(f"distill.attn_distillation_loss={self.attn_distillation_loss!r}: kl or mse")
+        from .distill.attention import parse_layers
+
+        parse_layers(self.attn_distillation_layers)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.distillation_type != "none" or self.attn_distillation_weight > 0
 
 
 @dataclass

@@ -60,6 +60,7 @@ def train_one_epoch(
     and processes. Gradients are accumulated over `accum_iter` batches (without DDP communication but for the last).
     """
     model.train()
+    attention = getattr(criterion, "attention", None)
     sums: dict[str, torch.Tensor] = {}
     steps, images_seen, skipped = 0, 0, 0
     bar, task = progress(f"epoch {epoch}", len(loader), show_progress)
@@ -77,8 +78,12 @@ def train_one_epoch(
             sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with autocast(device, amp_dtype):
-                    outputs = model(images)
-                    parts = criterion.parts(images, outputs, targets)
+                    if attention is not None:  # the student's class-token rows at the distilled blocks, too
+                        outputs, maps = model(images, attn_blocks=list(attention.layers), attn_form="cls")
+                        parts = criterion.parts(images, outputs, targets, student_maps=maps)
+                    else:
+                        outputs = model(images)
+                        parts = criterion.parts(images, outputs, targets)
                 (parts["loss"] / accum_iter).backward()
             # one all-reduce of the detached parts: logged means over processes, and every process sees a NaN
             values = all_reduce_sum(torch.stack([p.detach().float() for p in parts.values()])) / world_size

@@ -19,7 +19,8 @@ from . import distributed
 from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
 from .data.sampling import SeededDataset, ShardSampler, process_seed, seed_everything, train_sampler
-from .distill import DistillationLoss
+from .distill import AttentionDistillation, DistillationLoss
+from .distill.attention import parse_layers
 from .engine import evaluate, train_one_epoch, unwrap
 from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import atomic_write, deit_config
@@ -87,11 +88,15 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> di
 
     # teacher and loss
     distill = cfg.distill
-    teacher = None
-    if distill.distillation_type != "none":
+    teacher = attention = None
+    if distill.needs_teacher:
         teacher = load_teacher(distill.teacher_model, distill.teacher_path, num_classes=info.num_classes,
                                in_chans=info.in_chans).to(device)  # fmt: skip
-    elif getattr(model, "num_prefix_tokens", 1) == 2:
+    if distill.attn_distillation_weight > 0:
+        attention = AttentionDistillation.for_student(model, distill.attn_distillation_weight,
+                                                      parse_layers(distill.attn_distillation_layers),
+                                                      distill.attn_distillation_loss)  # fmt: skip
+    if distill.distillation_type == "none" and getattr(model, "num_prefix_tokens", 1) == 2:
         raise ValueError(f"{cfg.model.model} has a distillation head that learns only from a teacher: give "
                          "--distillation-type hard (or soft) with --teacher-path, or train the model without "
                          "'_distilled'")  # fmt: skip
@@ -109,7 +114,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> di
     else:
         base = nn.CrossEntropyLoss()
     criterion = DistillationLoss(base, teacher, distill.distillation_type, distill.distillation_alpha,
-                                 distill.distillation_tau)  # fmt: skip
+                                 distill.distillation_tau, attention)  # fmt: skip
 
     # optimisation
     from timm.optim import create_optimizer_v2
@@ -155,11 +160,12 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> di
         _trim_log(out / LOG, start_epoch)
     writer = _tensorboard(out) if cfg.run.tensorboard and out and env.is_main else None
     if show:
-        teacher_note = f", teacher {teacher.name}" if teacher else ""
+        methods = [distill.distillation_type] if distill.distillation_type != "none" else []
+        methods += [f"attention x{distill.attn_distillation_weight:g}"] if attention else []
+        teacher_note = f", distillation {' + '.join(methods)} from {teacher.name}" if teacher else ""
         print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {len(train_set)} "
               f"images, {info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
-              f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}"
-              f"{', distillation ' + distill.distillation_type + teacher_note if teacher else ''}")  # fmt: skip
+              f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}{teacher_note}")  # fmt: skip
 
     summary = {}
     for epoch in range(start_epoch, cfg.run.epochs):

@@ -1,5 +1,15 @@
-"""Distillation: the paper's losses and teacher handling."""
+"""Distillation: the paper's losses, attention distillation, teacher maps."""
 
-from .losses import DISTILLATION_TYPES, DistillationLoss
+from .attention import ATTENTION_LOSSES, activation_map, attention_loss, patch_attention, resize_map
+from .losses import DISTILLATION_TYPES, AttentionDistillation, DistillationLoss
 
-__all__ = ["DISTILLATION_TYPES", "DistillationLoss"]
+__all__ = [
+    "ATTENTION_LOSSES",
+    "DISTILLATION_TYPES",
+    "AttentionDistillation",
+    "DistillationLoss",
+    "activation_map",
+    "attention_loss",
+    "patch_attention",
+    "resize_map",
+]

@@ -1,10 +1,12 @@
-"""Distillation losses of the DeiT paper, as the official code computes them.
+"""Distillation losses of the DeiT paper, as the official code computes them, and attention distillation.
 
 - none: base criterion on the class head.
 - soft: KL(student_dist / tau || teacher / tau) with reduction sum, times tau^2, divided by the number of logits
   (`outputs.numel()`), the official normalisation; total = (1 - alpha) * base + alpha * soft.
 - hard: cross-entropy of the distillation head against the teacher's argmax; total = (1 - alpha) * base +
   alpha * hard (alpha = 0.5 in the paper).
+- attention (with any of the above): + beta * distance between the student's and the teacher's attention maps
+  (see `attention.py`).
 
 The class head always learns from the labels (through `base_criterion`, e.g. soft-target cross-entropy under Mixup)
 and the distillation head from the teacher. A student without a distillation token is distilled through its class
@@ -13,11 +15,44 @@ head. The teacher sees the same (mixed) images as the student.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import ATTENTION_LOSSES, attention_loss, patch_attention, teacher_logits_and_maps
+
 DISTILLATION_TYPES = ("none", "soft", "hard")
+
+
+@dataclass(frozen=True)
+class AttentionDistillation:
+    """What the attention term needs to know: its weight, the blocks, the distance, and the student's layout."""
+
+    weight: float
+    layers: tuple[int, ...]
+    loss: str
+    depth: int  # student blocks
+    num_prefix: int  # student tokens before the patches
+    grid: int  # student patch grid side
+    heads: int  # student heads
+
+    def __post_init__(self):
+        if self.weight <= 0:
+            raise ValueError(f"attention distillation weight {self.weight} must be > 0")
+        if self.loss not in ATTENTION_LOSSES:
+            raise ValueError(f"attention loss {self.loss!r} is not one of {ATTENTION_LOSSES}")
+        for i in self.layers:
+            if not -self.depth <= i < self.depth:
+                raise ValueError(f"attention layer {i} does not exist: the student has {self.depth} blocks")
+
+    @classmethod
+    def for_student(cls, student: nn.Module, weight: float, layers: tuple[int, ...], loss: str):
+        if not hasattr(student, "forward_attention"):
+            raise ValueError(f"attention distillation needs a DeiT student, not {type(student).__name__}")
+        return cls(weight, tuple(layers), loss, len(student.blocks), student.num_prefix_tokens,
+                   student.patch_embed.grid_size, student.num_heads)  # fmt: skip
 
 
 class DistillationLoss(nn.Module):
@@ -28,49 +63,79 @@ class DistillationLoss(nn.Module):
         distillation_type: str,
         alpha: float,
         tau: float,
+        attention: AttentionDistillation | None = None,
     ):
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
             raise ValueError(f"distillation_type={distillation_type!r} is not one of {DISTILLATION_TYPES}")
-        if distillation_type != "none" and teacher is None:
-            raise ValueError(f"distillation_type={distillation_type!r} needs a teacher")
+        if (distillation_type != "none" or attention is not None) and teacher is None:
+            raise ValueError(f"distillation_type={distillation_type!r} (or attention distillation) needs a teacher")
         self.base_criterion = base_criterion
         self.teacher = teacher
         self.distillation_type = distillation_type
         self.alpha = alpha
         self.tau = tau
+        self.attention = attention
 
     def forward(self, inputs: torch.Tensor, outputs, labels: torch.Tensor) -> torch.Tensor:
         """The total loss, called as the official code calls it: loss(inputs, outputs, labels)."""
         return self.parts(inputs, outputs, labels)["loss"]
 
-    def parts(self, inputs: torch.Tensor, outputs, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None):
-        """{"loss": total, "base_loss": ..., "distill_loss": ...} (distill_loss absent for `none`).
+    def parts(
+        self,
+        inputs: torch.Tensor,
+        outputs,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+        student_maps: dict[int, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """{"loss": total, "base_loss", "distill_loss" (soft/hard), "attn_loss" (attention distillation)}.
 
         `outputs` is the student's (cls_logits, dist_logits) tuple, or one tensor for a student without a
-        distillation token. `teacher_logits` may be given (e.g. computed earlier); else the teacher runs on `inputs`.
+        distillation token. `teacher_logits` may be given (computed earlier); else the teacher runs on `inputs`.
+        With attention distillation, `student_maps` are the student's class-token rows {block: (B, heads, N)}.
         """
         if isinstance(outputs, (tuple, list)):
             cls_logits, dist_logits = outputs
         else:
             cls_logits = dist_logits = outputs  # no distillation token: the class head learns from both
         base = self.base_criterion(cls_logits, labels)
-        if self.distillation_type == "none":
-            return {"loss": base, "base_loss": base}
-        if teacher_logits is None:
+        result = {"loss": base, "base_loss": base}
+        teacher_maps = None
+        if self.attention is not None:
+            teacher_logits, teacher_maps = teacher_logits_and_maps(
+                self.teacher, inputs, layers=self.attention.layers, grid=self.attention.grid,
+                student_heads=self.attention.heads,
+            )  # fmt: skip
+        elif self.distillation_type != "none" and teacher_logits is None:
             with torch.no_grad():
                 teacher_logits = self.teacher(inputs)
-        teacher_logits = teacher_logits.float()
-        dist_logits = dist_logits.float()
+        if self.distillation_type != "none":
+            distill = self._distill(dist_logits.float(), teacher_logits.float())
+            result["distill_loss"] = distill
+            result["loss"] = (1 - self.alpha) * base + self.alpha * distill
+        if self.attention is not None:
+            if student_maps is None:
+                raise ValueError("attention distillation needs the student's attention maps (student_maps)")
+            attn = sum(
+                attention_loss(
+                    patch_attention(student_maps[i % self.attention.depth], self.attention.num_prefix,
+                                    per_head=target.ndim == 3),
+                    target, self.attention.loss,
+                )  # fmt: skip
+                for i, target in zip(self.attention.layers, teacher_maps)
+            ) / len(teacher_maps)
+            result["attn_loss"] = attn
+            result["loss"] = result["loss"] + self.attention.weight * attn
+        return result
+
+    def _distill(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if self.distillation_type == "soft":
             T = self.tau
-            distill = F.kl_div(
+            return F.kl_div(
                 F.log_softmax(dist_logits / T, dim=1),
                 F.log_softmax(teacher_logits / T, dim=1),
                 reduction="sum",
                 log_target=True,
             ) * (T * T) / dist_logits.numel()
-        else:
-            distill = F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
-        loss = (1 - self.alpha) * base + self.alpha * distill
-        return {"loss": loss, "base_loss": base, "distill_loss": distill}
+        return F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))

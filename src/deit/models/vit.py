@@ -185,7 +185,11 @@ class VisionTransformer(nn.Module):
     def forward_head(self, x: torch.Tensor):
         return self.head(x[:, 0])
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, attn_blocks: int | list[int] | None = None, attn_form: str = "full"):
+        """Logits; with `attn_blocks`, (logits, {block: attention}) as `forward_attention` gives them (a DDP-wrapped
+        model reaches that path only through forward)."""
+        if attn_blocks is not None:
+            return self.forward_attention(x, attn_blocks, attn_form)
         return self.forward_head(self.forward_features(x))
 
     def forward_attention(
