@@ -1,4 +1,4 @@
-"""The `deit` command: `deit train`, `deit models`, `deit convert`.
+"""The `deit` command: `deit demo`, `deit train`, `deit models`, `deit convert`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
 file, a checkpoint of another model, a bad value) print one line and exit with status 2; set DEIT_DEBUG=1 to see
@@ -107,9 +107,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(data_set=args.data_set, data_path=args.data_path, output_dir=args.output_dir, quick=args.quick,
+             seed=args.seed, vit_teacher=args.vit_teacher, num_workers=args.num_workers)  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="the paper's distillation comparison on shipped digits, in minutes on a CPU",
+        description="Train a CNN teacher, then the same small DeiT without a teacher, with soft, hard and hard + "
+        "attention distillation; write report.md, results.json and pictures.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--data-set", default="mnist5k", help="a built-in (mnist5k, digits, ...) or folder")
+    p.add_argument("--data-path", default=None, help="the folder for --data-set folder (train/ and val/)")
+    p.add_argument("--output_dir", default="demo_output", help="where runs, report and pictures go")
+    p.add_argument("--quick", action="store_true", help="a minute-long smoke test of the whole pipeline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vit-teacher", action="store_true", help="add a row distilled from a transformer teacher")
+    p.add_argument("--num_workers", type=int, default=1, help="data loader processes per run")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     p.add_argument("filter", nargs="?", default="", help="only names containing this text")

@@ -20,7 +20,7 @@ class SmallCNN(nn.Module):
     pooling, then global average pooling and a linear head. At 28 px the last stage is 7x7, the patch grid of
     `deit_pico_patch4_28`."""
 
-    def __init__(self, *, num_classes: int = 10, in_chans: int = 1, width: int = 32):
+    def __init__(self, *, num_classes: int = 10, in_chans: int = 1, width: int = 16):
         super().__init__()
         self.hparams = dict(num_classes=num_classes, in_chans=in_chans, width=width)
         layers, channels = [], in_chans

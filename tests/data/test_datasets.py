@@ -151,3 +151,13 @@ def test_seeded_sampler_positions_are_global():
 
     seeded = SeededSampler(Inner([4, 5]), seed=1, rank=1, world_size=2)
     assert list(seeded) == [(4, sample_seed(1, 0, 1)), (5, sample_seed(1, 0, 3))]
+
+
+@pytest.mark.parametrize("magnitude", [0, 10])
+def test_randaugment_posterize_survives_the_ends_of_its_range(magnitude):
+    transform = build_transform(True, img_size=28, mean=(0.5,), std=(0.5,), aa=f"rand-m{magnitude}-mstd0-inc1")
+    randaugment = next(step for step in transform.transforms if hasattr(step, "ops"))
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (28, 28), dtype=np.uint8), "L")
+    for op in randaugment.ops:
+        op.prob = 1.0
+        op(image)  # Pillow >= 13 raises on 0-bit posterize without the guard

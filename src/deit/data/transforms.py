@@ -38,6 +38,7 @@ def build_transform(
         auto_augment=None if three_augment or not aa or aa == "none" else aa, interpolation=interpolation,
         mean=mean, std=std, re_prob=reprob, re_mode=remode, re_count=recount,
     )  # fmt: skip
+    _keep_posterize_bits(transform)
     if three_augment:
         # after crop and flip: one of grayscale / solarize / blur on every image, then colour jitter
         steps = list(transform.transforms)
@@ -50,3 +51,19 @@ def build_transform(
         jitter = [T.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
         transform = T.Compose(steps[:to_tensor] + [three] + jitter + steps[to_tensor:])
     return transform
+
+
+def _keep_posterize_bits(transform) -> None:
+    """timm's RandAugment posterizes to 0 bits at the ends of its magnitude range, which Pillow >= 13 rejects
+    ("bits must be between or equal to 1 and 8") and kills the data loader: keep at least 1 bit."""
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if "Posterize" in op.name and op.level_fn is not None:
+                op.level_fn = _at_least_one_bit(op.level_fn)
+
+
+def _at_least_one_bit(level_fn):
+    def level(magnitude, hparams):
+        return tuple(max(1, bits) for bits in level_fn(magnitude, hparams))
+
+    return level

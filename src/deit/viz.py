@@ -1,0 +1,67 @@
+"""Pictures: training curves and attention heat maps. matplotlib is imported only when a picture is drawn."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(logs: dict[str, list[dict]], path: str | Path, keys: tuple[str, ...] = ("test_acc1", "train_loss")):
+    """One panel per key, one line per run (epoch on x). `logs`: run name -> log.jsonl lines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, lines in logs.items():
+            points = [(line["epoch"], line[key]) for line in lines if key in line]
+            if points:
+                ax.plot(*zip(*points), label=name, marker="." if len(points) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"test_acc1": "test top-1 (%)", "train_loss": "training loss"}.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def upsample_map(patch_map: torch.Tensor, size: int) -> torch.Tensor:
+    """A distribution over a g x g grid (g*g,) -> a (size, size) picture scaled to [0, 1]."""
+    grid = math.isqrt(patch_map.numel())
+    image = patch_map.float().reshape(1, 1, grid, grid)
+    image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    image = image - image.min()
+    return image / image.max().clamp_min(1e-12)
+
+
+def attention_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], path: str | Path, titles: list[str]):
+    """Rows: images (N, H, W) in [0, 1]; first column the image, then one heat map per entry of `columns`
+    ((N, P) distributions over patches), overlaid on the image."""
+    plt = _pyplot()
+    n, size = images.shape[0], images.shape[-1]
+    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(1.7 * (1 + len(columns)), 1.8 * n), squeeze=False)
+    for row in range(n):
+        axes[row][0].imshow(images[row], cmap="gray")
+        axes[row][0].set_title(titles[row], fontsize=8)
+        for col, (name, maps) in enumerate(columns.items(), start=1):
+            axes[row][col].imshow(images[row], cmap="gray")
+            axes[row][col].imshow(upsample_map(maps[row], size), cmap="jet", alpha=0.5)
+            if row == 0:
+                axes[row][col].set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
