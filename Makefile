@@ -16,8 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/deit models
-	$(BIN)/python benchmarks/bench_models.py --models deit_tiny_patch16_224 --batch-size 8 --repeats 3 --warmup 1 --no-save
+	$(BIN)/deit demo --output_dir demo_output
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from deit.cli import main
-from deit.demo import METHODS, run_demo
+from deit.demo import METHODS, findings, run_demo
 
 
 def test_quick_demo_writes_report_results_and_pictures(tmp_path):
@@ -29,9 +29,32 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
     for folder in ("teacher", "none", "soft", "hard_distillation_token", "hard_attention"):
         assert (out / folder / "log.jsonl").exists() and (out / folder / "checkpoint.pth").exists()
     # the demo runs again into its own folder; it refuses a folder that holds something else
-    run_demo(output_dir=out, quick=True, num_workers=0)
+    again = run_demo(output_dir=out, quick=True, num_workers=0)
+    # same seed, same table
+    assert again["teacher"]["acc1"] == results["teacher"]["acc1"]
+    assert [s["acc1"] for s in again["students"]] == [s["acc1"] for s in results["students"]]
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty and holds no earlier demo"):
         run_demo(output_dir=other, quick=True, num_workers=0)
+
+
+def results_with(none: float, hard: float, attention: float, curves: dict | None = None) -> dict:
+    curves = curves or {}
+    accs = {"none": none, "soft (tau 3, alpha 0.1)": none, "hard, distillation token": hard,
+            "hard + attention (beta 1)": attention}  # fmt: skip
+    return {"students": [{"method": m, "acc1": a, "acc1_by_epoch": curves.get(m)} for m, a in accs.items()]}
+
+
+def test_findings_follow_the_numbers():
+    clear = findings(results_with(none=90.0, hard=94.0, attention=95.0))
+    assert "+4.0 points" in clear[0] and not any("margin is small" in line for line in clear)
+    assert "(+1.0 points)" in clear[2]
+    close = findings(results_with(none=93.0, hard=93.5, attention=92.0))
+    assert any("margin is small here (+0.5 points)" in line for line in close)
+    assert "1.5 points below hard alone" in close[2]
+    curves = {"none": [10, 20, 30, 40, 50, 60, 70, 80], "hard, distillation token": [10, 25, 35, 45, 55, 65, 75, 85],
+              "hard + attention (beta 1)": [20, 40, 50, 60, 70, 75, 80, 86]}  # fmt: skip
+    early = findings(results_with(none=80.0, hard=85.0, attention=86.0, curves=curves))
+    assert any("after 3 of 8 epochs, 50.0% with it against 35.0% for hard alone and 30.0%" in line for line in early)

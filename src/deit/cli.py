@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a minute-long smoke test of the whole pipeline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vit-teacher", action="store_true", help="add a row distilled from a transformer teacher")
-    p.add_argument("--num_workers", type=int, default=1, help="data loader processes per run")
+    p.add_argument("--num_workers", type=int, default=2, help="data loader processes per run")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
