@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -30,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
+from common import save_record  # noqa: E402
 from deit import create_model  # noqa: E402
+from deit.distributed import cpu_name  # noqa: E402
 
 
 def keep_freed_memory() -> None:
@@ -47,19 +46,7 @@ def keep_freed_memory() -> None:
 
 
 def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "cpu"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def sync(device: torch.device) -> None:
@@ -176,10 +163,7 @@ def main() -> None:
         "repeats": args.repeats,
         "results": results,
     }
-    out = Path(args.out) / f"bench_models_{slug(machine)}_{record['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"saved {out}")
+    save_record(record, args.out)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import re
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
+from common import save_record  # noqa: E402
 from deit.demo import machine, run_demo  # noqa: E402
 
 
@@ -52,11 +51,7 @@ def main() -> None:
         "seconds": {seed: sum(s["train_seconds"] for s in r["students"]) + r["teacher"]["train_seconds"]
                     for seed, r in runs.items()},
     }  # fmt: skip
-    slug = re.sub(r"[^a-z0-9]+", "-", record["machine"].lower()).strip("-")
-    out = Path(args.out) / f"demo_seeds_{slug}_{record['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"saved {out}")
+    save_record(record, args.out)
 
 
 if __name__ == "__main__":

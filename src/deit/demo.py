@@ -13,8 +13,6 @@ teacher's inductive bias should show, as the paper argues.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import shutil
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig, merge
+from .distributed import cpu_name
 from .train import run
 
 MARKER = ".deit-demo"
@@ -122,21 +121,18 @@ def _prepare(out: Path) -> Path:
     return out
 
 
+def _short(label: str) -> str:
+    """A method without its settings: "hard + attention (beta 1)" -> "hard + attention"."""
+    return label.split(" (")[0]
+
+
 def _slug(label: str) -> str:
     """The run folder of a method: "hard + attention (beta 1)" -> "hard_attention"."""
-    return re.sub(r"[^a-z0-9]+", "_", label.split(" (")[0].lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", _short(label).lower()).strip("_")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__.split('+')[0]}"
+    return f"{cpu_name()}, torch {torch.__version__.split('+')[0]}"
 
 
 def report_table(results: dict) -> str:
@@ -155,7 +151,7 @@ def report_table(results: dict) -> str:
 
 def findings(results: dict) -> list[str]:
     """What the table says about the paper's claims, in plain sentences computed from the numbers."""
-    by = {s["method"].split(" (")[0]: s["acc1"] for s in results["students"]}
+    by = {_short(s["method"]): s["acc1"] for s in results["students"]}
     none, hard = by["none"], by["hard, distillation token"]
     soft = next(v for k, v in by.items() if k.startswith("soft"))
     attention = next(v for k, v in by.items() if k.startswith("hard + attention"))
@@ -174,7 +170,7 @@ def findings(results: dict) -> list[str]:
             "digits carries little that the labels do not; the extra term also takes gradient away from the two "
             "heads within the same short budget."
         )
-    curves = {s["method"].split(" (")[0]: s.get("acc1_by_epoch") for s in results["students"]}
+    curves = {_short(s["method"]): s.get("acc1_by_epoch") for s in results["students"]}
     with_attention = next((v for k, v in curves.items() if k.startswith("hard + attention")), None)
     hard_curve = curves.get("hard, distillation token")
     if with_attention and hard_curve and len(with_attention) > 2:
@@ -247,6 +243,6 @@ def heat_maps(out: Path, students: list[dict], data_set: str, data_path: str | N
         for student in students:
             model = create_model(pretrained=out / _slug(student["method"]) / "checkpoint.pth").eval()
             _, rows = model.forward_attention(x, blocks=-1, form="cls")
-            columns[student["method"].split(" (")[0]] = patch_attention(rows[len(model.blocks) - 1],
+            columns[_short(student["method"])] = patch_attention(rows[len(model.blocks) - 1],
                                                                         model.num_prefix_tokens, per_head=False)
     attention_grid(shown, columns, out / "attention.png", [info.class_names[val.targets[i]] for i in picked])

@@ -68,3 +68,19 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def cpu_name() -> str:
+    """This machine's processor and core count, e.g. "AMD EPYC, 2 cores" (for reports and benchmark records)."""
+    import platform
+    from pathlib import Path
+
+    cpu = platform.processor() or platform.machine() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
