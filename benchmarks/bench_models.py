@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
-from common import save_record  # noqa: E402
 from deit import create_model  # noqa: E402
+from deit.benchmark import save_record  # noqa: E402
 from deit.distributed import cpu_name  # noqa: E402
 
 
@@ -150,7 +150,7 @@ def main() -> None:
     if args.no_save:
         return
     record = {
-        "benchmark": "bench_models",
+        "benchmark": "bench_models_compiled" if args.compile else "bench_models",
         "date": datetime.date.today().isoformat(),
         "machine": machine,
         "device": device.type,

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
-from common import save_record  # noqa: E402
+from deit.benchmark import save_record  # noqa: E402
 from deit.demo import machine, run_demo  # noqa: E402
 
 
@@ -26,12 +26,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--keep", default=None, help="a folder to keep each seed's demo output in (seed0/, ...)")
     args = parser.parse_args()
 
     runs = {}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
-            runs[seed] = run_demo(output_dir=Path(scratch) / f"seed{seed}", seed=seed, num_workers=2)
+            runs[seed] = run_demo(output_dir=Path(args.keep or scratch) / f"seed{seed}", seed=seed, num_workers=2)
     methods = ["teacher"] + [s["method"] for s in runs[args.seeds[0]]["students"]]
     table = {}
     for method in methods:

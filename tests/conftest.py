@@ -1,7 +1,30 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
+
+# Small and fast: few images per class, no workers, no EMA unless asked.
+FAST = ["--data-set", "mnist5k", "--num_workers", "0", "--batch-size", "32", "--warmup-epochs", "0.5",
+        "--no-model-ema", "--lr", "0.02"]  # fmt: skip
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory) -> Path:
+    """A small CNN trained by `deit train` on 2,000 digits."""
+    from deit.cli import main
+
+    out = tmp_path_factory.mktemp("teacher")
+    code = main(["train", "--model", "small_cnn", *FAST, "--lr", "0.1", "--labels-per-class", "200", "--epochs", "2",
+                 "--output_dir", str(out)])  # fmt: skip
+    assert code == 0
+    return out

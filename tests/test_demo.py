@@ -21,7 +21,10 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
     report = (out / "report.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("| ")]
     assert table[0] == "| method | teacher | student top-1 | parameters | training time |"
-    assert len(table) == 2 + len(METHODS)  # header + teacher + one row per method
+    assert len(table) == 3 + len(METHODS)  # header + teacher + cached teacher outputs + one row per method
+    # the teacher ran once for all students: its outputs were cached, the distilled students read them
+    assert results["teacher_cache_seconds"] > 0 and (out / "teacher_cache" / "meta.json").exists()
+    assert "teacher_cache" in (out / "hard_attention" / "config.yaml").read_text()
     assert "quick mode" in report and "Hard distillation through the distillation token" in report
     for picture in ("curves.png", "attention.png"):
         with Image.open(out / picture) as image:

@@ -1,6 +1,5 @@
 """`deit train` end to end on the shipped MNIST digits: teacher, distilled student, resume, DDP, bad input."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import deit
 import deit.train as train_module
@@ -18,13 +16,7 @@ from deit.config import TrainConfig, merge
 from deit.engine import NonFiniteLoss
 from deit.train import run
 
-# Small and fast: few images per class, no workers, no EMA unless asked.
-FAST = ["--data-set", "mnist5k", "--num_workers", "0", "--batch-size", "32", "--warmup-epochs", "0.5",
-        "--no-model-ema", "--lr", "0.02"]  # fmt: skip
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+from conftest import FAST, read_log
 
 
 def config(**dotted) -> TrainConfig:
@@ -32,16 +24,6 @@ def config(**dotted) -> TrainConfig:
             "optim.model_ema": False, "optim.lr": 0.02}  # fmt: skip
     values, explicit = merge({}, {**base, **dotted})
     return TrainConfig.from_dict(values, explicit)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """A small CNN trained by `deit train` on 2,000 digits."""
-    out = tmp_path_factory.mktemp("teacher")
-    code = main(["train", "--model", "small_cnn", *FAST, "--lr", "0.1", "--labels-per-class", "200", "--epochs", "2",
-                 "--output_dir", str(out)])  # fmt: skip
-    assert code == 0
-    return out
 
 
 def test_teacher_then_hard_distilled_student(teacher, tmp_path):

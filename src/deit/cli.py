@@ -1,4 +1,5 @@
-"""The `deit` command: `deit demo`, `deit train`, `deit models`, `deit convert`.
+"""The `deit` command: `deit demo`, `deit train`, `deit cache-teacher`, `deit benchmark`, `deit models`,
+`deit convert`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
 file, a checkpoint of another model, a bad value) print one line and exit with status 2; set DEIT_DEBUG=1 to see
@@ -91,7 +92,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(_flag(f.name), type=_parse_type(f.type), metavar=f.name.upper(), **kwargs)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, cache_only: bool = False) -> int:
     from .config import TrainConfig, load_yaml, merge
     from .train import run, saved_config
 
@@ -103,8 +104,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         base = {}
     values, explicit = merge(base, overrides)
-    run(TrainConfig.from_dict(values, explicit))
+    result = run(TrainConfig.from_dict(values, explicit), cache_only=cache_only)
+    if cache_only:
+        done = "made" if result["filled"] else "already complete"
+        print(f"teacher cache {result['teacher_cache']}: {result['epochs']} epochs, {done}")
     return 0
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    return cmd_train(args, cache_only=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -112,6 +120,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(data_set=args.data_set, data_path=args.data_path, output_dir=args.output_dir, quick=args.quick,
              seed=args.seed, vit_teacher=args.vit_teacher, num_workers=args.num_workers)  # fmt: skip
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import datetime
+
+    from .benchmark import run_benchmark, save_record
+
+    record = run_benchmark(preset=args.preset, device=args.device, batch_size=args.batch_size, rounds=args.rounds,
+                           steps=args.steps, compile_models=args.compile, num_workers=args.num_workers,
+                           parts=tuple(args.parts))  # fmt: skip
+    if args.out:
+        save_record({"benchmark": f"deit_benchmark_{args.preset}", "date": datetime.date.today().isoformat(), **record},
+                    args.out)  # fmt: skip
     return 0
 
 
@@ -149,6 +171,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "cache-teacher",
+        help="run the teacher once over a training run's views and store its outputs for students to read",
+        description="Takes the flags of `deit train` (the student's run: data, augmentation, seed, epochs, batch, "
+        "distillation) plus --teacher-path and --teacher-cache DIR. Students trained with the same flags and "
+        "--teacher-cache DIR read the teacher's outputs instead of running it. An unfinished cache is completed.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_cache_teacher)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="time inference, the train step, distilled steps (teacher online / cached) and the data pipeline "
+        "against timm, in one run",
+        allow_abbrev=False,
+    )
+    p.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: the demo's student and teacher; gpu: DeiT-S distilled from RegNetY-16GF, batch 256")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=None, help="the preset's unless given")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (median reported)")
+    p.add_argument("--steps", type=int, default=5, help="steps per round")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--num_workers", type=int, default=2, help="data loader processes for the data pipeline part")
+    p.add_argument("--parts", nargs="+", default=["inference", "train", "distilled", "data"],
+                   choices=("inference", "train", "distilled", "data"))
+    p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("convert", help="convert weights between deit, timm and HF transformers layouts")
     p.add_argument("src", help="weights in any supported format (file or folder)")

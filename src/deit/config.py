@@ -163,6 +163,13 @@ class DistillConfig:
     --attn-distillation-layers=-2,-1); a ViT teacher gives its maps at the same blocks."""
     attn_distillation_loss: str = "kl"
     """kl: KL(teacher || student) between maps as distributions; mse: between L2-normalised maps."""
+    teacher_cache: str | None = None
+    """A folder of the teacher's outputs on this run's views (`deit cache-teacher`): the teacher runs once for all
+    students. Made first (needs teacher_path) when absent or unfinished; refused if made for another run."""
+    teacher_cache_topk: int = 10
+    """Logits kept per view: soft distillation is exact when this is at least the class count; hard needs 1."""
+    teacher_cache_dtype: str = "float16"
+    """float16 or float32: precision of the stored logits and maps."""
 
     def __post_init__(self):
         if self.distillation_type not in ("none", "soft", "hard"):
@@ -173,6 +180,10 @@ class DistillConfig:
             raise ValueError(f"distill.distillation_tau={self.distillation_tau} must be > 0")
         if self.attn_distillation_weight < 0:
             raise ValueError(f"distill.attn_distillation_weight={self.attn_distillation_weight} must be >= 0")
+        if self.teacher_cache_topk < 1:
+            raise ValueError(f"distill.teacher_cache_topk={self.teacher_cache_topk} must be >= 1")
+        if self.teacher_cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"distill.teacher_cache_dtype={self.teacher_cache_dtype!r}: float16 or float32")
         if self.attn_distillation_loss not in ("kl", "mse"):
             raise ValueError(f"distill.attn_distillation_loss={self.attn_distillation_loss!r}: kl or mse")
         from .distill.attention import parse_layers

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,12 +54,17 @@ def train_one_epoch(
     clip_grad: float | None = None,
     show_progress: bool = True,
     world_size: int = 1,
+    mix_seed: Callable[[int], int] | None = None,
+    teacher_cache=None,
+    num_classes: int | None = None,
 ) -> tuple[dict, int]:
     """Train for one pass over `loader`. Returns the epoch's averages (loss and its parts, lr, images/s, skipped
     unreadable images) and the optimizer step count after it.
 
     `criterion.parts(inputs, outputs, targets)` gives {"loss", "base_loss", ...}: each part is averaged over steps
     and processes. Gradients are accumulated over `accum_iter` batches (without DDP communication but for the last).
+    `mix_seed(step)` seeds each batch's Mixup/CutMix. With a `teacher_cache`, the teacher's outputs are read from it
+    (the loader yields (images, targets, skipped, positions, indices), as `SeededDataset` gives them).
     """
     model.train()
     attention = getattr(criterion, "attention", None)
@@ -67,23 +74,23 @@ def train_one_epoch(
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     with bar:
-        for step, (images, targets, *rest) in enumerate(loader):
-            if rest:
-                skipped += int(rest[0].sum())
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if mixup_fn is not None:
-                images, targets = mixup_fn(images, targets)
+        for step, batch in enumerate(loader):
+            images, targets, rest = prepare_batch(batch, device, mixup_fn, mix_seed, step)
+            skipped += int(rest[0].sum()) if rest else 0
+            cached = {}
+            if teacher_cache is not None:
+                logits, maps = teacher_cache.lookup(epoch, rest[1], rest[2], images, num_classes)
+                cached = {"teacher_logits": logits, "teacher_maps": maps}
             last_of_group = (step + 1) % accum_iter == 0 or step + 1 == len(loader)
             sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with autocast(device, amp_dtype):
                     if attention is not None:  # the student's class-token rows at the distilled blocks, too
                         outputs, maps = model(images, attn_blocks=list(attention.layers), attn_form="cls")
-                        parts = criterion.parts(images, outputs, targets, student_maps=maps)
+                        parts = criterion.parts(images, outputs, targets, student_maps=maps, **cached)
                     else:
                         outputs = model(images)
-                        parts = criterion.parts(images, outputs, targets)
+                        parts = criterion.parts(images, outputs, targets, **cached)
                 (parts["loss"] / accum_iter).backward()
             # one all-reduce of the detached parts: logged means over processes, and every process sees a NaN
             values = all_reduce_sum(torch.stack([p.detach().float() for p in parts.values()])) / world_size
@@ -124,7 +131,52 @@ def train_one_epoch(
     return stats, num_updates
 
 
-@torch.no_grad()
+def prepare_batch(batch, device: torch.device, mixup_fn: Callable | None, mix_seed: Callable[[int], int] | None,
+                  step: int) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
+    """(images, targets, *rest) from the loader -> images and targets on the device, mixed under the step's seed."""
+    images, targets, *rest = batch
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if mixup_fn is not None:
+        if mix_seed is not None:  # timm's Mixup draws from Python's and NumPy's generators
+            seed = mix_seed(step)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        images, targets = mixup_fn(images, targets)
+    return images, targets, rest
+
+
+@torch.inference_mode()
+def fill_teacher_cache(
+    criterion,
+    loader,
+    cache,
+    *,
+    epoch: int,
+    rank: int,
+    device: torch.device,
+    mixup_fn: Callable | None = None,
+    mix_seed: Callable[[int], int] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    show_progress: bool = True,
+) -> float:
+    """Run the teacher over one epoch's views (the very ones training will see) and store its outputs for this
+    process. Returns images per second."""
+    bar, task = progress(f"teacher cache, epoch {epoch}", len(loader), show_progress)
+    parts, seen, start = [], 0, time.perf_counter()
+    with bar:
+        for step, batch in enumerate(loader):
+            images, _, (_, positions, indices) = prepare_batch(batch, device, mixup_fn, mix_seed, step)
+            with autocast(device, amp_dtype):
+                logits, maps = criterion.teacher_outputs(images)
+            parts.append(cache.entries(positions, indices, images, logits, maps))
+            seen += len(images)
+            bar.advance(task)
+    cache.write_epoch(epoch, rank, parts)
+    return seen / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     loader,

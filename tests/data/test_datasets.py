@@ -134,10 +134,10 @@ def test_repeated_augmentation_gives_each_copy_its_own_seed():
     samplers = [train_sampler(dataset, seed=0, rank=r, world_size=3, repeated_aug=True) for r in range(3)]
     pairs = [pair for s in samplers for pair in s]
     seeds_of = {}
-    for index, seed in pairs:
+    for index, seed, _ in pairs:
         seeds_of.setdefault(index, set()).add(seed)
     assert any(len(seeds) > 1 for seeds in seeds_of.values())
-    assert len({seed for _, seed in pairs}) == len(pairs)
+    assert len({seed for _, seed, _ in pairs}) == len(pairs)
 
 
 def test_shard_sampler_covers_each_sample_once():
@@ -150,7 +150,7 @@ def test_seeded_sampler_positions_are_global():
         pass
 
     seeded = SeededSampler(Inner([4, 5]), seed=1, rank=1, world_size=2)
-    assert list(seeded) == [(4, sample_seed(1, 0, 1)), (5, sample_seed(1, 0, 3))]
+    assert list(seeded) == [(4, sample_seed(1, 0, 1), 1), (5, sample_seed(1, 0, 3), 3)]
 
 
 @pytest.mark.parametrize("magnitude", [0, 10])

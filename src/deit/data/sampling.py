@@ -1,9 +1,10 @@
 """Which samples each process sees, and the random seed of every augmentation.
 
 Every training sample is augmented under its own seed, drawn from (run seed, epoch, position in the epoch's global
-order). Augmentation is then a pure function of those three: a resumed run repeats the interrupted one exactly,
-N processes see the very images one process would see with the same global batch, and a cache of teacher outputs
-can replay an augmentation from its seed.
+order), and every batch is mixed (Mixup/CutMix) under a seed drawn from (run seed, epoch, process, step).
+Augmentation is then a pure function of those: a resumed run repeats the interrupted one exactly, N processes see
+the very images one process would see with the same global batch, and a cache of teacher outputs can replay a view
+from its seed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def process_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def batch_seed(seed: int, epoch: int, rank: int, step: int) -> int:
+    """The seed of one batch's Mixup/CutMix draw (its lambda, box, and which images are mixed)."""
+    return int(np.random.SeedSequence([seed, epoch, rank, step, 0xB47C]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def seed_everything(seed: int, cuda: bool = False) -> None:
     """Seed Python's, NumPy's and torch's global generators (timm's augmentations draw from all three).
 
@@ -40,7 +46,7 @@ def seed_everything(seed: int, cuda: bool = False) -> None:
 
 
 class SeededSampler(Sampler):
-    """Yields (index, seed) pairs: the inner sampler's indices with the seed of their global position.
+    """Yields (index, seed, position) keys: the inner sampler's indices, their global position and its seed.
 
     The inner sampler (DistributedSampler, timm's RepeatAugSampler) gives process `rank` of `world_size` the global
     positions rank, rank + world_size, ...; so local position j is global position rank + j * world_size.
@@ -60,11 +66,13 @@ class SeededSampler(Sampler):
 
     def __iter__(self):
         for j, index in enumerate(self.sampler):
-            yield index, sample_seed(self.seed, self.epoch, self.rank + j * self.world_size)
+            position = self.rank + j * self.world_size
+            yield index, sample_seed(self.seed, self.epoch, position), position
 
 
 class SeededDataset(Dataset):
-    """Looks up (index, seed) keys: seeds the generators, then returns dataset[index].
+    """Looks up (index, seed[, position]) keys: seeds the generators, then returns dataset[index] as
+    (image, target, skipped, position, index), so a batch says which views it holds.
 
     In a DataLoader worker the generators belong to the worker. In the main process (num_workers=0) their state is
     saved and restored around the sample, so training randomness (drop path, Mixup) is not disturbed.
@@ -77,18 +85,22 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        index, seed = key
+        index, seed, position = key if len(key) == 3 else (*key, -1)
         if torch.utils.data.get_worker_info() is not None:
             seed_everything(seed)
-            return self.dataset[index]
+            return self._item(index, position)
         states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
         try:
             seed_everything(seed)
-            return self.dataset[index]
+            return self._item(index, position)
         finally:
             random.setstate(states[0])
             np.random.set_state(states[1])
             torch.random.set_rng_state(states[2])
+
+    def _item(self, index: int, position: int):
+        image, target, *rest = self.dataset[index]
+        return image, target, rest[0] if rest else 0, position, index
 
 
 class ShardSampler(Sampler):

@@ -64,11 +64,13 @@ class DistillationLoss(nn.Module):
         alpha: float,
         tau: float,
         attention: AttentionDistillation | None = None,
+        cached: bool = False,
     ):
+        """`cached`: the teacher's outputs come with every call (from a teacher cache); `teacher` may be None."""
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
             raise ValueError(f"distillation_type={distillation_type!r} is not one of {DISTILLATION_TYPES}")
-        if (distillation_type != "none" or attention is not None) and teacher is None:
+        if (distillation_type != "none" or attention is not None) and teacher is None and not cached:
             raise ValueError(f"distillation_type={distillation_type!r} (or attention distillation) needs a teacher")
         self.base_criterion = base_criterion
         self.teacher = teacher
@@ -88,12 +90,14 @@ class DistillationLoss(nn.Module):
         labels: torch.Tensor,
         teacher_logits: torch.Tensor | None = None,
         student_maps: dict[int, torch.Tensor] | None = None,
+        teacher_maps: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"loss": total, "base_loss", "distill_loss" (soft/hard), "attn_loss" (attention distillation)}.
 
         `outputs` is the student's (cls_logits, dist_logits) tuple, or one tensor for a student without a
-        distillation token. `teacher_logits` may be given (computed earlier); else the teacher runs on `inputs`.
-        With attention distillation, `student_maps` are the student's class-token rows {block: (B, heads, N)}.
+        distillation token. `teacher_logits` (and with attention distillation `teacher_maps`) may be given, computed
+        earlier or read from a cache; else the teacher runs on `inputs`. With attention distillation,
+        `student_maps` are the student's class-token rows {block: (B, heads, N)}.
         """
         if isinstance(outputs, (tuple, list)):
             cls_logits, dist_logits = outputs
@@ -101,15 +105,12 @@ class DistillationLoss(nn.Module):
             cls_logits = dist_logits = outputs  # no distillation token: the class head learns from both
         base = self.base_criterion(cls_logits, labels)
         result = {"loss": base, "base_loss": base}
-        teacher_maps = None
-        if self.attention is not None:
-            teacher_logits, teacher_maps = teacher_logits_and_maps(
-                self.teacher, inputs, layers=self.attention.layers, grid=self.attention.grid,
-                student_heads=self.attention.heads,
-            )  # fmt: skip
-        elif self.distillation_type != "none" and teacher_logits is None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(inputs)
+        needed = self.attention is not None and teacher_maps is None
+        needed |= self.distillation_type != "none" and teacher_logits is None
+        if needed:
+            if self.teacher is None:
+                raise ValueError("this loss reads the teacher's outputs from a cache: pass teacher_logits/teacher_maps")
+            teacher_logits, teacher_maps = self.teacher_outputs(inputs)
         if self.distillation_type != "none":
             distill = self._distill(dist_logits.float(), teacher_logits.float())
             result["distill_loss"] = distill
@@ -128,6 +129,14 @@ class DistillationLoss(nn.Module):
             result["attn_loss"] = attn
             result["loss"] = result["loss"] + self.attention.weight * attn
         return result
+
+    def teacher_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """One teacher pass: its logits, and its maps over the student's grid when attention is distilled."""
+        if self.attention is None:
+            with torch.no_grad():
+                return self.teacher(inputs), None
+        return teacher_logits_and_maps(self.teacher, inputs, layers=self.attention.layers, grid=self.attention.grid,
+                                       student_heads=self.attention.heads)  # fmt: skip
 
     def _distill(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if self.distillation_type == "soft":

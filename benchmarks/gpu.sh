@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every GPU figure in one go (about 6 minutes on an H100/H200): run from the repo root on a machine with a GPU,
+# torch, torchvision and timm installed.
+#
+#   bash benchmarks/gpu.sh            # results in benchmarks/results/ (and in $OUT when set)
+#
+# 1. deit benchmark --preset gpu --compile: DeiT-S inference and train step, eager and compiled, ours against timm;
+#    the distilled step with a RegNetY-16GF teacher online (official loop) and from a teacher cache; the data
+#    pipeline on JPEGs in memory. bf16, batch 256.
+# 2. bench_models.py on CUDA: forward and forward+backward, DeiT-Ti/S/B, eager and compiled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RESULTS=benchmarks/results
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+timeout 300 $PY -m deit benchmark --preset gpu --compile --rounds 5 --steps 10 --num_workers "$WORKERS" \
+    --out "$RESULTS" 2>&1 | grep -v Warning
+timeout 120 $PY benchmarks/bench_models.py --device cuda --batch-size 256 --repeats 7 \
+    --models deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224 2>&1 | grep -v Warning
+timeout 180 $PY benchmarks/bench_models.py --device cuda --batch-size 256 --repeats 7 --compile \
+    --models deit_small_patch16_224 2>&1 | grep -v Warning
+if [ -n "${OUT:-}" ]; then cp "$RESULTS"/*.json "$OUT"/; fi

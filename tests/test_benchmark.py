@@ -1,0 +1,28 @@
+"""`deit benchmark`: every measurement runs and is recorded with its baseline (timings themselves are not tested)."""
+
+import json
+
+import torch
+
+from deit.benchmark import timm_twin
+from deit.cli import main
+from deit.models import create_model
+
+
+def test_the_timm_twin_computes_what_ours_does():
+    ours = create_model("deit_pico_distilled_patch7_28", num_classes=10, in_chans=1).eval()
+    twin = timm_twin(ours).eval()
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(ours(x), twin(x), atol=1e-5)
+
+
+def test_benchmark_measures_each_part_against_its_baseline(tmp_path):
+    assert main(["benchmark", "--rounds", "1", "--steps", "1", "--num_workers", "0", "--out", str(tmp_path)]) == 0
+    record = json.loads(next(tmp_path.glob("deit_benchmark_cpu_*.json")).read_text())
+    names = [r["measurement"] for r in record["results"]]
+    assert names == ["inference", "train step", "distilled step, teacher online", "data pipeline (0 workers)"]
+    for result in record["results"]:
+        assert result["ratio"] > 0 and all(v > 0 for v in result["img_s"].values())
+        assert result["baseline"] in result["img_s"] and result["ours"] in result["img_s"]
+    assert record["results"][2]["cached_ratio"] > 0 and "ours + cache" in record["results"][2]["img_s"]
+    assert record["machine"] and record["batch_size"] == 32

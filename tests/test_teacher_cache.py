@@ -1,0 +1,125 @@
+"""The teacher cache: views replayed from their seeds, the same loss as with the teacher online, wrong caches refused."""
+
+import json
+
+import pytest
+import torch
+from conftest import FAST, read_log
+from timm.data import Mixup
+
+from deit.cli import main
+from deit.data import build_dataset, build_transform
+from deit.data.sampling import SeededDataset, batch_seed, sample_seed, train_sampler
+from deit.distill.cache import TeacherCache, epoch_file
+from deit.engine import prepare_batch
+
+# A distilled student with every cached part in play: Mixup/CutMix pairs and lambdas, soft logits, attention maps.
+STUDENT = ["--model", "deit_pico_distilled_patch7_28", *FAST, "--labels-per-class", "16", "--epochs", "2",
+           "--mixup", "0.8", "--cutmix", "1.0", "--distillation-type", "soft", "--distillation-tau", "3",
+           "--attn-distillation-weight", "1.0"]  # fmt: skip
+
+
+def digits_view_set():
+    train, info = build_dataset("mnist5k", None, True)
+    train.transform = build_transform(True, img_size=28, mean=info.mean, std=info.std, crop_scale=0.5, reprob=0.5,
+                                      aa="rand-m6-mstd0.5-inc1", hflip=0.0)  # fmt: skip
+    return SeededDataset(train)
+
+
+def test_a_view_replayed_from_its_seed_is_the_identical_tensor():
+    first, second = digits_view_set(), digits_view_set()  # e.g. the cache's process and a student's
+    keys = [(i, sample_seed(3, 5, p), p) for p, i in enumerate([7, 100, 2500, 7])]
+    a = torch.stack([first[k][0] for k in keys])
+    b = torch.stack([second[k][0] for k in keys[::-1]])[range(3, -1, -1)]  # another order, the same views
+    assert torch.equal(a, b)
+    assert not torch.equal(a[0], a[3])  # the same image at another position is another view
+    # and the batch's Mixup/CutMix: pairs, lambda and box from the step's seed
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+    def mixed(step: int) -> torch.Tensor:  # timm mixes in place: a fresh copy of the batch each time
+        batch = (a.clone(), torch.tensor([1, 2, 3, 1]))
+        return prepare_batch(batch, torch.device("cpu"), mixup, lambda s: batch_seed(3, 5, 0, s), step)[0]
+
+    assert torch.equal(mixed(4), mixed(4))
+    assert not torch.equal(mixed(4), mixed(5)) and not torch.equal(mixed(4), a)
+
+
+def test_a_cached_run_matches_the_online_teacher(teacher, tmp_path):
+    """fp32 cache, k = class count: the same losses, step after step, and the same weights at the end."""
+    base = [*STUDENT, "--teacher-path", str(teacher)]
+    assert main(["train", *base, "--output_dir", str(tmp_path / "online")]) == 0
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", *base, "--teacher-cache", str(cache), "--teacher-cache-dtype", "float32"]) == 0
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["topk"] == 10 and meta["attention"]["grid"] == 4 and meta["views"]["mixup"]["cutmix"] == 1.0
+    # the student reads the cache: no teacher weights needed
+    assert main(["train", *STUDENT, "--teacher-cache", str(cache), "--output_dir", str(tmp_path / "cached")]) == 0
+    online, cached = read_log(tmp_path / "online"), read_log(tmp_path / "cached")
+    for a, b in zip(online, cached):
+        for key in ("train_loss", "base_loss", "distill_loss", "attn_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+        assert b["test_acc1"] == a["test_acc1"]
+    w1 = torch.load(tmp_path / "online" / "checkpoint.pth", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "cached" / "checkpoint.pth", weights_only=True)["model"]
+    for key in w1:
+        assert torch.allclose(w1[key], w2[key], atol=1e-5), key
+
+
+def test_float16_cache_serves_hard_students_and_other_process_counts(teacher, tmp_path):
+    """Without Mixup a cache made by one process serves process `rank` of two: positions are global."""
+    args = ["--model", "deit_pico_distilled_patch7_28", *FAST, "--labels-per-class", "16", "--epochs", "1",
+            "--mixup", "0", "--cutmix", "0", "--distillation-type", "hard", "--teacher-path", str(teacher)]  # fmt: skip
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", *args, "--teacher-cache", str(cache), "--teacher-cache-topk", "1"]) == 0
+    assert (cache / epoch_file(0, 0)).stat().st_size < 10_000  # 160 views: one class and one logit each
+    sampler = train_sampler(range(160), seed=0, rank=1, world_size=2, repeated_aug=False)  # its epoch-0 order
+    keys = list(sampler)
+    opened = TeacherCache(cache, json.loads((cache / "meta.json").read_text()))
+    opened._load(0)
+    rows = opened._rows[torch.tensor([p for _, _, p in keys])]
+    assert bool((rows >= 0).all())  # every position of process 1 of 2 is in the one-process cache
+    assert torch.equal(opened._data["indices"][rows].long(), torch.tensor([i for i, _, _ in keys]))
+    assert main(["train", *args, "--teacher-cache", str(cache), "--output_dir", str(tmp_path / "s")]) == 0
+    assert read_log(tmp_path / "s")[0]["distill_loss"] > 0
+
+
+def test_a_cache_made_for_another_run_is_refused(teacher, tmp_path, capsys):
+    base = [*STUDENT, "--epochs", "1"]
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", *base, "--teacher-path", str(teacher), "--teacher-cache", str(cache)]) == 0
+
+    def refused(*args: str) -> str:
+        code = main(["train", *base, *args, "--teacher-cache", str(cache), "--output_dir", str(tmp_path / "x")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    assert "views transform" in refused("--crop-scale", "0.9")
+    assert "views seed" in refused("--seed", "1")
+    assert "views mixup" in refused("--mixup", "0.5")
+    assert "data size" in refused("--labels-per-class", "17")
+    assert "needs 2" in refused("--epochs", "2")
+    assert "attention" in refused("--attn-distillation-layers=-2")
+    other = tmp_path / "other_teacher"
+    assert main(["train", "--model", "small_cnn", *FAST, "--labels-per-class", "10", "--epochs", "1",
+                 "--output_dir", str(other)]) == 0  # fmt: skip
+    assert "teacher weights" in refused("--teacher-path", str(other))
+    # views that differ although the settings match (e.g. another library version): stopped at the first batch
+    path = cache / epoch_file(0, 0)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    tensors["checksums"] = tensors["checksums"] + 1.0
+    save_file(tensors, str(path))
+    assert "augmented images differ" in refused()
+
+
+def test_an_unfinished_cache_is_completed_or_refused(teacher, tmp_path, capsys):
+    base = [*STUDENT, "--teacher-cache", str(tmp_path / "cache")]
+    assert main(["cache-teacher", *base, "--teacher-path", str(teacher)]) == 0
+    first = (tmp_path / "cache" / epoch_file(0, 0)).read_bytes()
+    (tmp_path / "cache" / epoch_file(1, 0)).unlink()  # as if interrupted during epoch 1
+    assert main(["train", *base, "--output_dir", str(tmp_path / "s")]) == 2
+    assert "lacks epoch 1" in capsys.readouterr().err
+    assert main(["cache-teacher", *base, "--teacher-path", str(teacher)]) == 0
+    assert (tmp_path / "cache" / epoch_file(1, 0)).exists()
+    assert (tmp_path / "cache" / epoch_file(0, 0)).read_bytes() == first  # finished epochs are kept as they were
