@@ -133,20 +133,11 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     cache = None
     if distill.teacher_cache and distill.needs_teacher and not cfg.run.eval:
         spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size)
-        if env.is_main:
-            cache = TeacherCache.open_or_create(distill.teacher_cache, spec, create=teacher is not None)
-        distributed.barrier()
-        if not env.is_main:
-            cache = TeacherCache.open_or_create(distill.teacher_cache, spec, create=False)
-        missing = cache.missing_epochs(env.rank, cfg.run.epochs)
-        if missing and teacher is None:
-            raise ValueError(f"teacher cache {distill.teacher_cache} lacks epoch {missing[0]}: give --teacher-path to "
-                             "finish it")  # fmt: skip
-        if missing and env.is_main:
-            print(f"teacher cache {distill.teacher_cache}: running {teacher.name} on {len(missing)} epoch(s) of views")
+        cache = _open_cache(distill.teacher_cache, spec, env, can_fill=teacher is not None)
         # Mixup pairs images within a batch: then the teacher sees the training batches; else larger ones
         fill_loader = train_loader if mixup_fn else DataLoader(
             SeededDataset(train_set), batch_size=max(cfg.run.batch_size, 256), sampler=sampler, **loader_args)
+        missing = cache.missing_epochs(env.rank, cfg.run.epochs)
         for epoch in missing:
             seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
             sampler.set_epoch(epoch)
@@ -270,6 +261,21 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
         "dtype": cfg.distill.teacher_cache_dtype,
         "distillation_type": cfg.distill.distillation_type,
     }  # fmt: skip
+
+
+def _open_cache(folder: str, spec: dict, env: distributed.DistEnv, can_fill: bool) -> TeacherCache:
+    """The run's teacher cache: the main process creates it if absent; every process checks it fits the run and
+    that its own missing epochs can be filled (a teacher is at hand)."""
+    cache = TeacherCache.open_or_create(folder, spec, create=can_fill) if env.is_main else None
+    distributed.barrier()
+    if cache is None:
+        cache = TeacherCache.open_or_create(folder, spec, create=False)
+    missing = cache.missing_epochs(env.rank, spec["epochs"])
+    if missing and not can_fill:
+        raise ValueError(f"teacher cache {folder} lacks epoch {missing[0]}: give --teacher-path to finish it")
+    if missing and env.is_main:
+        print(f"teacher cache {folder}: running {spec['teacher']['name']} on {len(missing)} epoch(s) of views")
+    return cache
 
 
 def build_student(
