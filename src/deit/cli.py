@@ -161,28 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("filter", nargs="?", default="", help="only names containing this text")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser(
-        "train",
-        help="train a DeiT (or a CNN teacher), with or without distillation",
-        description="Train as the DeiT paper does. Flags follow the official DeiT main.py; --config loads a YAML "
-        "preset (configs/) and flags override it. Under torchrun, one process per GPU (DDP).",
-        allow_abbrev=False,
-    )
-    p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "cache-teacher",
-        help="run the teacher once over a training run's views and store its outputs for students to read",
-        description="Takes the flags of `deit train` (the student's run: data, augmentation, seed, epochs, batch, "
-        "distillation) plus --teacher-path and --teacher-cache DIR. Students trained with the same flags and "
-        "--teacher-cache DIR read the teacher's outputs instead of running it. An unfinished cache is completed.",
-        allow_abbrev=False,
-    )
-    p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_cache_teacher)
+    for name, func, short, long in (
+        ("train", cmd_train, "train a DeiT (or a CNN teacher), with or without distillation",
+         "Train as the DeiT paper does. Flags follow the official DeiT main.py; --config loads a YAML preset "
+         "(configs/) and flags override it. Under torchrun, one process per GPU (DDP)."),
+        ("cache-teacher", cmd_cache_teacher,
+         "run the teacher once over a training run's views and store its outputs for students to read",
+         "Takes the flags of `deit train` (the student's run: data, augmentation, seed, epochs, batch, distillation) "
+         "plus --teacher-path and --teacher-cache DIR. Students trained with the same flags and --teacher-cache DIR "
+         "read the teacher's outputs instead of running it. An unfinished cache is completed."),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=short, description=long, allow_abbrev=False)
+        p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
+        add_config_flags(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser(
         "benchmark",
