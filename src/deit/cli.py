@@ -1,5 +1,5 @@
-"""The `deit` command: `deit demo`, `deit train`, `deit cache-teacher`, `deit benchmark`, `deit models`,
-`deit convert`.
+"""The `deit` command: `deit demo`, `deit train`, `deit cache-teacher`, `deit export`, `deit benchmark`,
+`deit models`, `deit convert`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
 file, a checkpoint of another model, a bad value) print one line and exit with status 2; set DEIT_DEBUG=1 to see
@@ -137,6 +137,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+    from .models import create_model
+
+    model = create_model(args.model, pretrained=args.weights)
+    result = export_model(model, args.output, args.format)
+    checked = (f", matches PyTorch within {result['max_abs_diff']:.1e} in onnxruntime at batch "
+               f"{' and '.join(map(str, result['checked_batches']))}" if args.format == "onnx" else "")  # fmt: skip
+    print(f"wrote {result['path']} ({args.format}, {model.model_name or 'deit'}, {model.num_classes} classes{checked})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -194,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("inference", "train", "distilled", "data"))
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("export", help="a trained model as ONNX (checked in onnxruntime) or safetensors + config",
+                       allow_abbrev=False)  # fmt: skip
+    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p.add_argument("--format", required=True, choices=("onnx", "safetensors"))
+    p.add_argument("-o", "--output", required=True, help="the .onnx file, or a .safetensors file or folder")
+    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="convert weights between deit, timm and HF transformers layouts")
     p.add_argument("src", help="weights in any supported format (file or folder)")

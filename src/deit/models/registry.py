@@ -110,4 +110,6 @@ def create_model(
     model.model_name = name
     if source is not None:
         weights.load_state(model, source)
+        # class names and preprocessing saved at training time travel with the weights
+        model.data_config = (source.config or {}).get("data")
     return model

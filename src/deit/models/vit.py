@@ -117,6 +117,8 @@ class VisionTransformer(nn.Module):
     """DeiT without a distillation token: [cls, patches] -> blocks -> norm -> head(cls)."""
 
     num_prefix_tokens = 1  # tokens before the patches: cls
+    model_name: str | None = None  # the registered name, set by create_model
+    data_config: dict | None = None  # class names and preprocessing of the data it was trained on, when known
 
     def __init__(
         self,

@@ -445,7 +445,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def deit_config(model: VisionTransformer) -> dict:
-    return {
+    config = {
         "format": "deit",
         "version": 1,
         "family": "deit",
@@ -453,6 +453,9 @@ def deit_config(model: VisionTransformer) -> dict:
         "distilled": isinstance(model, DistilledVisionTransformer),
         "hparams": dict(model.hparams),
     }
+    if getattr(model, "data_config", None):  # class names and preprocessing, from training
+        config["data"] = dict(model.data_config)
+    return config
 
 
 def _cpu_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
