@@ -28,3 +28,15 @@ def teacher(tmp_path_factory) -> Path:
                  "--output_dir", str(out)])  # fmt: skip
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A student trained briefly by `deit train` (well above chance): its checkpoint keeps the class names."""
+    from deit.cli import main
+
+    out = tmp_path_factory.mktemp("student")
+    assert main(["train", "--model", "deit_pico_patch7_28", *FAST, "--epochs", "3",
+                 "--lr", "0.032", "--aa", "none", "--mixup", "0", "--reprob", "0", "--crop-scale", "0.75",
+                 "--output_dir", str(out)]) == 0  # fmt: skip
+    return out / "checkpoint.pth"

@@ -4,21 +4,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import FAST
 
 import deit
 from deit.cli import main
 from deit.data import build_dataset, build_transform
 from deit.export import export_model
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A student trained one short epoch by `deit train` (its checkpoint keeps the class names)."""
-    out = tmp_path_factory.mktemp("student")
-    assert main(["train", "--model", "deit_pico_patch7_28", *FAST, "--labels-per-class", "10", "--epochs", "1",
-                 "--output_dir", str(out)]) == 0  # fmt: skip
-    return out / "checkpoint.pth"
 
 
 def real_digits(count: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The `deit` command: `deit demo`, `deit train`, `deit cache-teacher`, `deit export`, `deit benchmark`,
-`deit models`, `deit convert`.
+"""The `deit` command: `deit demo`, `deit train`, `deit cache-teacher`, `deit predict`, `deit attention`,
+`deit eval`, `deit export`, `deit benchmark`, `deit models`, `deit convert`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
 file, a checkpoint of another model, a bad value) print one line and exit with status 2; set DEIT_DEBUG=1 to see
@@ -149,6 +149,61 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .models import create_model
+    from .predict import image_files, predict
+
+    model = create_model(args.model, pretrained=args.weights)
+    files = image_files(args.images)
+    if not files:
+        raise ValueError(f"no images ({', '.join(args.images)}) to predict")
+    predictions, errors = predict(model, files, topk=args.topk, batch_size=args.batch_size,
+                                  show_progress=len(files) > args.batch_size and sys.stderr.isatty())  # fmt: skip
+    for line in errors:
+        print(f"deit predict: error: {line}", file=sys.stderr)
+    if args.json:
+        for p in predictions:
+            print(json.dumps(p.to_dict()))
+    else:
+        for p in predictions:
+            shown = "  ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities))
+            print(f"{p.path}\t{shown}")
+    return 1 if errors else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluation_report, write_report
+    from .models import create_model
+
+    model = create_model(args.model, pretrained=args.weights)
+    report = evaluation_report(model, args.data_set, args.data_path, batch_size=args.batch_size,
+                               num_workers=args.num_workers)  # fmt: skip
+    worst = sorted(report["per_class_acc1"].items(), key=lambda kv: kv[1])[:3]
+    print(f"{report['images']} images of {args.data_set}: top-1 {report['acc1']:.2f}%  top-5 {report['acc5']:.2f}%; "
+          f"weakest classes: {', '.join(f'{k} {v:.1f}%' for k, v in worst)}")  # fmt: skip
+    if args.output_dir:
+        written = write_report(report, args.output_dir)
+        print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .explain import attention_pictures
+    from .models import create_model
+    from .predict import image_files
+
+    model = create_model(args.model, pretrained=args.weights)
+    written, errors = attention_pictures(model, image_files(args.images), Path(args.output))
+    for line in errors:
+        print(f"deit attention: error: {line}", file=sys.stderr)
+    print(f"wrote {len(written)} heat-map picture(s) to {args.output}")
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -206,6 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("inference", "train", "distilled", "data"))
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("predict", help="top-k classes of images or folders of images with a trained model",
+                       allow_abbrev=False)  # fmt: skip
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per image: path, top-k labels, probabilities")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("attention", help="heat maps of where a model looks: rollout, class (and distillation) token",
+                       allow_abbrev=False)  # fmt: skip
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p.add_argument("-o", "--output", required=True, help="folder for the PNGs (<image name>_attention.png)")
+    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and a confusion matrix on a data set",
+                       allow_abbrev=False)  # fmt: skip
+    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p.add_argument("--data-set", required=True, help="imagenet or folder (with --data-path), or a built-in")
+    p.add_argument("--data-path", default=None, help="the folder holding val/<class>/ images")
+    p.add_argument("--output_dir", default=None, help="write eval.json and confusion.png here")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="a trained model as ONNX (checked in onnxruntime) or safetensors + config",
                        allow_abbrev=False)  # fmt: skip

@@ -46,10 +46,10 @@ def upsample_map(patch_map: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def attention_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], path: str | Path, titles: list[str]):
-    """Rows: images (N, H, W) in [0, 1]; first column the image, then one heat map per entry of `columns`
-    ((N, P) distributions over patches), overlaid on the image."""
+    """Rows: images (N, H, W) or (N, H, W, 3) in [0, 1]; first column the image, then one heat map per entry of
+    `columns` ((N, P) distributions over patches), overlaid on the image."""
     plt = _pyplot()
-    n, size = images.shape[0], images.shape[-1]
+    n, size = images.shape[0], images.shape[2]
     fig, axes = plt.subplots(n, 1 + len(columns), figsize=(1.7 * (1 + len(columns)), 1.8 * n), squeeze=False)
     for row in range(n):
         axes[row][0].imshow(images[row], cmap="gray")
@@ -62,6 +62,30 @@ def attention_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], path:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: str | Path) -> None:
+    """Rows: true class, columns: predicted; each row normalised to the share of its class's images."""
+    plt = _pyplot()
+    rows = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    n = len(class_names)
+    side = min(2 + 0.45 * n, 40)
+    fig, ax = plt.subplots(figsize=(side, side * 0.85))
+    shown = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

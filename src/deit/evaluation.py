@@ -1,0 +1,58 @@
+"""`deit eval`: top-1 / top-5, per-class accuracy and the confusion matrix of a trained model on a data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import build_dataset, canonical_name
+from .predict import preprocessing
+
+
+@torch.inference_mode()
+def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | None, *, batch_size: int = 128,
+                      num_workers: int = 2) -> dict:  # fmt: skip
+    """Evaluate on the validation split of a data set, preprocessed as the model's training data was."""
+    model = model.eval()
+    val, info = build_dataset(canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1)
+    transform, names, _ = preprocessing(model)
+    if info.num_classes != model.num_classes:
+        raise ValueError(f"the model predicts {model.num_classes} classes but {data_set} has {info.num_classes}; "
+                         "evaluate on the data it was trained for")  # fmt: skip
+    saved = getattr(model, "data_config", None) or {}
+    if saved.get("class_names") and list(saved["class_names"]) != list(info.class_names):
+        raise ValueError(f"the model was trained on classes {saved['class_names'][:5]}..., {data_set} has "
+                         f"{info.class_names[:5]}...; evaluate on the data it was trained for")  # fmt: skip
+    val.transform = transform
+    loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers)
+    n = model.num_classes
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    top5_hits = 0
+    device = next(model.parameters()).device
+    for images, targets, *_ in loader:
+        logits = model(images.to(device)).float().cpu()
+        confusion += torch.bincount(targets * n + logits.argmax(1), minlength=n * n).reshape(n, n)
+        top5 = logits.topk(min(5, n), dim=1).indices
+        top5_hits += int((top5 == targets[:, None]).any(1).sum())
+    count = int(confusion.sum())
+    per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1)
+    return {
+        "data_set": data_set, "images": count, "acc1": 100.0 * float(confusion.diag().sum()) / count,
+        "acc5": 100.0 * top5_hits / count,
+        "per_class_acc1": {names[i]: round(100.0 * float(per_class[i]), 3) for i in range(n)},
+        "confusion": confusion.tolist(), "class_names": names,
+    }  # fmt: skip
+
+
+def write_report(report: dict, out: str | Path) -> list[Path]:
+    """eval.json and confusion.png in `out`."""
+    from .viz import plot_confusion
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(torch.tensor(report["confusion"]), report["class_names"], out / "confusion.png")
+    return [out / "eval.json", out / "confusion.png"]

@@ -1,0 +1,72 @@
+"""`deit attention`: where a DeiT looks, as heat maps over the image.
+
+Three maps per image, each a distribution over the patches:
+- rollout (Abnar & Zuidema, 2020): the class token's row of the product over blocks of (head-averaged attention +
+  identity, rows renormalised): attention traced through the residual stream from the input to the last block;
+- the last block's class-token attention (head-averaged);
+- for a distilled model, the last block's distillation-token attention too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .distill.attention import normalise
+
+
+def attention_rollout(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Full attention of every block, first to last, each (B, heads, N, N) -> the rolled-out (B, N, N)."""
+    rollout = None
+    for attn in maps:
+        a = attn.float().mean(dim=1)
+        a = a + torch.eye(a.shape[-1], device=a.device)
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    return rollout
+
+
+@torch.inference_mode()
+def attention_maps(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"rollout", "class token", ("distillation token")}: (B, patches) distributions for the images `x`."""
+    model = model.eval()
+    _, maps = model.forward_attention(x, blocks=None, form="full")
+    ordered = [maps[i] for i in sorted(maps)]
+    prefix = model.num_prefix_tokens
+    last = ordered[-1].float().mean(dim=1)  # (B, N, N)
+    out = {"rollout": normalise(attention_rollout(ordered)[:, 0, prefix:]), "class token": normalise(last[:, 0, prefix:])}
+    if prefix == 2:
+        out["distillation token"] = normalise(last[:, 1, prefix:])
+    return out
+
+
+def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+    """One PNG per readable image (`<name>_attention.png`: the image, then each map over it); error lines for the
+    rest."""
+    from .predict import preprocessing
+    from .viz import attention_grid
+
+    transform, names, mode = preprocessing(model)
+    data = getattr(model, "data_config", None) or {}
+    mean = torch.tensor(data.get("mean") or transform.transforms[-1].mean).view(-1, 1, 1)
+    std = torch.tensor(data.get("std") or transform.transforms[-1].std).view(-1, 1, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    written, errors = [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                x = transform(image.convert(mode))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            errors.append(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            continue
+        maps = attention_maps(model, x[None])
+        with torch.inference_mode():
+            label = names[int(model(x[None]).argmax())]
+        shown = (x * std + mean).clamp(0, 1)
+        shown = shown[0] if shown.shape[0] == 1 else shown.permute(1, 2, 0)
+        target = out / f"{path.stem}_attention.png"
+        attention_grid(shown[None], maps, target, [f"{path.name}: {label}"])
+        written.append(target)
+    return written, errors
