@@ -204,6 +204,14 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def model_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A sub-command that works on a trained model: --weights (any format) and --model."""
+    p = sub.add_parser(name, help=help_text, allow_abbrev=False)
+    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -262,41 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("predict", help="top-k classes of images or folders of images with a trained model",
-                       allow_abbrev=False)  # fmt: skip
+    p = model_command(sub, "predict", "top-k classes of images or folders of images with a trained model")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image: path, top-k labels, probabilities")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("attention", help="heat maps of where a model looks: rollout, class (and distillation) token",
-                       allow_abbrev=False)  # fmt: skip
+    p = model_command(sub, "attention", "heat maps of where a model looks: rollout, class (and distillation) token")
     p.add_argument("images", nargs="+", help="image files and/or folders")
-    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
     p.add_argument("-o", "--output", required=True, help="folder for the PNGs (<image name>_attention.png)")
-    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
     p.set_defaults(func=cmd_attention)
 
-    p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and a confusion matrix on a data set",
-                       allow_abbrev=False)  # fmt: skip
-    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p = model_command(sub, "eval", "top-1/top-5, per-class accuracy and a confusion matrix on a data set")
     p.add_argument("--data-set", required=True, help="imagenet or folder (with --data-path), or a built-in")
     p.add_argument("--data-path", default=None, help="the folder holding val/<class>/ images")
     p.add_argument("--output_dir", default=None, help="write eval.json and confusion.png here")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="a trained model as ONNX (checked in onnxruntime) or safetensors + config",
-                       allow_abbrev=False)  # fmt: skip
-    p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
+    p = model_command(sub, "export", "a trained model as ONNX (checked in onnxruntime) or safetensors + config")
     p.add_argument("--format", required=True, choices=("onnx", "safetensors"))
     p.add_argument("-o", "--output", required=True, help="the .onnx file, or a .safetensors file or folder")
-    p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="convert weights between deit, timm and HF transformers layouts")
