@@ -18,7 +18,8 @@ def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | No
     """Evaluate on the validation split of a data set, preprocessed as the model's training data was."""
     model = model.eval()
     val, info = build_dataset(canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1)
-    transform, names, _ = preprocessing(model)
+    prep = preprocessing(model)
+    names = prep.class_names
     if info.num_classes != model.num_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but {data_set} has {info.num_classes}; "
                          "evaluate on the data it was trained for")  # fmt: skip
@@ -26,7 +27,7 @@ def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | No
     if saved.get("class_names") and list(saved["class_names"]) != list(info.class_names):
         raise ValueError(f"the model was trained on classes {saved['class_names'][:5]}..., {data_set} has "
                          f"{info.class_names[:5]}...; evaluate on the data it was trained for")  # fmt: skip
-    val.transform = transform
+    val.transform = prep.transform
     loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers)
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .distill.attention import normalise
 
@@ -28,18 +27,22 @@ def attention_rollout(maps: list[torch.Tensor]) -> torch.Tensor:
     return rollout
 
 
-@torch.inference_mode()
 def attention_maps(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """{"rollout", "class token", ("distillation token")}: (B, patches) distributions for the images `x`."""
+    return _logits_and_maps(model, x)[1]
+
+
+@torch.inference_mode()
+def _logits_and_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = model.eval()
-    _, maps = model.forward_attention(x, blocks=None, form="full")
+    logits, maps = model.forward_attention(x, blocks=None, form="full")
     ordered = [maps[i] for i in sorted(maps)]
     prefix = model.num_prefix_tokens
     last = ordered[-1].float().mean(dim=1)  # (B, N, N)
     out = {"rollout": normalise(attention_rollout(ordered)[:, 0, prefix:]), "class token": normalise(last[:, 0, prefix:])}
     if prefix == 2:
         out["distillation token"] = normalise(last[:, 1, prefix:])
-    return out
+    return logits, out
 
 
 def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> tuple[list[Path], list[str]]:
@@ -48,22 +51,18 @@ def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> 
     from .predict import preprocessing
     from .viz import attention_grid
 
-    transform, names, mode = preprocessing(model)
-    data = getattr(model, "data_config", None) or {}
-    mean = torch.tensor(data.get("mean") or transform.transforms[-1].mean).view(-1, 1, 1)
-    std = torch.tensor(data.get("std") or transform.transforms[-1].std).view(-1, 1, 1)
+    prep = preprocessing(model)
+    mean, std = torch.tensor(prep.mean).view(-1, 1, 1), torch.tensor(prep.std).view(-1, 1, 1)
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
     for path in files:
         try:
-            with Image.open(path) as image:
-                x = transform(image.convert(mode))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            errors.append(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            x = prep.read(path)
+        except ValueError as e:
+            errors.append(str(e))
             continue
-        maps = attention_maps(model, x[None])
-        with torch.inference_mode():
-            label = names[int(model(x[None]).argmax())]
+        logits, maps = _logits_and_maps(model, x[None])
+        label = prep.class_names[int(logits.argmax())]
         shown = (x * std + mean).clamp(0, 1)
         shown = shown[0] if shown.shape[0] == 1 else shown.permute(1, 2, 0)
         target = out / f"{path.stem}_attention.png"

@@ -8,7 +8,6 @@ still predicted.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,6 @@ from PIL import Image, UnidentifiedImageError
 
 from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 from .data.transforms import build_transform
-
-log = logging.getLogger("deit")
-
 
 @dataclass
 class Prediction:
@@ -46,8 +42,25 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def preprocessing(model: torch.nn.Module):
-    """The eval transform of the model's training data, and its class names."""
+@dataclass
+class Preprocessing:
+    transform: object  # PIL image -> normalised tensor
+    class_names: list[str]
+    mode: str  # the PIL mode the model reads: "L" or "RGB"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def read(self, path: Path) -> torch.Tensor:
+        """An image file as the model's input; ValueError naming the file when it is not a readable image."""
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert(self.mode))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
+def preprocessing(model: torch.nn.Module) -> Preprocessing:
+    """The eval transform of the model's training data, its class names and normalisation."""
     hp = model.hparams
     data = getattr(model, "data_config", None) or {}
     gray = hp["in_chans"] == 1
@@ -57,7 +70,7 @@ def preprocessing(model: torch.nn.Module):
                                 interpolation=data.get("interpolation", "bicubic"),
                                 eval_crop_ratio=data.get("eval_crop_ratio", 0.875))  # fmt: skip
     names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
-    return transform, names, "L" if gray else "RGB"
+    return Preprocessing(transform, names, "L" if gray else "RGB", mean, std)
 
 
 @torch.inference_mode()
@@ -67,7 +80,8 @@ def predict(model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_s
     from .engine import progress
 
     model = model.eval()
-    transform, names, mode = preprocessing(model)
+    prep = preprocessing(model)
+    names = prep.class_names
     k = min(topk, len(names))
     predictions, errors = [], []
     device = next(model.parameters()).device
@@ -77,11 +91,10 @@ def predict(model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_s
             batch, paths = [], []
             for path in files[start : start + batch_size]:
                 try:
-                    with Image.open(path) as image:
-                        batch.append(transform(image.convert(mode)))
+                    batch.append(prep.read(path))
                     paths.append(path)
-                except (UnidentifiedImageError, OSError, ValueError) as e:
-                    errors.append(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+                except ValueError as e:
+                    errors.append(str(e))
                 bar.advance(task)
             if not batch:
                 continue

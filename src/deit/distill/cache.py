@@ -18,6 +18,7 @@ count (positions are global) unless Mixup/CutMix or repeated augmentation tie th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -36,8 +37,13 @@ def view_checksum(images: torch.Tensor) -> torch.Tensor:
     """(B, ...) views -> (B,) projections on a fixed random direction: equal views, equal numbers; a flipped,
     shifted or re-coloured view, another number."""
     flat = images.detach().flatten(1).float()
-    direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0x7EAC)).to(flat.device)
-    return flat @ direction / flat.shape[1] ** 0.5
+    return flat @ _direction(flat.shape[1], str(flat.device)) / flat.shape[1] ** 0.5
+
+
+@functools.lru_cache(maxsize=4)
+def _direction(size: int, device: str) -> torch.Tensor:
+    """The fixed direction of `view_checksum`: drawn once per image size and device, not at every step."""
+    return torch.randn(size, generator=torch.Generator().manual_seed(0x7EAC)).to(device)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
