@@ -43,16 +43,20 @@ def test_a_view_replayed_from_its_seed_is_the_identical_tensor():
     assert not torch.equal(mixed(4), mixed(5)) and not torch.equal(mixed(4), a)
 
 
-def test_a_cached_run_matches_the_online_teacher(teacher, tmp_path):
-    """fp32 cache, k = class count: the same losses, step after step, and the same weights at the end."""
-    base = [*STUDENT, "--teacher-path", str(teacher)]
+@pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])
+def test_a_cached_run_matches_the_online_teacher(teacher, tmp_path, batch_aug):
+    """fp32 cache, k = class count: the same losses, step after step, and the same weights at the end; with views
+    made per image in the loader, or per batch (batch augmentation)."""
+    student = [*STUDENT, "--batch-aug"] if batch_aug else STUDENT
+    base = [*student, "--teacher-path", str(teacher)]
     assert main(["train", *base, "--output_dir", str(tmp_path / "online")]) == 0
     cache = tmp_path / "cache"
     assert main(["cache-teacher", *base, "--teacher-cache", str(cache), "--teacher-cache-dtype", "float32"]) == 0
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["topk"] == 10 and meta["attention"]["grid"] == 4 and meta["views"]["mixup"]["cutmix"] == 1.0
+    assert meta["views"]["batch_aug"] == batch_aug
     # the student reads the cache: no teacher weights needed
-    assert main(["train", *STUDENT, "--teacher-cache", str(cache), "--output_dir", str(tmp_path / "cached")]) == 0
+    assert main(["train", *student, "--teacher-cache", str(cache), "--output_dir", str(tmp_path / "cached")]) == 0
     online, cached = read_log(tmp_path / "online"), read_log(tmp_path / "cached")
     for a, b in zip(online, cached):
         for key in ("train_loss", "base_loss", "distill_loss", "attn_loss"):

@@ -52,10 +52,11 @@ def test_teacher_then_hard_distilled_student(teacher, tmp_path):
     assert student.model_name == "deit_pico_distilled_patch4_28"
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch, batch_aug):
     settings = {"model.model": "deit_pico_patch4_28", "data.labels_per_class": 20, "run.epochs": 3,
                 "optim.model_ema": True, "optim.model_ema_decay": 0.9, "aug.mixup": 0.8, "aug.cutmix": 1.0,
-                "model.drop_path": 0.1}  # fmt: skip
+                "model.drop_path": 0.1, "aug.batch_aug": batch_aug}  # fmt: skip
     run(config(**settings, **{"run.output_dir": str(tmp_path / "whole")}))
 
     real = train_module.train_one_epoch
@@ -188,6 +189,7 @@ def one_line_error(argv) -> str:
 
 def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
     write_digit_folder(tmp_path / "digits")
+    write_digit_folder(tmp_path / "good_digits")
     (tmp_path / "digits" / "train" / "class_empty").mkdir()
     (tmp_path / "bad.yaml").write_text("optim:\n  learning_rate: 0.1\n")
     cifar_teacher = tmp_path / "cifar_teacher.pth"
@@ -204,6 +206,8 @@ def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
         "was written by a run of small_cnn": ["--model", "deit_pico_patch4_28", "--data-set", "mnist5k",
                                               "--resume", str(teacher), *quick],
         "already holds a run": ["--model", "small_cnn", "--data-set", "mnist5k", "--output_dir", str(teacher), *quick],
+        "--batch-aug needs a data set held in memory": ["--data-set", "folder", "--data-path",
+                                                        str(tmp_path / "good_digits"), "--batch-aug", *quick],
         "needs the teacher's weights": ["--model", "deit_pico_distilled_patch4_28", "--data-set", "mnist5k",
                                         "--distillation-type", "hard", *quick],
     }  # fmt: skip

@@ -89,6 +89,9 @@ class AugConfig:
     mixup_mode: str = "batch"
     eval_crop_ratio: float = 0.875
     """Eval: resize to size / ratio, then center-crop to size."""
+    batch_aug: bool = False
+    """Augment whole batches as tensors on the training device (data sets held in memory: mnist5k, digits, cifar):
+    no per-image work in loader processes. Same recipe; a batch replays from (seed, epoch, process, step)."""
 
     def __post_init__(self):
         checks = [
@@ -100,6 +103,7 @@ class AugConfig:
             (0.0 < self.eval_crop_ratio <= 1.0, f"aug.eval_crop_ratio={self.eval_crop_ratio} must be in (0, 1]"),
             (self.mixup_mode in ("batch", "pair", "elem"), f"aug.mixup_mode={self.mixup_mode!r}: batch, pair or elem"),
             (self.remode in ("pixel", "rand", "const"), f"aug.remode={self.remode!r}: pixel, rand or const"),
+            (not (self.batch_aug and self.three_augment), "aug.batch_aug has no 3-Augment: use RandAugment (aug.aa)"),
         ]
         for ok, message in checks:
             if not ok:

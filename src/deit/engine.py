@@ -57,6 +57,7 @@ def train_one_epoch(
     mix_seed: Callable[[int], int] | None = None,
     teacher_cache=None,
     num_classes: int | None = None,
+    augment: Callable | None = None,
 ) -> tuple[dict, int]:
     """Train for one pass over `loader`. Returns the epoch's averages (loss and its parts, lr, images/s, skipped
     unreadable images) and the optimizer step count after it.
@@ -65,6 +66,7 @@ def train_one_epoch(
     and processes. Gradients are accumulated over `accum_iter` batches (without DDP communication but for the last).
     `mix_seed(step)` seeds each batch's Mixup/CutMix. With a `teacher_cache`, the teacher's outputs are read from it
     (the loader yields (images, targets, skipped, positions, indices), as `SeededDataset` gives them).
+    `augment(images, seed)`: batch augmentation (`BatchAugment`) of the loader's uint8 images, under the step's seed.
     """
     model.train()
     attention = getattr(criterion, "attention", None)
@@ -75,7 +77,7 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     with bar:
         for step, batch in enumerate(loader):
-            images, targets, rest = prepare_batch(batch, device, mixup_fn, mix_seed, step)
+            images, targets, rest = prepare_batch(batch, device, mixup_fn, mix_seed, step, augment)
             skipped += int(rest[0].sum()) if rest else 0
             cached = {}
             if teacher_cache is not None:
@@ -132,14 +134,17 @@ def train_one_epoch(
 
 
 def prepare_batch(batch, device: torch.device, mixup_fn: Callable | None, mix_seed: Callable[[int], int] | None,
-                  step: int) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
-    """(images, targets, *rest) from the loader -> images and targets on the device, mixed under the step's seed."""
+                  step: int, augment: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
+    """(images, targets, *rest) from the loader -> images and targets on the device, augmented (batch
+    augmentation) and mixed under the step's seed."""
     images, targets, *rest = batch
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
+    seed = mix_seed(step) if mix_seed is not None else step
+    if augment is not None:
+        images = augment(images, seed)
     if mixup_fn is not None:
         if mix_seed is not None:  # timm's Mixup draws from Python's and NumPy's generators
-            seed = mix_seed(step)
             random.seed(seed)
             np.random.seed(seed % 2**32)
         images, targets = mixup_fn(images, targets)
@@ -159,6 +164,7 @@ def fill_teacher_cache(
     mix_seed: Callable[[int], int] | None = None,
     amp_dtype: torch.dtype | None = None,
     show_progress: bool = True,
+    augment: Callable | None = None,
 ) -> float:
     """Run the teacher over one epoch's views (the very ones training will see) and store its outputs for this
     process. Returns images per second."""
@@ -166,7 +172,7 @@ def fill_teacher_cache(
     parts, seen, start = [], 0, time.perf_counter()
     with bar:
         for step, batch in enumerate(loader):
-            images, _, (_, positions, indices) = prepare_batch(batch, device, mixup_fn, mix_seed, step)
+            images, _, (_, positions, indices) = prepare_batch(batch, device, mixup_fn, mix_seed, step, augment)
             with autocast(device, amp_dtype):
                 logits, maps = criterion.teacher_outputs(images)
             parts.append(cache.entries(positions, indices, images, logits, maps))

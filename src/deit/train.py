@@ -18,7 +18,10 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
-from .data.sampling import SeededDataset, ShardSampler, batch_seed, process_seed, seed_everything, train_sampler
+from .data.batch_aug import BatchAugment
+from .data.datasets import ArrayDataset
+from .data.sampling import (SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed, seed_everything,
+                             train_sampler)  # fmt: skip
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest
@@ -71,8 +74,14 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
                          "lower --batch-size")  # fmt: skip
 
+    aug = cfg.aug
+    if aug.batch_aug and not isinstance(train_set, ArrayDataset):
+        raise ValueError(f"--batch-aug needs a data set held in memory (mnist5k, digits, cifar10, cifar100); {data_set} "
+                         "images are read from files one by one: drop --batch-aug")  # fmt: skip
+    # batch augmentation leaves the loader nothing to do: no worker processes then
+    num_workers = 0 if aug.batch_aug else cfg.data.num_workers
     if device.type == "cpu":
-        distributed.share_cpu_cores(cfg.data.num_workers)
+        distributed.share_cpu_cores(num_workers)
     # model: the same initial weights for a seed (and in every process)
     seed_everything(cfg.run.seed, cuda=device.type == "cuda")
     model, img_size = build_student(cfg.model.model, num_classes=info.num_classes, in_chans=info.in_chans,
@@ -80,20 +89,30 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
                                     native_size=info.native_size)  # fmt: skip
     if cfg.model.finetune:
         _finetune(model, cfg.model.finetune)
-    aug = cfg.aug
-    train_set.transform = build_transform(
-        True, img_size=img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
-        color_jitter=aug.color_jitter, aa=aug.aa, three_augment=aug.three_augment,
-        interpolation=aug.train_interpolation, reprob=aug.reprob, remode=aug.remode, recount=aug.recount,
-    )  # fmt: skip
+    augment = None
+    if aug.batch_aug:
+        augment = BatchAugment(
+            img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
+            color_jitter=aug.color_jitter, aa=aug.aa, interpolation=aug.train_interpolation, reprob=aug.reprob,
+            remode=aug.remode, recount=aug.recount,
+        )  # fmt: skip
+    else:
+        train_set.transform = build_transform(
+            True, img_size=img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
+            color_jitter=aug.color_jitter, aa=aug.aa, three_augment=aug.three_augment,
+            interpolation=aug.train_interpolation, reprob=aug.reprob, remode=aug.remode, recount=aug.recount,
+        )  # fmt: skip
     val_set.transform = build_transform(False, img_size=img_size, mean=info.mean, std=info.std,
                                         interpolation=aug.train_interpolation, eval_crop_ratio=aug.eval_crop_ratio)
     sampler = train_sampler(train_set, seed=cfg.run.seed, rank=env.rank, world_size=env.world_size,
                             repeated_aug=aug.repeated_aug)  # fmt: skip
-    loader_args = dict(num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
-                       persistent_workers=cfg.data.num_workers > 0)  # fmt: skip
-    train_loader = DataLoader(SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler,
-                              drop_last=True, **loader_args)  # fmt: skip
+    loader_args = dict(num_workers=num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
+                       persistent_workers=num_workers > 0)  # fmt: skip
+    if augment is not None:
+        train_loader = TensorBatches(train_set.tensor(), train_set.targets, sampler, cfg.run.batch_size)
+    else:
+        train_loader = DataLoader(SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler,
+                                  drop_last=True, **loader_args)  # fmt: skip
     val_loader = DataLoader(val_set, batch_size=max(2 * cfg.run.batch_size, 128),
                             sampler=ShardSampler(len(val_set), env.rank, env.world_size), **loader_args)  # fmt: skip
 
@@ -132,10 +151,10 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
 
     cache = None
     if distill.teacher_cache and distill.needs_teacher and not cfg.run.eval:
-        spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size)
+        spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size, augment)
         cache = _open_cache(distill.teacher_cache, spec, env, can_fill=teacher is not None)
-        # Mixup pairs images within a batch: then the teacher sees the training batches; else larger ones
-        fill_loader = train_loader if mixup_fn else DataLoader(
+        # Mixup and batch augmentation draw per batch: then the teacher sees the training batches; else larger ones
+        fill_loader = train_loader if mixup_fn or augment else DataLoader(
             SeededDataset(train_set), batch_size=max(cfg.run.batch_size, 256), sampler=sampler, **loader_args)
         missing = cache.missing_epochs(env.rank, cfg.run.epochs)
         for epoch in missing:
@@ -143,7 +162,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
             sampler.set_epoch(epoch)
             fill_teacher_cache(criterion, fill_loader, cache, epoch=epoch, rank=env.rank, device=device,
                                mixup_fn=mixup_fn, mix_seed=mix_seed(epoch), amp_dtype=amp_dtype,
-                               show_progress=env.is_main)  # fmt: skip
+                               show_progress=env.is_main, augment=augment)  # fmt: skip
         del fill_loader
         distributed.barrier()
         if cache_only:
@@ -213,7 +232,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
             train_model, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
             mixup_fn=mixup_fn, lr_schedule=lr_schedule, ema=ema, amp_dtype=amp_dtype, accum_iter=optim.accum_iter,
             clip_grad=optim.clip_grad, show_progress=show, world_size=env.world_size, mix_seed=mix_seed(epoch),
-            teacher_cache=cache, num_classes=info.num_classes,
+            teacher_cache=cache, num_classes=info.num_classes, augment=augment,
         )  # fmt: skip
         test = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype)
         line = {"epoch": epoch, **stats, "test_acc1": test["acc1"], "test_acc5": test["acc5"], "test_loss": test["loss"]}
@@ -240,9 +259,11 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     return summary
 
 
-def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention, world_size: int) -> dict:
+def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention, world_size: int,
+               augment=None) -> dict:  # fmt: skip
     """What a teacher cache must have been made for to serve this run (see `distill/cache.py`)."""
     aug = cfg.aug
+    transform = augment if augment is not None else train_set.transform
     mixup = None
     if aug.mixup_active:
         mixup = {"mixup": aug.mixup, "cutmix": aug.cutmix, "prob": aug.mixup_prob, "switch_prob": aug.mixup_switch_prob,
@@ -250,7 +271,8 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
     return {
         "data": {"data_set": canonical_name(cfg.data.data_set), "size": len(train_set), "num_classes": num_classes,
                  "targets": targets_digest(train_set.targets)},
-        "views": {"seed": cfg.run.seed, "transform": [line.strip() for line in repr(train_set.transform).splitlines()], "mixup": mixup,
+        "views": {"seed": cfg.run.seed, "transform": [line.strip() for line in repr(transform).splitlines()], "mixup": mixup,
+                  "batch_aug": augment is not None,
                   "repeated_aug": aug.repeated_aug and world_size > 1, "batch_size": cfg.run.batch_size,
                   "world_size": world_size},
         "teacher": {"name": teacher.name, "weights": weights_digest(teacher.model)} if teacher else {"weights": None},

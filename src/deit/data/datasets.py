@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -73,6 +74,11 @@ class ArrayDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def tensor(self) -> torch.Tensor:
+        """All images as one uint8 tensor (N, C, H, W), sharing memory with the arrays."""
+        images = torch.from_numpy(np.ascontiguousarray(self.images))
+        return images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
 
     def __getitem__(self, index: int):
         image = Image.fromarray(self.images[index], "L" if self.images.ndim == 3 else "RGB")

@@ -103,6 +103,29 @@ class SeededDataset(Dataset):
         return image, target, rest[0] if rest else 0, position, index
 
 
+class TensorBatches:
+    """Batches of an in-memory image set of one size, for batch augmentation (`batch_aug.BatchAugment`): yields
+    (uint8 images (B, C, H, W), targets, skipped (zeros), positions, indices), in a `SeededSampler`'s order and with
+    its positions, without per-image work. The images are augmented later, a batch at a time, from the batch's seed.
+    """
+
+    def __init__(self, images: torch.Tensor, targets, sampler: SeededSampler, batch_size: int):
+        self.images, self.targets = images, torch.as_tensor(targets, dtype=torch.int64)
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size  # the last, partial batch is dropped
+
+    def __iter__(self):
+        order = torch.as_tensor(list(self.sampler.sampler), dtype=torch.int64)
+        rank, world = self.sampler.rank, self.sampler.world_size
+        for step in range(len(self)):
+            local = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+            indices = order[local]
+            yield (self.images[indices], self.targets[indices], torch.zeros(len(local), dtype=torch.int64),
+                   rank + local * world, indices)  # fmt: skip
+
+
 class ShardSampler(Sampler):
     """Evaluation: process `rank` takes every world_size-th sample, no padding, so each sample counts once."""
 

@@ -28,7 +28,7 @@ import torch
 from ..models.weights import atomic_write
 
 META = "meta.json"
-VERSION = 1
+VERSION = 2  # 2: batch augmentation in the views spec
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 FILL = 1e4  # classes outside the top k sit this far below the k-th logit: probability 0 at any temperature
 
@@ -174,14 +174,15 @@ def _check(meta: dict, spec: dict, root: Path) -> None:
     """Refuse a cache made for another run, naming the first difference."""
     if meta.get("version") != VERSION:
         raise ValueError(f"{root} was made by another version of the teacher cache; make a new one")
-    layout_bound = spec["views"]["mixup"] is not None or spec["views"]["repeated_aug"]
+    # Mixup, repeated augmentation and batch augmentation draw per batch: a view depends on the batch layout
+    layout_bound = spec["views"]["mixup"] is not None or spec["views"]["repeated_aug"] or spec["views"]["batch_aug"]
     for section in ("data", "views", "teacher", "attention"):
         theirs, ours = meta.get(section), spec.get(section)
         if section == "teacher" and ours and ours.get("weights") is None:
             continue  # no teacher weights given: trust the cache's
         if section == "attention" and ours is None:
             continue  # the maps are not needed
-        if section == "views" and not layout_bound:  # without Mixup the batch layout does not change a view
+        if section == "views" and not layout_bound:  # else the batch layout does not change a view
             ignore = ("batch_size", "world_size")
             theirs = {k: v for k, v in (theirs or {}).items() if k not in ignore}
             ours = {k: v for k, v in ours.items() if k not in ignore}
