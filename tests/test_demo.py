@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from deit.cli import main
-from deit.demo import METHODS, findings, run_demo
+from deit.demo import METHODS, STUDENT, findings, run_demo
 
 
 def test_quick_demo_writes_report_results_and_pictures(tmp_path):
@@ -32,10 +32,12 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
     for folder in ("teacher", "none", "soft", "hard_distillation_token", "hard_attention"):
         assert (out / folder / "log.jsonl").exists() and (out / folder / "checkpoint.pth").exists()
     # the demo runs again into its own folder; it refuses a folder that holds something else
-    again = run_demo(output_dir=out, quick=True, num_workers=0)
+    # (students train side by side; the ViT-teacher row waits for the "none" student, its teacher)
+    again = run_demo(output_dir=out, quick=True, num_workers=0, vit_teacher=True, lanes=3)
     # same seed, same table
     assert again["teacher"]["acc1"] == results["teacher"]["acc1"]
-    assert [s["acc1"] for s in again["students"]] == [s["acc1"] for s in results["students"]]
+    assert [s["acc1"] for s in again["students"][:4]] == [s["acc1"] for s in results["students"]]
+    assert again["students"][4]["method"] == "hard, ViT teacher" and again["students"][4]["teacher"] == STUDENT
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

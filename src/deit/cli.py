@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(data_set=args.data_set, data_path=args.data_path, output_dir=args.output_dir, quick=args.quick,
-             seed=args.seed, vit_teacher=args.vit_teacher, num_workers=args.num_workers)  # fmt: skip
+             seed=args.seed, vit_teacher=args.vit_teacher, num_workers=args.num_workers, lanes=args.lanes)  # fmt: skip
     return 0
 
 
@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a minute-long smoke test of the whole pipeline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vit-teacher", action="store_true", help="add a row distilled from a transformer teacher")
-    p.add_argument("--num_workers", type=int, default=2, help="data loader processes per run")
+    p.add_argument("--num_workers", type=int, default=2, help="data loader processes per run (folder data)")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="students trained at once, each in its own process (default: one per core, at most 4)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")

@@ -13,6 +13,7 @@ teacher's inductive bias should show, as the paper argues.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig, merge
+from .data.datasets import BUILTINS, canonical_name
 from .distributed import cpu_name
 from .train import run
 
@@ -62,10 +64,15 @@ def run_demo(
     seed: int = 0,
     vit_teacher: bool = False,
     num_workers: int = 2,
+    lanes: int | None = None,
 ) -> dict:
-    """Train the teacher and the students; write report.md, results.json, curves.png and attention.png."""
+    """Train the teacher and the students; write report.md, results.json, curves.png and attention.png.
+
+    `lanes`: students trained at once, each in its own process (default: one per CPU core, at most four).
+    """
     out = _prepare(Path(output_dir))
-    common = {"data.data_set": data_set, "data.data_path": data_path, "run.seed": seed,
+    in_memory = canonical_name(data_set) in BUILTINS  # augmented a batch at a time, without loader processes
+    common = {"data.data_set": data_set, "data.data_path": data_path, "run.seed": seed, "aug.batch_aug": in_memory,
               "data.num_workers": num_workers, **(QUICK if quick else {})}  # fmt: skip
 
     def config(name: str, settings: dict) -> TrainConfig:
@@ -89,16 +96,15 @@ def run_demo(
     run(config("teacher_cache", {**STUDENTS, "model.model": DISTILLED_STUDENT, **METHODS[-1][2], **cache}),
         cache_only=True)  # fmt: skip
     cache_seconds = round(time.perf_counter() - start, 1)
-    students = []
-    for label, model, settings in METHODS:
-        result = train(_slug(label), {**STUDENTS, "model.model": model, **settings, **(cache if settings else {})})
-        students.append({"method": label, "model": model, "teacher": TEACHER_MODEL if settings else None, **result})
-    if vit_teacher:  # the paper's other teacher: a transformer (here the student trained without one)
-        result = train("hard_vit_teacher", {**STUDENTS, "model.model": DISTILLED_STUDENT,
-                                            "distill.distillation_type": "hard",
-                                            "distill.teacher_path": str(out / _slug("none"))})  # fmt: skip
-        # (this teacher runs online: a cache pays off only when several students share it)
-        students.append({"method": "hard, ViT teacher", "model": DISTILLED_STUDENT, "teacher": STUDENT, **result})
+    jobs = [(_slug(label), {"method": label, "model": model, "teacher": TEACHER_MODEL if settings else None},
+             config(_slug(label), {**STUDENTS, "model.model": model, **settings, **(cache if settings else {})}))
+            for label, model, settings in METHODS]  # fmt: skip
+    if vit_teacher:  # the paper's other teacher: a transformer (here the student trained without one), run online
+        jobs.append(("hard_vit_teacher", {"method": "hard, ViT teacher", "model": DISTILLED_STUDENT, "teacher": STUDENT},
+                     config("hard_vit_teacher", {**STUDENTS, "model.model": DISTILLED_STUDENT,
+                                                 "distill.distillation_type": "hard",
+                                                 "distill.teacher_path": str(out / _slug("none"))})))  # fmt: skip
+    students = train_side_by_side(jobs, out, lanes=lanes)
 
     results = {
         "data_set": data_set, "seed": seed, "quick": quick, "machine": machine(),
@@ -116,6 +122,72 @@ def run_demo(
     (out / "report.md").write_text(report(results))
     print(f"\n{report_table(results)}\nreport, results and pictures in {out}/")
     return results
+
+
+def train_side_by_side(jobs: list[tuple[str, dict, TrainConfig]], out: Path, lanes: int | None = None) -> list[dict]:
+    """Train (name, row, config) jobs in `lanes` processes at once, the machine's cores shared among them; one
+    progress bar per student, fed by its log. A run that reads another's weights (a ViT teacher: the "none"
+    student) waits for it. Returns the rows with acc1, train_seconds, n_parameters and the log."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cores = os.cpu_count() or 1
+    lanes = max(1, min(lanes or min(cores, 4), len(jobs)))
+    threads = max(1, cores // lanes)
+    names = {name for name, _, _ in jobs}
+    waits = {name: Path(cfg.distill.teacher_path).name for name, _, cfg in jobs
+             if cfg.distill.teacher_path and Path(cfg.distill.teacher_path).name in names}  # fmt: skip
+    columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn()]  # fmt: skip
+    pending, running, done = list(jobs), {}, {}
+    with Progress(*columns, transient=False) as bar, cf.ProcessPoolExecutor(
+            lanes, mp_context=multiprocessing.get_context("spawn")) as pool:  # fmt: skip
+        tasks = {name: bar.add_task(row["method"], total=cfg.run.epochs, info="waiting") for name, row, cfg in jobs}
+        while pending or running:
+            for job in [j for j in pending if waits.get(j[0]) is None or waits[j[0]] in done]:
+                if len(running) < lanes:
+                    pending.remove(job)
+                    name, _, cfg = job
+                    running[name] = (pool.submit(_train_quietly, cfg, threads), time.perf_counter())
+            time.sleep(0.5)
+            for name, (future, started) in list(running.items()):
+                log = _read_log(out / name / "log.jsonl")
+                info = f"top-1 {log[-1]['test_acc1']:.1f}%" if log else "starting"
+                bar.update(tasks[name], completed=len(log), info=info)
+                if future.done():
+                    error = future.exception()
+                    if error is not None:
+                        raise RuntimeError(f"the {name} student failed ({error}); its output: {out / name / 'train.out'}")
+                    done[name] = round(time.perf_counter() - started, 1)
+                    del running[name]
+    rows = []
+    for name, row, _ in jobs:
+        log = _read_log(out / name / "log.jsonl")
+        rows.append({**row, "acc1": log[-1]["test_acc1"], "train_seconds": done[name],
+                     "n_parameters": log[-1]["n_parameters"], "log": log})  # fmt: skip
+    return rows
+
+
+def _train_quietly(cfg: TrainConfig, threads: int) -> None:
+    """One student in a process of its own, `threads` compute threads, its output in train.out."""
+    import contextlib
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    folder = Path(cfg.run.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.out", "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        run(cfg)
+
+
+def _read_log(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.endswith("}")]
 
 
 def _prepare(out: Path) -> Path:
