@@ -169,12 +169,13 @@ def write_digit_folder(root: Path, corrupt: bool = False):
         (root / "train" / "class_3" / "broken.png").write_bytes(b"\x89PNG garbage")
 
 
-def test_image_folder_run_skips_and_counts_a_corrupt_image(tmp_path, caplog):
+@pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])
+def test_image_folder_run_skips_and_counts_a_corrupt_image(tmp_path, caplog, batch_aug):
     write_digit_folder(tmp_path / "digits", corrupt=True)
     out = tmp_path / "run"
     assert main(["train", "--model", "deit_pico_patch4_28", "--data-set", "folder", "--data-path",
                  str(tmp_path / "digits"), "--grayscale", "--num_workers", "0", "--batch-size", "16", "--epochs", "1",
-                 "--no-model-ema", "--output_dir", str(out)]) == 0  # fmt: skip
+                 "--no-model-ema", "--output_dir", str(out), *(["--batch-aug"] if batch_aug else [])]) == 0  # fmt: skip
     assert read_log(out)[0]["skipped_images"] == 1
     assert "skipping unreadable image" in caplog.text and "broken.png" in caplog.text
 
@@ -189,7 +190,6 @@ def one_line_error(argv) -> str:
 
 def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
     write_digit_folder(tmp_path / "digits")
-    write_digit_folder(tmp_path / "good_digits")
     (tmp_path / "digits" / "train" / "class_empty").mkdir()
     (tmp_path / "bad.yaml").write_text("optim:\n  learning_rate: 0.1\n")
     cifar_teacher = tmp_path / "cifar_teacher.pth"
@@ -206,8 +206,6 @@ def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
         "was written by a run of small_cnn": ["--model", "deit_pico_patch4_28", "--data-set", "mnist5k",
                                               "--resume", str(teacher), *quick],
         "already holds a run": ["--model", "small_cnn", "--data-set", "mnist5k", "--output_dir", str(teacher), *quick],
-        "--batch-aug needs a data set held in memory": ["--data-set", "folder", "--data-path",
-                                                        str(tmp_path / "good_digits"), "--batch-aug", *quick],
         "needs the teacher's weights": ["--model", "deit_pico_distilled_patch4_28", "--data-set", "mnist5k",
                                         "--distillation-type", "hard", *quick],
     }  # fmt: skip

@@ -132,7 +132,8 @@ def run_benchmark(
     """Run the measurements; returns a record (machine, settings, one entry per measurement)."""
     from timm.optim import create_optimizer_v2
 
-    from .data.transforms import _keep_posterize_bits, build_transform
+    from .data.batch_aug import BatchAugment
+    from .data.transforms import _keep_posterize_bits, build_transform, crop_transform
     from .distill import DistillationLoss
     from .distill.cache import TeacherCache
     from .models import create_model
@@ -268,10 +269,16 @@ def run_benchmark(
                                    color_jitter=0.3, interpolation="bicubic", mean=mean, std=std)  # fmt: skip
         _keep_posterize_bits(timm_tf)  # as ours: this Pillow refuses timm's 0-bit posterize
 
-        def loader_pass(seeded: bool):
+        # --batch-aug: the loader decodes, crops and flips; RandAugment, erasing and normalisation run on the batch,
+        # on the training device
+        crop_tf = crop_transform(size, crop_scale=0.08, hflip=0.5, interpolation="bicubic")
+        batch_tf = BatchAugment(size, mean=mean, std=std, crop_scale=1.0, ratio=(1.0, 1.0), hflip=0.0)
+
+        def loader_pass(transform, seeded: bool, augment=None):
             dataset = type(jpegs)()  # the same JPEGs, its own transform
-            dataset.transform = ours_tf if seeded else timm_tf
-            kwargs = dict(batch_size=bs, num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0)
+            dataset.transform = transform
+            kwargs = dict(batch_size=bs, num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
+                          pin_memory=dev.type == "cuda")  # fmt: skip
             if seeded:
                 sampler = train_sampler(dataset, seed=0, rank=0, world_size=1, repeated_aug=False)
                 loader = torch.utils.data.DataLoader(SeededDataset(dataset), sampler=sampler, **kwargs)
@@ -279,14 +286,19 @@ def run_benchmark(
                 loader = torch.utils.data.DataLoader(dataset, shuffle=True, **kwargs)
 
             def run():
-                for _ in loader:
-                    pass
+                for step, (images, *_) in enumerate(loader):
+                    images = images.to(dev, non_blocking=True)
+                    if augment is not None:
+                        augment(images, step)
+                sync()
             return run
 
         images = (data_images // bs) * bs
-        measured = paired_rates({"ours": loader_pass(True), "timm": loader_pass(False)}, images, rounds, 1,
+        measured = paired_rates({"ours": loader_pass(ours_tf, True), "timm": loader_pass(timm_tf, False),
+                                 "ours, batch aug": loader_pass(crop_tf, True, batch_tf)}, images, rounds, 1,
                                 lambda: None)  # fmt: skip
         report(f"data pipeline ({num_workers} workers)", measured, "ours", "timm")
+        report(f"data pipeline, batch aug on {dev.type}", measured, "ours, batch aug", "timm")
     return record
 
 

@@ -90,8 +90,9 @@ class AugConfig:
     eval_crop_ratio: float = 0.875
     """Eval: resize to size / ratio, then center-crop to size."""
     batch_aug: bool = False
-    """Augment whole batches as tensors on the training device (data sets held in memory: mnist5k, digits, cifar):
-    no per-image work in loader processes. Same recipe; a batch replays from (seed, epoch, process, step)."""
+    """Augment whole batches as tensors on the training device (a GPU, or the CPU for small images). Built-in data
+    sets are held in memory: no loader processes at all. Image files: loader processes decode, crop and flip; the
+    rest runs on the batch. Same recipe; a batch replays from (seed, epoch, process, step)."""
 
     def __post_init__(self):
         checks = [

@@ -37,7 +37,7 @@ TEACHER = {
     "aug.reprob": 0.0, "aug.mixup": 0.0,
 }  # fmt: skip
 STUDENTS = {
-    "run.epochs": 16, "run.batch_size": 32, "optim.lr": 0.032, "optim.warmup_epochs": 1.0, "optim.model_ema": False,
+    "run.epochs": 40, "run.batch_size": 32, "optim.lr": 0.032, "optim.warmup_epochs": 1.0, "optim.model_ema": False,
     "aug.aa": None, "aug.crop_scale": 0.75, "aug.reprob": 0.1, "aug.mixup": 0.0, "model.drop_path": 0.0,
 }  # fmt: skip
 ATTENTION_WEIGHT = 1.0

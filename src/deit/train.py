@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
+from .data.transforms import crop_transform
 from .data.batch_aug import BatchAugment
 from .data.datasets import ArrayDataset
 from .data.sampling import (SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed, seed_everything,
@@ -75,11 +76,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
                          "lower --batch-size")  # fmt: skip
 
     aug = cfg.aug
-    if aug.batch_aug and not isinstance(train_set, ArrayDataset):
-        raise ValueError(f"--batch-aug needs a data set held in memory (mnist5k, digits, cifar10, cifar100); {data_set} "
-                         "images are read from files one by one: drop --batch-aug")  # fmt: skip
-    # batch augmentation leaves the loader nothing to do: no worker processes then
-    num_workers = 0 if aug.batch_aug else cfg.data.num_workers
+    in_memory = isinstance(train_set, ArrayDataset)
+    # batch augmentation of images held in memory leaves a loader nothing to do: no worker processes then
+    num_workers = 0 if aug.batch_aug and in_memory else cfg.data.num_workers
     if device.type == "cpu":
         distributed.share_cpu_cores(num_workers)
     # model: the same initial weights for a seed (and in every process)
@@ -91,11 +90,17 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         _finetune(model, cfg.model.finetune)
     augment = None
     if aug.batch_aug:
+        # images in memory: the whole recipe on the batch. Image files: the loader processes decode, crop and flip
+        # each image (under its own seed) to one size, and the batch gets the rest (RandAugment, erasing, ...).
+        geometry = {"crop_scale": aug.crop_scale, "hflip": aug.hflip} if in_memory else {
+            "crop_scale": 1.0, "ratio": (1.0, 1.0), "hflip": 0.0}  # fmt: skip
         augment = BatchAugment(
-            img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
-            color_jitter=aug.color_jitter, aa=aug.aa, interpolation=aug.train_interpolation, reprob=aug.reprob,
-            remode=aug.remode, recount=aug.recount,
+            img_size, mean=info.mean, std=info.std, color_jitter=aug.color_jitter, aa=aug.aa,
+            interpolation=aug.train_interpolation, reprob=aug.reprob, remode=aug.remode, recount=aug.recount, **geometry,
         )  # fmt: skip
+        if not in_memory:
+            train_set.transform = crop_transform(img_size, crop_scale=aug.crop_scale, hflip=aug.hflip,
+                                                 interpolation=aug.train_interpolation)  # fmt: skip
     else:
         train_set.transform = build_transform(
             True, img_size=img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
@@ -108,7 +113,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
                             repeated_aug=aug.repeated_aug)  # fmt: skip
     loader_args = dict(num_workers=num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
                        persistent_workers=num_workers > 0)  # fmt: skip
-    if augment is not None:
+    if augment is not None and in_memory:
         train_loader = TensorBatches(train_set.tensor(), train_set.targets, sampler, cfg.run.batch_size)
     else:
         train_loader = DataLoader(SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler,
@@ -263,7 +268,7 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
                augment=None) -> dict:  # fmt: skip
     """What a teacher cache must have been made for to serve this run (see `distill/cache.py`)."""
     aug = cfg.aug
-    transform = augment if augment is not None else train_set.transform
+    transform = [t for t in (train_set.transform, augment) if t is not None]
     mixup = None
     if aug.mixup_active:
         mixup = {"mixup": aug.mixup, "cutmix": aug.cutmix, "prob": aug.mixup_prob, "switch_prob": aug.mixup_switch_prob,
@@ -271,7 +276,7 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
     return {
         "data": {"data_set": canonical_name(cfg.data.data_set), "size": len(train_set), "num_classes": num_classes,
                  "targets": targets_digest(train_set.targets)},
-        "views": {"seed": cfg.run.seed, "transform": [line.strip() for line in repr(transform).splitlines()], "mixup": mixup,
+        "views": {"seed": cfg.run.seed, "transform": [line.strip() for t in transform for line in repr(t).splitlines()], "mixup": mixup,
                   "batch_aug": augment is not None,
                   "repeated_aug": aug.repeated_aug and world_size > 1, "batch_size": cfg.run.batch_size,
                   "world_size": world_size},

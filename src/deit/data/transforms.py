@@ -53,6 +53,18 @@ def build_transform(
     return transform
 
 
+def crop_transform(img_size: int, *, crop_scale: float, hflip: float, interpolation: str):
+    """PIL image -> uint8 tensor (C, img_size, img_size): the recipe's RandomResizedCrop and flip only, for images
+    read from files whose other augmentation is done a batch at a time (`batch_aug.BatchAugment`)."""
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    return T.Compose([
+        RandomResizedCropAndInterpolation(img_size, scale=(crop_scale, 1.0), interpolation=interpolation),
+        T.RandomHorizontalFlip(hflip),
+        T.PILToTensor(),
+    ])  # fmt: skip
+
+
 def _keep_posterize_bits(transform) -> None:
     """timm's RandAugment posterizes to 0 bits at the ends of its magnitude range, which Pillow >= 13 rejects
     ("bits must be between or equal to 1 and 8") and kills the data loader: keep at least 1 bit."""
