@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="steps per round")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--num_workers", type=int, default=2, help="data loader processes for the data pipeline part")
-    p.add_argument("--parts", nargs="+", default=["inference", "train", "distilled", "data"],
-                   choices=("inference", "train", "distilled", "data"))
+    p.add_argument("--parts", nargs="+", default=["inference", "train", "distilled", "data", "e2e"],
+                   choices=("inference", "train", "distilled", "data", "e2e"))
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
 

@@ -6,8 +6,9 @@ distillation token, and with hard + attention distillation. The report gives eac
 time; pictures show the training curves and where each model looks.
 
 The regime: 4,000 training images (28 px MNIST digits), a 0.21M-parameter DeiT with 7 px patches (a 4x4 grid),
-the same epochs for every student, a fixed seed. Few images and short training are where a ViT struggles and a
-teacher's inductive bias should show, as the paper argues.
+the same 40 epochs for every student, a fixed seed. Few images are where a ViT struggles and a teacher's inductive
+bias should show, as the paper argues. The images are augmented a batch at a time (`--batch-aug`), the teacher's
+outputs are cached once for the distilled students, and the students train side by side, one process per core.
 """
 
 from __future__ import annotations
