@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
-from .data.transforms import crop_transform
 from .data.batch_aug import BatchAugment
 from .data.datasets import ArrayDataset
 from .data.sampling import (SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed, seed_everything,
                              train_sampler)  # fmt: skip
+from .data.transforms import crop_transform
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest

@@ -89,6 +89,7 @@ class BatchAugment:
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
         self.mode = "bicubic" if interpolation == "bicubic" else "nearest" if interpolation == "nearest" else "bilinear"
         self.reprob, self.remode, self.recount = reprob, remode, recount
+        self.policy = aa if aa and aa != "none" else None
         self.ops: list[tuple[str, float, float, float, float]] = []  # name, prob, magnitude, std, max
         self.num_layers, self.weights = 0, None
         if aa and aa != "none":
@@ -111,7 +112,7 @@ class BatchAugment:
     def __repr__(self) -> str:
         ops = ",".join(name for name, *_ in self.ops)
         return (f"BatchAugment(size={self.img_size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
-                f"randaugment={self.num_layers}x[{ops}] {[o[1:] for o in self.ops[:1]]}, jitter={self.jitter}, "
+                f"randaugment={self.policy} {self.num_layers}x[{ops}], jitter={self.jitter}, "
                 f"mode={self.mode}, reprob={self.reprob}, remode={self.remode}, recount={self.recount}, "
                 f"mean={self.mean.tolist()}, std={self.std.tolist()})")  # fmt: skip
 
