@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from deit.cli import main
-from deit.demo import METHODS, STUDENT, findings, run_demo
+from deit.config import TrainConfig, merge
+from deit.demo import METHODS, STUDENT, findings, run_demo, train_side_by_side
 
 
 def test_quick_demo_writes_report_results_and_pictures(tmp_path):
@@ -43,6 +44,14 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty and holds no earlier demo"):
         run_demo(output_dir=other, quick=True, num_workers=0)
+
+
+def test_a_failing_student_is_reported_in_one_line(tmp_path):
+    values, explicit = merge({}, {"data.data_set": "folder", "data.data_path": str(tmp_path / "nowhere"),
+                                  "run.output_dir": str(tmp_path / "none")})  # fmt: skip
+    job = ("none", {"method": "none"}, TrainConfig.from_dict(values, explicit))
+    with pytest.raises(ValueError, match=r"the none student failed: data path not found: .*nowhere \(its output: "):
+        train_side_by_side([job], tmp_path, lanes=1)
 
 
 def results_with(none: float, hard: float, attention: float, curves: dict | None = None) -> dict:

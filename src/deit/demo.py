@@ -159,8 +159,9 @@ def train_side_by_side(jobs: list[tuple[str, dict, TrainConfig]], out: Path, lan
                 bar.update(tasks[name], completed=len(log), info=info)
                 if future.done():
                     error = future.exception()
-                    if error is not None:
-                        raise RuntimeError(f"the {name} student failed ({error}); its output: {out / name / 'train.out'}")
+                    if error is not None:  # bad input stays a one-line error; anything else is a bug to show
+                        kind = ValueError if isinstance(error, (ValueError, OSError)) else RuntimeError
+                        raise kind(f"the {name} student failed: {error} (its output: {out / name / 'train.out'})")
                     done[name] = round(time.perf_counter() - started, 1)
                     del running[name]
     rows = []
