@@ -276,16 +276,19 @@ def run_benchmark(
         crop_tf = crop_transform(size, crop_scale=0.08, hflip=0.5, interpolation="bicubic")
         batch_tf = BatchAugment(size, mean=mean, std=std, crop_scale=1.0, ratio=(1.0, 1.0), hflip=0.0)
 
-        def loader_pass(transform, seeded: bool, augment=None):
+        def jpeg_loader(transform, seeded: bool):
+            """The JPEGs through `transform`: ours seeded per sample (replayable), timm's plainly shuffled."""
             dataset = type(jpegs)()  # the same JPEGs, its own transform
             dataset.transform = transform
             kwargs = dict(batch_size=bs, num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
                           pin_memory=dev.type == "cuda")  # fmt: skip
             if seeded:
                 sampler = train_sampler(dataset, seed=0, rank=0, world_size=1, repeated_aug=False)
-                loader = torch.utils.data.DataLoader(SeededDataset(dataset), sampler=sampler, **kwargs)
-            else:
-                loader = torch.utils.data.DataLoader(dataset, shuffle=True, **kwargs)
+                return torch.utils.data.DataLoader(SeededDataset(dataset), sampler=sampler, **kwargs)
+            return torch.utils.data.DataLoader(dataset, shuffle=True, **kwargs)
+
+        def loader_pass(transform, seeded: bool, augment=None):
+            loader = jpeg_loader(transform, seeded)
 
             def run():
                 for step, (images, *_) in enumerate(loader):
@@ -315,13 +318,7 @@ def run_benchmark(
             cache.write_epoch(0, 0, [cache.entries(p, p, x, logits, None) for p in spans])
 
             def pass_over(key: str, transform, seeded: bool, augment=None, cached: bool = False):
-                dataset = type(jpegs)()
-                dataset.transform = transform
-                kwargs = dict(batch_size=bs, num_workers=num_workers, drop_last=True,
-                              persistent_workers=num_workers > 0, pin_memory=dev.type == "cuda")  # fmt: skip
-                sampler = train_sampler(dataset, seed=0, rank=0, world_size=1, repeated_aug=False) if seeded else None
-                loader = torch.utils.data.DataLoader(SeededDataset(dataset) if seeded else dataset, sampler=sampler,
-                                                     shuffle=not seeded, **kwargs)  # fmt: skip
+                loader = jpeg_loader(transform, seeded)
                 model, opt = models[key], optimizers[key.split()[0]]
 
                 def run():

@@ -84,7 +84,7 @@ def run_demo(
         start = time.perf_counter()
         run(config(name, settings))
         seconds = time.perf_counter() - start
-        log = [json.loads(line) for line in (out / name / "log.jsonl").read_text().splitlines()]
+        log = _read_log(out / name / "log.jsonl")
         return {"acc1": log[-1]["test_acc1"], "train_seconds": round(seconds, 1),
                 "n_parameters": log[-1]["n_parameters"], "log": log}  # fmt: skip
 

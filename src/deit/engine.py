@@ -140,7 +140,9 @@ def prepare_batch(batch, device: torch.device, mixup_fn: Callable | None, mix_se
     images, targets, *rest = batch
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
-    seed = mix_seed(step) if mix_seed is not None else step
+    seed = None  # the batch's seed, for batch augmentation and Mixup: drawn only when one of them needs it
+    if augment is not None or mixup_fn is not None:
+        seed = mix_seed(step) if mix_seed is not None else step
     if augment is not None:
         images = augment(images, seed)
     if mixup_fn is not None:

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 from .data.transforms import build_transform
 
+
 @dataclass
 class Prediction:
     path: str

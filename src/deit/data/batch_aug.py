@@ -27,8 +27,12 @@ import torch.nn.functional as F
 
 # timm's RandAugment op names -> (kind, level function of a magnitude in [0, 10]); "signed" levels get a random sign
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
-_SIGNED = _GEOMETRIC | {"ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"}
 _BLENDS = {"Color": "color", "Contrast": "contrast", "Brightness": "brightness", "Sharpness": "sharpness"}
+_INCREASING_BLENDS = {f"{name}Increasing" for name in _BLENDS}
+_SIGNED = _GEOMETRIC | _INCREASING_BLENDS
+_KNOWN = _GEOMETRIC | set(_BLENDS) | _INCREASING_BLENDS | {
+    "AutoContrast", "Equalize", "Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal", "Solarize",
+    "SolarizeIncreasing", "SolarizeAdd"}  # fmt: skip
 
 
 def _level(name: str, m: torch.Tensor, translate_const: float) -> torch.Tensor:
@@ -41,7 +45,7 @@ def _level(name: str, m: torch.Tensor, translate_const: float) -> torch.Tensor:
         return m / 10 * 0.45  # fraction of the image
     if name in ("TranslateX", "TranslateY"):
         return m / 10 * translate_const  # pixels
-    if name.endswith("Increasing") and name[: -len("Increasing")] in _BLENDS:
+    if name in _INCREASING_BLENDS:
         return m / 10 * 0.9  # factor 1 +- this, at least 0.1
     if name in _BLENDS:
         return m / 10 * 1.8 + 0.1
@@ -99,10 +103,7 @@ class BatchAugment:
 
             policy = rand_augment_transform(aa, {"translate_const": int(img_size * 0.45)})
             for op in policy.ops:
-                known = op.name in _GEOMETRIC or op.name in _BLENDS or op.name in (
-                    "AutoContrast", "Equalize", "Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal",
-                    "Solarize", "SolarizeIncreasing", "SolarizeAdd") or op.name[: -len("Increasing")] in _BLENDS  # fmt: skip
-                if not known:
+                if op.name not in _KNOWN:
                     raise ValueError(f"aug.aa={aa!r}: op {op.name} has no batch version")
                 self.ops.append((op.name, op.prob, op.magnitude, op.magnitude_std, op.magnitude_max or 10.0))
             self.num_layers = policy.num_layers
@@ -173,7 +174,7 @@ class BatchAugment:
                 level = _level(name, m.clamp(0, mmax), self.img_size * 0.45)
                 if name in _SIGNED:
                     level = level * sign
-                if name.endswith("Increasing") and name[: -len("Increasing")] in _BLENDS:
+                if name in _INCREASING_BLENDS:
                     level = (1 + level).clamp(min=0.1)
                 drawn[name] = (chosen, level)
             layers.append(drawn)
@@ -294,7 +295,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def _colour_op(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """One RandAugment (or jitter) op on images x in [0, 1] (B, C, H, W), with a level per image."""
-    base = name[: -len("Increasing")] if name.endswith("Increasing") and name != "PosterizeIncreasing" else name
+    base = name.removesuffix("Increasing") if name in _INCREASING_BLENDS else name
     base = _BLENDS.get(base, base)
     if base == "brightness":
         return _blend(torch.zeros_like(x), x, level)
