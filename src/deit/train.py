@@ -20,8 +20,8 @@ from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
 from .data.batch_aug import BatchAugment
 from .data.datasets import ArrayDataset
-from .data.sampling import (SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed, seed_everything,
-                             train_sampler)  # fmt: skip
+from .data.sampling import (EvalBatches, SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed,
+                            seed_everything, train_sampler)  # fmt: skip
 from .data.transforms import crop_transform
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
@@ -118,8 +118,14 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     else:
         train_loader = DataLoader(SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler,
                                   drop_last=True, **loader_args)  # fmt: skip
-    val_loader = DataLoader(val_set, batch_size=max(2 * cfg.run.batch_size, 128),
-                            sampler=ShardSampler(len(val_set), env.rank, env.world_size), **loader_args)  # fmt: skip
+    eval_batch = max(2 * cfg.run.batch_size, 128)
+    if in_memory and aug.eval_crop_ratio == 1.0 and val_set.images.shape[1:3] == (img_size, img_size):
+        # already at the model's size: evaluation only converts and normalises, a batch at a time
+        val_loader = EvalBatches(val_set.tensor(), val_set.targets, mean=info.mean, std=info.std,
+                                 batch_size=eval_batch, rank=env.rank, world_size=env.world_size)  # fmt: skip
+    else:
+        val_loader = DataLoader(val_set, batch_size=eval_batch, sampler=ShardSampler(len(val_set), env.rank,
+                                env.world_size), **loader_args)  # fmt: skip
 
     # teacher and loss
     distill = cfg.distill

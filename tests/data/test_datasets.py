@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from deit.data import build_dataset, build_transform
-from deit.data.sampling import SeededDataset, SeededSampler, ShardSampler, sample_seed, train_sampler
+from deit.data.datasets import ArrayDataset
+from deit.data.sampling import EvalBatches, SeededDataset, SeededSampler, ShardSampler, sample_seed, train_sampler
 
 
 def write_folder(root, classes=("cat", "dog"), per_class=3, size=20, mode="RGB"):
@@ -143,6 +144,26 @@ def test_repeated_augmentation_gives_each_copy_its_own_seed():
 def test_shard_sampler_covers_each_sample_once():
     shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_eval_batches_equal_the_per_image_eval_transform(channels):
+    # in-memory evaluation converts and normalises whole batches: the same numbers as the loader's per-image
+    # Resize / CenterCrop (identities at the model's size) / ToTensor / Normalize, image for image, in every shard
+    rng = np.random.RandomState(0)
+    shape = (37, 12, 12) if channels == 1 else (37, 12, 12, 3)
+    images, targets = rng.randint(0, 256, shape).astype(np.uint8), rng.randint(0, 5, 37)
+    data = ArrayDataset(images, targets)
+    mean, std = (0.5,) * channels if channels == 1 else (0.485, 0.456, 0.406), (0.5,) * channels
+    data.transform = build_transform(False, img_size=12, mean=mean, std=std, eval_crop_ratio=1.0)
+    for rank, world in [(0, 1), (1, 2)]:
+        batches = list(EvalBatches(data.tensor(), data.targets, mean=mean, std=std, batch_size=8, rank=rank,
+                                   world_size=world))  # fmt: skip
+        loader = torch.utils.data.DataLoader(data, batch_size=8, sampler=ShardSampler(37, rank, world))
+        expected = list(loader)
+        assert len(batches) == len(expected) == -(-len(range(rank, 37, world)) // 8)
+        for (x, y), (ex, ey, _) in zip(batches, expected):
+            assert x.dtype == torch.float32 and torch.equal(x, ex) and torch.equal(y, ey)
 
 
 def test_seeded_sampler_positions_are_global():

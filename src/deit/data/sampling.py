@@ -126,6 +126,28 @@ class TensorBatches:
                    rank + local * world, indices)  # fmt: skip
 
 
+class EvalBatches:
+    """Evaluation batches of an in-memory image set already at the model's input size: the uint8 images become
+    normalised floats a batch at a time, with the very operations ToTensor and Normalize apply to each image (the
+    same numbers), without loader processes. Process `rank` takes every world_size-th image, as `ShardSampler`."""
+
+    def __init__(self, images: torch.Tensor, targets, *, mean, std, batch_size: int, rank: int = 0,
+                 world_size: int = 1):  # fmt: skip
+        shard = torch.arange(rank, len(images), world_size)
+        self.images, self.targets = images[shard], torch.as_tensor(targets, dtype=torch.int64)[shard]
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.images), self.batch_size):
+            images = self.images[start : start + self.batch_size].float().div(255)
+            yield images.sub_(self.mean).div_(self.std), self.targets[start : start + self.batch_size]
+
+
 class ShardSampler(Sampler):
     """Evaluation: process `rank` takes every world_size-th sample, no padding, so each sample counts once."""
 
