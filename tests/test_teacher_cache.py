@@ -127,3 +127,18 @@ def test_an_unfinished_cache_is_completed_or_refused(teacher, tmp_path, capsys):
     assert main(["cache-teacher", *base, "--teacher-path", str(teacher)]) == 0
     assert (tmp_path / "cache" / epoch_file(1, 0)).exists()
     assert (tmp_path / "cache" / epoch_file(0, 0)).read_bytes() == first  # finished epochs are kept as they were
+
+
+def test_cache_spec_names_a_teacher_that_sees_resized_views():
+    # a cache made while the teacher saw the views at its own size is refused by a run whose teacher did not
+    from deit.config import TrainConfig
+    from deit.teachers import SmallCNN, Teacher
+    from deit.train import cache_spec
+
+    train, _ = build_dataset("digits", None, True)
+    cfg = TrainConfig.from_dict({"distill": {"distillation_type": "hard"}})
+    cnn = SmallCNN()
+    specs = {size: cache_spec(cfg, train, 10, Teacher(cnn, "small_cnn", 10, size), None, 1, img_size=28)
+             for size in (None, 28, 8)}  # fmt: skip
+    assert specs[None]["teacher"] == specs[28]["teacher"] and "input_size" not in specs[28]["teacher"]
+    assert specs[8]["teacher"]["input_size"] == 8

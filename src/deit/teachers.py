@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .models import create_model, read_checkpoint
@@ -73,20 +74,33 @@ def create_cnn(name: str, *, num_classes: int, in_chans: int) -> nn.Module:
 
 
 class Teacher(nn.Module):
-    """Wraps a trained network: eval mode whatever the caller sets, no gradients."""
+    """Wraps a trained network: eval mode whatever the caller sets, no gradients.
 
-    def __init__(self, model: nn.Module, name: str, num_classes: int):
+    `input_size`: the image size the teacher was trained at, when its checkpoint says so. The student's views are
+    resized to it (antialiased bilinear), so a teacher trained on 8 px digits sees 8 px digits when the student
+    takes them at 28 px; None feeds the views as they come.
+    """
+
+    def __init__(self, model: nn.Module, name: str, num_classes: int, input_size: int | None = None):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.num_classes = num_classes
+        self.input_size = input_size
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's views at the teacher's own input size."""
+        size = self.input_size
+        if size is None or tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(self.inputs(x))
 
 
 def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes: int, in_chans: int) -> Teacher:
@@ -99,6 +113,7 @@ def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes
         )
     ckpt = read_checkpoint(path)
     config = ckpt.config or {}
+    input_size = (config.get("data") or {}).get("input_size")  # what `deit train` trained it at, when it did
     if config.get("family") == CNN_FAMILY:
         name, hparams = config["model"], config["hparams"]
         model = create_cnn(name, num_classes=hparams["num_classes"], in_chans=hparams["in_chans"])
@@ -107,6 +122,7 @@ def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes
     elif config or "pos_embed" in ckpt.state_dict:  # a DeiT / ViT teacher
         model = create_model(pretrained=path)
         name = model.model_name or "deit"
+        input_size = model.hparams["img_size"]  # its patch grid and position embeddings are made for this size
         teacher_classes, teacher_chans = model.num_classes, model.hparams["in_chans"]
     else:
         name = model_name
@@ -121,7 +137,7 @@ def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes
         )
     if teacher_chans != in_chans:
         raise ValueError(f"the teacher {path} takes {teacher_chans}-channel images but the data has {in_chans}")
-    return Teacher(model, name, teacher_classes)
+    return Teacher(model, name, teacher_classes, input_size)
 
 
 def _head_classes(ckpt: Checkpoint, name: str, num_classes: int, in_chans: int) -> int:

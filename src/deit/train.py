@@ -162,7 +162,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
 
     cache = None
     if distill.teacher_cache and distill.needs_teacher and not cfg.run.eval:
-        spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size, augment)
+        spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size, augment, img_size)
         cache = _open_cache(distill.teacher_cache, spec, env, can_fill=teacher is not None)
         # Mixup and batch augmentation draw per batch: then the teacher sees the training batches; else larger ones
         fill_loader = train_loader if mixup_fn or augment else DataLoader(
@@ -229,6 +229,11 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         methods = [distill.distillation_type] if distill.distillation_type != "none" else []
         methods += [f"attention x{distill.attn_distillation_weight:g}"] if attention else []
         source = f"{cache.meta['teacher']['name']} (cached in {cache.root})" if cache else getattr(teacher, "name", "")
+        teacher_size = getattr(teacher, "input_size", None)
+        if teacher is None and cache:
+            teacher_size = cache.meta["teacher"].get("input_size")
+        if teacher_size not in (None, img_size):
+            source += f", which sees the views resized to its own {teacher_size} px"
         teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
         print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {len(train_set)} "
               f"images, {info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
@@ -271,9 +276,14 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
 
 
 def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention, world_size: int,
-               augment=None) -> dict:  # fmt: skip
+               augment=None, img_size: int | None = None) -> dict:  # fmt: skip
     """What a teacher cache must have been made for to serve this run (see `distill/cache.py`)."""
     aug = cfg.aug
+    teacher_spec = {"weights": None}  # no teacher weights given: the cache's are trusted
+    if teacher is not None:
+        teacher_spec = {"name": teacher.name, "weights": weights_digest(teacher.model)}
+        if teacher.input_size not in (None, img_size):  # the views were resized for it
+            teacher_spec["input_size"] = teacher.input_size
     transform = [t for t in (train_set.transform, augment) if t is not None]
     mixup = None
     if aug.mixup_active:
@@ -286,7 +296,7 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
                   "batch_aug": augment is not None,
                   "repeated_aug": aug.repeated_aug and world_size > 1, "batch_size": cfg.run.batch_size,
                   "world_size": world_size},
-        "teacher": {"name": teacher.name, "weights": weights_digest(teacher.model)} if teacher else {"weights": None},
+        "teacher": teacher_spec,
         "attention": {"layers": list(attention.layers), "grid": attention.grid, "heads": attention.heads}
         if attention else None,
         "epochs": cfg.run.epochs,

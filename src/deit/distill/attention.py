@@ -95,6 +95,8 @@ def teacher_logits_and_maps(
     (timm's `forward_features` / `forward_head`, or our small CNN) gives its last stage's activation map, (B, P).
     """
     model = getattr(teacher, "model", teacher)
+    if hasattr(teacher, "inputs"):  # a `Teacher`: the views at the size it was trained at
+        x = teacher.inputs(x)
     with torch.no_grad():
         if hasattr(model, "forward_attention"):  # a ViT
             logits, rows = model.forward_attention(x, blocks=list(layers), form="cls")
