@@ -46,6 +46,25 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
         run_demo(output_dir=other, quick=True, num_workers=0)
 
 
+def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(tmp_path):
+    # folder images have no size of their own: the teacher trains on the students' 28 px views, not at 224 px
+    from deit.models import read_checkpoint
+
+    for split, count in (("train", 20), ("val", 4)):
+        for label in range(10):
+            folder = tmp_path / "images" / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (40, 40), color=(label * 25 + i) % 256).save(folder / f"{i}.png")
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--data-set", "folder", "--data-path", str(tmp_path / "images"), "--output_dir",
+                 str(out), "--num_workers", "0"]) == 0  # fmt: skip
+    for run in ("teacher", "none", "hard_distillation_token"):
+        assert read_checkpoint(out / run).config["data"]["input_size"] == 28
+    results = json.loads((out / "results.json").read_text())
+    assert [s["method"] for s in results["students"]] == [label for label, _, _ in METHODS]
+
+
 def test_a_failing_student_is_reported_in_one_line(tmp_path):
     values, explicit = merge({}, {"data.data_set": "folder", "data.data_path": str(tmp_path / "nowhere"),
                                   "run.output_dir": str(tmp_path / "none")})  # fmt: skip
