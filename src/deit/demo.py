@@ -34,9 +34,9 @@ STUDENT = "deit_pico_patch7_28"
 DISTILLED_STUDENT = "deit_pico_distilled_patch7_28"
 
 TEACHER = {  # trained at the students' size, on the views they will see (digits: 8 px upscaled; folders: 28 px)
-    "model.model": TEACHER_MODEL, "model.input_size": MODELS[STUDENT].img_size, "run.epochs": 9, "run.batch_size": 64, "optim.lr": 0.024,
-    "optim.warmup_epochs": 0.3, "optim.model_ema": False, "aug.aa": "rand-m5-mstd0.5-inc1", "aug.crop_scale": 0.6,
-    "aug.reprob": 0.0, "aug.mixup": 0.0,
+    "model.model": TEACHER_MODEL, "model.input_size": MODELS[STUDENT].img_size, "run.epochs": 9, "run.batch_size": 64,
+    "optim.lr": 0.024, "optim.warmup_epochs": 0.3, "optim.model_ema": False, "aug.aa": "rand-m5-mstd0.5-inc1",
+    "aug.crop_scale": 0.6, "aug.reprob": 0.0, "aug.mixup": 0.0,
 }  # fmt: skip
 STUDENTS = {
     "run.epochs": 40, "run.batch_size": 32, "optim.lr": 0.032, "optim.warmup_epochs": 1.0, "optim.model_ema": False,

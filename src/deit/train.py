@@ -282,8 +282,9 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
     teacher_spec = {"weights": None}  # no teacher weights given: the cache's are trusted
     if teacher is not None:
         teacher_spec = {"name": teacher.name, "weights": weights_digest(teacher.model)}
-        if teacher.input_size not in (None, img_size):  # the views were resized for it
-            teacher_spec["input_size"] = teacher.input_size
+        size = getattr(teacher, "input_size", None)
+        if size not in (None, img_size):  # the views were resized for it
+            teacher_spec["input_size"] = size
     transform = [t for t in (train_set.transform, augment) if t is not None]
     mixup = None
     if aug.mixup_active:
