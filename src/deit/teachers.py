@@ -91,6 +91,10 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
+    def resizes(self, size: int) -> int | None:
+        """The size views of `size` px are resized to for this teacher; None when it takes them as they come."""
+        return self.input_size if self.input_size not in (None, size) else None
+
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The student's views at the teacher's own input size."""
         size = self.input_size

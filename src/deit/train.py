@@ -229,11 +229,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         methods = [distill.distillation_type] if distill.distillation_type != "none" else []
         methods += [f"attention x{distill.attn_distillation_weight:g}"] if attention else []
         source = f"{cache.meta['teacher']['name']} (cached in {cache.root})" if cache else getattr(teacher, "name", "")
-        teacher_size = getattr(teacher, "input_size", None)
-        if teacher is None and cache:
-            teacher_size = cache.meta["teacher"].get("input_size")
-        if teacher_size not in (None, img_size):
-            source += f", which sees the views resized to its own {teacher_size} px"
+        resized = cache.meta["teacher"].get("input_size") if cache else teacher and teacher.resizes(img_size)
+        if resized:
+            source += f", which sees the views resized to its own {resized} px"
         teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
         print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {len(train_set)} "
               f"images, {info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
@@ -282,9 +280,9 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
     teacher_spec = {"weights": None}  # no teacher weights given: the cache's are trusted
     if teacher is not None:
         teacher_spec = {"name": teacher.name, "weights": weights_digest(teacher.model)}
-        size = getattr(teacher, "input_size", None)
-        if size not in (None, img_size):  # the views were resized for it
-            teacher_spec["input_size"] = size
+        resized = teacher.resizes(img_size)
+        if resized:  # the views were resized for it
+            teacher_spec["input_size"] = resized
     transform = [t for t in (train_set.transform, augment) if t is not None]
     mixup = None
     if aug.mixup_active:
