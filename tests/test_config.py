@@ -71,6 +71,8 @@ def test_unknown_keys_are_errors_with_a_suggestion(tmp_path):
         (["--precision", "fp8"], "precision='fp8'"),
         (["--epochs", "0"], "epochs=0"),
         (["--mixup-mode", "row"], "mixup_mode='row'"),
+        (["--unlabelled", "--distillation-type", "hard"], "data.unlabelled needs data.labels_per_class"),
+        (["--unlabelled", "--labels-per-class", "10"], "images without labels teach only through a teacher"),
     ],
 )
 def test_bad_values_name_the_key_and_the_rule(argv, message):

@@ -13,7 +13,7 @@ import deit
 import deit.train as train_module
 from deit.cli import main
 from deit.config import TrainConfig, merge
-from deit.engine import NonFiniteLoss
+from deit.engine import NonFiniteLoss, prepare_batch
 from deit.train import run
 
 from conftest import FAST, read_log
@@ -228,3 +228,30 @@ def test_attention_distillation_run_logs_every_part(teacher, tmp_path):
                  "mse", "--output_dir", str(tmp_path / "attn_only")]) == 0  # fmt: skip
     line = read_log(tmp_path / "attn_only")[0]
     assert line["attn_loss"] > 0 and "distill_loss" not in line
+
+
+def test_images_without_labels_are_marked_through_mixup():
+    from timm.data import Mixup
+
+    images, cpu = torch.rand(6, 1, 8, 8), torch.device("cpu")
+    _, targets, labelled, _ = prepare_batch((images, torch.tensor([0, -1, 2, 3, 4, -1])), cpu, None, None, 0)
+    assert labelled.tolist() == [True, False, True, True, True, False] and targets.min() >= 0
+    mixup = Mixup(mixup_alpha=1.0, num_classes=5, label_smoothing=0.0)
+    _, soft, labelled, _ = prepare_batch((images, torch.tensor([0, -1, 2, 3, 4, -1])), cpu, mixup, lambda s: 7, 0)
+    assert soft.shape == (6, 5)
+    assert labelled.tolist() == [False, False, True, True, False, False]  # image i is mixed with image 5 - i
+    assert prepare_batch((images, torch.tensor([0, 1, 2, 3, 4, 0])), cpu, mixup, lambda s: 7, 0)[2] is None
+
+
+def test_unlabelled_images_teach_the_student_through_the_teacher(teacher, tmp_path, capsys):
+    """50 labelled digits and 3,950 without labels (--unlabelled): the student learns the teacher's answers on all
+    of them and ends well above the same student trained on the 50 labelled alone for as many steps."""
+    common = ["train", "--model", "small_cnn", *FAST, "--lr", "0.1", "--aa", "none", "--reprob", "0",
+              "--crop-scale", "1", "--labels-per-class", "5", "--distillation-type", "hard",
+              "--teacher-path", str(teacher / "checkpoint.pth")]  # fmt: skip
+    assert main([*common, "--unlabelled", "--epochs", "1", "--output_dir", str(tmp_path / "semi")]) == 0
+    assert "4000 images (50 labelled)" in capsys.readouterr().out
+    # 50 images make one batch of 32 a step: 125 epochs are the 125 steps of one epoch over 4,000
+    assert main([*common, "--epochs", "125", "--warmup-epochs", "10", "--output_dir", str(tmp_path / "few")]) == 0
+    semi, few = read_log(tmp_path / "semi")[-1]["test_acc1"], read_log(tmp_path / "few")[-1]["test_acc1"]
+    assert semi >= read_log(teacher)[-1]["test_acc1"] - 3 and semi > few + 2

@@ -44,6 +44,9 @@ class DataConfig:
     """Read folder images as 1 channel (a 1-channel model); built-in digit sets are always 1 channel."""
     labels_per_class: int | None = None
     """Train on only the first N labelled images of each class (a fixed subset): the small-data regime."""
+    unlabelled: bool = False
+    """With labels_per_class: keep the other training images too, without their labels. The class head learns from
+    the N labelled per class; the teacher's outputs on every image teach the distillation losses."""
     num_workers: int = 4
     """DataLoader worker processes per training process."""
     pin_mem: bool = True
@@ -252,6 +255,14 @@ class TrainConfig:
     """Dotted names of the fields the user set (YAML or flags)."""
 
     def __post_init__(self):
+        if self.data.unlabelled and self.data.labels_per_class is None:
+            raise ValueError("data.unlabelled needs data.labels_per_class (which images keep their labels); "
+                             "add --labels-per-class N")  # fmt: skip
+        if self.data.unlabelled and not self.distill.needs_teacher:
+            raise ValueError(
+                "data.unlabelled: images without labels teach only through a teacher; give --distillation-type "
+                "hard or soft (with --teacher-path), or --attn-distillation-weight, or drop --unlabelled"
+            )
         if self.aug.mixup_active and self.run.batch_size % 2:
             raise ValueError(
                 f"run.batch_size={self.run.batch_size} is odd, but Mixup/CutMix pair each image with another in "

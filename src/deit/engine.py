@@ -77,7 +77,7 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     with bar:
         for step, batch in enumerate(loader):
-            images, targets, rest = prepare_batch(batch, device, mixup_fn, mix_seed, step, augment)
+            images, targets, labelled, rest = prepare_batch(batch, device, mixup_fn, mix_seed, step, augment)
             skipped += int(rest[0].sum()) if rest else 0
             cached = {}
             if teacher_cache is not None:
@@ -89,10 +89,10 @@ def train_one_epoch(
                 with autocast(device, amp_dtype):
                     if attention is not None:  # the student's class-token rows at the distilled blocks, too
                         outputs, maps = model(images, attn_blocks=list(attention.layers), attn_form="cls")
-                        parts = criterion.parts(images, outputs, targets, student_maps=maps, **cached)
+                        parts = criterion.parts(images, outputs, targets, student_maps=maps, labelled=labelled, **cached)
                     else:
                         outputs = model(images)
-                        parts = criterion.parts(images, outputs, targets, **cached)
+                        parts = criterion.parts(images, outputs, targets, labelled=labelled, **cached)
                 (parts["loss"] / accum_iter).backward()
             # one all-reduce of the detached parts: logged means over processes, and every process sees a NaN
             values = all_reduce_sum(torch.stack([p.detach().float() for p in parts.values()])) / world_size
@@ -134,10 +134,19 @@ def train_one_epoch(
 
 
 def prepare_batch(batch, device: torch.device, mixup_fn: Callable | None, mix_seed: Callable[[int], int] | None,
-                  step: int, augment: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
-    """(images, targets, *rest) from the loader -> images and targets on the device, augmented (batch
-    augmentation) and mixed under the step's seed."""
+                  step: int, augment: Callable | None = None):  # fmt: skip
+    """(images, targets, *rest) from the loader -> (images, targets, labelled, rest): images and targets on the
+    device, augmented (batch augmentation) and mixed under the step's seed.
+
+    `labelled` is None when every image has its label; else a bool mask of the images that have one (target -1
+    marks an image without, `--unlabelled`). Under Mixup/CutMix an image is labelled when both images mixed into it
+    were (timm pairs image i with image B - 1 - i).
+    """
     images, targets, *rest = batch
+    labelled = None
+    if not targets.is_floating_point() and bool((targets < 0).any()):  # still on the host: no device sync
+        labelled = (targets >= 0).to(device, non_blocking=True)
+        targets = targets.clamp(min=0)
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     seed = None  # the batch's seed, for batch augmentation and Mixup: drawn only when one of them needs it
@@ -150,7 +159,9 @@ def prepare_batch(batch, device: torch.device, mixup_fn: Callable | None, mix_se
             random.seed(seed)
             np.random.seed(seed % 2**32)
         images, targets = mixup_fn(images, targets)
-    return images, targets, rest
+        if labelled is not None:
+            labelled = labelled & labelled.flip(0)
+    return images, targets, labelled, rest
 
 
 @torch.inference_mode()
@@ -174,7 +185,7 @@ def fill_teacher_cache(
     parts, seen, start = [], 0, time.perf_counter()
     with bar:
         for step, batch in enumerate(loader):
-            images, _, (_, positions, indices) = prepare_batch(batch, device, mixup_fn, mix_seed, step, augment)
+            images, _, _, (_, positions, indices) = prepare_batch(batch, device, mixup_fn, mix_seed, step, augment)
             with autocast(device, amp_dtype):
                 logits, maps = criterion.teacher_outputs(images)
             parts.append(cache.entries(positions, indices, images, logits, maps))

@@ -68,7 +68,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     # data
     data_set = canonical_name(cfg.data.data_set)
     train_set, info = build_dataset(data_set, cfg.data.data_path, True, grayscale=cfg.data.grayscale,
-                                    labels_per_class=cfg.data.labels_per_class)  # fmt: skip
+                                    labels_per_class=cfg.data.labels_per_class,
+                                    unlabelled=cfg.data.unlabelled)  # fmt: skip
     val_set, _ = build_dataset(data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale)
     world_batch = cfg.run.batch_size * env.world_size
     if len(train_set) < world_batch:
@@ -233,8 +234,10 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         if resized:
             source += f", which sees the views resized to its own {resized} px"
         teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
-        print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {len(train_set)} "
-              f"images, {info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
+        labelled = sum(t >= 0 for t in train_set.targets)
+        images = f"{len(train_set)} images" + (f" ({labelled} labelled)" if labelled < len(train_set) else "")
+        print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {images}, "
+              f"{info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
               f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}{teacher_note}")  # fmt: skip
 
     summary = {}

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from deit.data import build_dataset, build_transform
-from deit.data.datasets import ArrayDataset
+from deit.data.datasets import UNLABELLED, ArrayDataset
 from deit.data.sampling import EvalBatches, SeededDataset, SeededSampler, ShardSampler, sample_seed, train_sampler
 
 
@@ -40,6 +40,21 @@ def test_digits_and_labels_per_class():
     assert len(train) == 50 and np.bincount(train.targets).tolist() == [5] * 10
     image, target, skipped = train[0]
     assert image.mode == "L" and image.size == (8, 8) and skipped == 0
+
+
+def test_unlabelled_keeps_every_image_and_hides_the_labels_beyond_n_per_class(tmp_path):
+    whole, _ = build_dataset("mnist5k", None, True)
+    few, _ = build_dataset("mnist5k", None, True, labels_per_class=30)
+    semi, _ = build_dataset("mnist5k", None, True, labels_per_class=30, unlabelled=True)
+    assert np.array_equal(semi.images, whole.images) and len(semi.targets) == len(whole.targets) == 4000
+    targets = np.array(semi.targets)
+    assert np.bincount(targets[targets >= 0]).tolist() == [30] * 10 and (targets == UNLABELLED).sum() == 3700
+    assert np.array_equal(semi.images[targets >= 0], few.images)  # the same labelled images as without the rest
+    assert np.array_equal(targets[targets >= 0], few.targets)
+    root = write_folder(tmp_path / "data")
+    folder, _ = build_dataset("folder", str(root), True, labels_per_class=1, unlabelled=True)
+    assert len(folder) == 6 and sorted(folder.targets) == [UNLABELLED] * 4 + [0, 1]
+    assert [t for _, t, _ in (folder[i] for i in range(6))] == folder.targets
 
 
 def test_image_folder_reads_classes_and_grayscale(tmp_path):

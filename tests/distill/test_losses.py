@@ -110,3 +110,32 @@ def test_bad_arguments():
         DistillationLoss(torch.nn.CrossEntropyLoss(), None, "medium", 0.5, 1.0)
     with pytest.raises(ValueError, match="needs a teacher"):
         DistillationLoss(torch.nn.CrossEntropyLoss(), None, "hard", 0.5, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_images_without_labels_teach_only_through_the_teacher(tensors, kind):
+    """`labelled` mask (--unlabelled): the base loss averages over the labelled images alone, the distillation
+    loss over every image; the class head gets no gradient from an image without a label."""
+    alpha, tau = 0.5, 2.0
+    labelled = torch.tensor([True, False, True, False])
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), kind, alpha, tau)
+    labels = tensors["labels"].clone()
+    parts = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), labels, labelled=labelled)
+    base = cross_entropy(tensors["cls"][labelled], labels[labelled])
+    every = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), labels)
+    assert torch.allclose(parts["base_loss"], base, atol=1e-6)
+    assert torch.allclose(parts["distill_loss"], every["distill_loss"])  # all four images
+    assert torch.allclose(parts["loss"], (1 - alpha) * base + alpha * every["distill_loss"], atol=1e-6)
+    parts["loss"].backward()
+    assert torch.all(tensors["cls"].grad[~labelled] == 0) and torch.all(tensors["cls"].grad[labelled] != 0)
+    assert torch.all(tensors["dist"].grad != 0)
+
+
+def test_a_batch_without_labels_learns_from_the_teacher_alone(tensors):
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", 0.5, 1.0)
+    parts = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"],
+                       labelled=torch.zeros(B, dtype=torch.bool))  # fmt: skip
+    assert parts["base_loss"].item() == 0.0
+    assert torch.allclose(parts["loss"], 0.5 * cross_entropy(tensors["dist"], tensors["teacher"].argmax(1)))
+    parts["loss"].backward()
+    assert torch.all(tensors["cls"].grad == 0) and torch.all(tensors["dist"].grad != 0)

@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 
 log = logging.getLogger("deit")
 
+UNLABELLED = -1
+"""The target of a training image whose label is hidden (`labels_per_class` with `unlabelled`)."""
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)  # ImageNet's statistics averaged over channels
 
@@ -71,6 +73,10 @@ class ArrayDataset(Dataset):
 
     def keep(self, indices: list[int]) -> None:
         self.images, self.targets = self.images[indices], [self.targets[i] for i in indices]
+
+    def hide_labels(self, keep: list[int]) -> None:
+        kept = set(keep)
+        self.targets = [t if i in kept else UNLABELLED for i, t in enumerate(self.targets)]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -127,6 +133,11 @@ class ImageFolderDataset(Dataset):
 
     def keep(self, indices: list[int]) -> None:
         self.samples = [self.samples[i] for i in indices]
+        self.targets = [t for _, t in self.samples]
+
+    def hide_labels(self, keep: list[int]) -> None:
+        kept = set(keep)
+        self.samples = [(path, t if i in kept else UNLABELLED) for i, (path, t) in enumerate(self.samples)]
         self.targets = [t for _, t in self.samples]
 
     def __len__(self) -> int:
@@ -229,8 +240,13 @@ def build_dataset(
     *,
     grayscale: bool = False,
     labels_per_class: int | None = None,
+    unlabelled: bool = False,
 ) -> tuple[ArrayDataset | ImageFolderDataset, DataInfo]:
-    """The train or validation split of a data set (set its `.transform`), and what a model needs to know of it."""
+    """The train or validation split of a data set (set its `.transform`), and what a model needs to know of it.
+
+    `labels_per_class` N: the training split keeps the first N images of each class; with `unlabelled`, it keeps
+    every image, and the others' targets become UNLABELLED.
+    """
     name = canonical_name(data_set)
     if name in FOLDER_SETS:
         if data_path is None:
@@ -258,7 +274,11 @@ def build_dataset(
         dataset = ArrayDataset(images, targets)
         info = DataInfo(len(classes), 3, list(classes), IMAGENET_MEAN, IMAGENET_STD, 32)
     if train and labels_per_class is not None:
-        dataset.keep(first_per_class(dataset.targets, labels_per_class))
+        labelled = first_per_class(dataset.targets, labels_per_class)
+        if unlabelled:
+            dataset.hide_labels(labelled)
+        else:
+            dataset.keep(labelled)
     return dataset, info
 
 

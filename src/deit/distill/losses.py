@@ -91,19 +91,26 @@ class DistillationLoss(nn.Module):
         teacher_logits: torch.Tensor | None = None,
         student_maps: dict[int, torch.Tensor] | None = None,
         teacher_maps: list[torch.Tensor] | None = None,
+        labelled: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"loss": total, "base_loss", "distill_loss" (soft/hard), "attn_loss" (attention distillation)}.
 
         `outputs` is the student's (cls_logits, dist_logits) tuple, or one tensor for a student without a
         distillation token. `teacher_logits` (and with attention distillation `teacher_maps`) may be given, computed
         earlier or read from a cache; else the teacher runs on `inputs`. With attention distillation,
-        `student_maps` are the student's class-token rows {block: (B, heads, N)}.
+        `student_maps` are the student's class-token rows {block: (B, heads, N)}. `labelled`: a bool mask of the
+        images that have labels (None: all); the base loss averages over those, the distillation terms over all.
         """
         if isinstance(outputs, (tuple, list)):
             cls_logits, dist_logits = outputs
         else:
             cls_logits = dist_logits = outputs  # no distillation token: the class head learns from both
-        base = self.base_criterion(cls_logits, labels)
+        if labelled is None:
+            base = self.base_criterion(cls_logits, labels)
+        elif labelled.any():
+            base = self.base_criterion(cls_logits[labelled], labels[labelled])
+        else:  # no label in this batch: only the teacher teaches
+            base = cls_logits.sum() * 0.0
         result = {"loss": base, "base_loss": base}
         needed = self.attention is not None and teacher_maps is None
         needed |= self.distillation_type != "none" and teacher_logits is None
