@@ -77,7 +77,8 @@ def main() -> None:
         print(f"{row['method']:32s} {row['acc1']:5.1f}  {row['train_seconds']:6.1f} s")
     record = {
         "benchmark": "demo_unlabelled", "date": datetime.date.today().isoformat(), "machine": machine(),
-        "seed": args.seed, "labelled": labelled, "images": every, "teacher": {"acc1": teacher, "seconds": teacher_seconds},
+        "seed": args.seed, "labelled": labelled, "images": every,
+        "teacher": {"acc1": teacher, "seconds": teacher_seconds},
         "students": [{"method": r["method"], "images": labelled if r["method"] == "none" else every,
                       "epochs": len(r["log"]), "acc1": r["acc1"], "seconds": r["train_seconds"],
                       "acc1_by_epoch": [e["test_acc1"] for e in r["log"]]} for r in rows],

@@ -89,7 +89,8 @@ def train_one_epoch(
                 with autocast(device, amp_dtype):
                     if attention is not None:  # the student's class-token rows at the distilled blocks, too
                         outputs, maps = model(images, attn_blocks=list(attention.layers), attn_form="cls")
-                        parts = criterion.parts(images, outputs, targets, student_maps=maps, labelled=labelled, **cached)
+                        parts = criterion.parts(images, outputs, targets, student_maps=maps, labelled=labelled,
+                                                **cached)  # fmt: skip
                     else:
                         outputs = model(images)
                         parts = criterion.parts(images, outputs, targets, labelled=labelled, **cached)
