@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import tempfile
 import time
@@ -25,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs fro
 from deit.benchmark import save_record  # noqa: E402
 from deit.config import TrainConfig, merge  # noqa: E402
 from deit.data import build_dataset  # noqa: E402
-from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, _slug, machine, train_side_by_side  # noqa: E402
+from deit.demo import (DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, _read_log, _slug, machine,  # noqa: E402
+                       train_side_by_side)  # fmt: skip
 from deit.train import run  # noqa: E402
 
 
@@ -49,9 +49,6 @@ def main() -> None:
             values, explicit = merge({}, {**settings, **common, "run.output_dir": str(out / name)})
             return TrainConfig.from_dict(values, explicit)
 
-        def last(name: str) -> dict:
-            return json.loads((out / name / "log.jsonl").read_text().splitlines()[-1])
-
         start = time.perf_counter()
         run(config("teacher", {**TEACHER, "run.epochs": round(TEACHER["run.epochs"] * ratio),
                                "optim.warmup_epochs": TEACHER["optim.warmup_epochs"] * ratio}))  # fmt: skip
@@ -70,7 +67,7 @@ def main() -> None:
             jobs.append((_slug(label), {"method": label},
                          config(_slug(label), {**STUDENTS, "model.model": model, **settings, **extra})))  # fmt: skip
         rows = train_side_by_side(jobs, out)
-        teacher = last("teacher")["test_acc1"]
+        teacher = _read_log(out / "teacher" / "log.jsonl")[-1]["test_acc1"]
     print(f"{labelled} of {every} training digits labelled; seed {args.seed}")
     print(f"{'teacher (labelled only)':32s} {teacher:5.1f}  {teacher_seconds:6.1f} s")
     for row in rows:
