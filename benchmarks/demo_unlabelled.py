@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record  # noqa: E402
+from deit.checkpoint import read_log  # noqa: E402
 from deit.config import TrainConfig, merge  # noqa: E402
 from deit.data import build_dataset  # noqa: E402
-from deit.demo import (DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, _read_log, _slug, machine,  # noqa: E402
+from deit.demo import (DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, _slug, machine,  # noqa: E402
                        train_side_by_side)  # fmt: skip
 from deit.train import run  # noqa: E402
 
@@ -67,7 +68,7 @@ def main() -> None:
             jobs.append((_slug(label), {"method": label},
                          config(_slug(label), {**STUDENTS, "model.model": model, **settings, **extra})))  # fmt: skip
         rows = train_side_by_side(jobs, out)
-        teacher = _read_log(out / "teacher" / "log.jsonl")[-1]["test_acc1"]
+        teacher = read_log(out / "teacher" / "log.jsonl")[-1]["test_acc1"]
     print(f"{labelled} of {every} training digits labelled; seed {args.seed}")
     print(f"{'teacher (labelled only)':32s} {teacher:5.1f}  {teacher_seconds:6.1f} s")
     for row in rows:

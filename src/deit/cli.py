@@ -2,16 +2,41 @@
 `deit eval`, `deit export`, `deit benchmark`, `deit models`, `deit convert`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
-file, a checkpoint of another model, a bad value) print one line and exit with status 2; set DEIT_DEBUG=1 to see
-the traceback.
+file, a checkpoint of another model, a bad value) print one line and exit with status 2; the exit codes of every
+command are in `failures.py`. DEIT_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from pathlib import Path
+
+from .failures import printable, run_command, say_error
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
+def count(minimum: int):
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -45,6 +70,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models import create_model, export_weights
 
+    from .checkpoint import check_output
+
+    dst = Path(args.dst)
+    folder = args.to == "hf" or dst.suffix not in (".safetensors", ".pth", ".pt", ".bin")
+    check_output(args.src, dst, ["model.safetensors", "config.json"] if folder else None)
     model = create_model(args.model, pretrained=args.src)
     out = export_weights(model, args.dst, args.to)
     print(f"wrote {out} ({args.to} format, {model.model_name or type(model).__name__}, "
@@ -100,7 +130,7 @@ def cmd_train(args: argparse.Namespace, cache_only: bool = False) -> int:
     if args.config:
         base = load_yaml(args.config)
     elif overrides.get("run.resume"):
-        base = saved_config(overrides["run.resume"])  # continue the run as it was configured
+        base = saved_config(overrides["run.resume"])  # continue the run as it was configured, in its folder
     else:
         base = {}
     values, explicit = merge(base, overrides)
@@ -141,6 +171,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
     from .models import create_model
 
+    from .checkpoint import check_output
+
+    folder = args.format == "safetensors" and Path(args.output).suffix != ".safetensors"
+    check_output(args.weights, args.output, ["model.safetensors", "config.json"] if folder else None)
     model = create_model(args.model, pretrained=args.weights)
     result = export_model(model, args.output, args.format)
     checked = (f", matches PyTorch within {result['max_abs_diff']:.1e} in onnxruntime at batch "
@@ -162,14 +196,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictions, errors = predict(model, files, topk=args.topk, batch_size=args.batch_size,
                                   show_progress=len(files) > args.batch_size and sys.stderr.isatty())  # fmt: skip
     for line in errors:
-        print(f"deit predict: error: {line}", file=sys.stderr)
+        say_error("predict", line)
     if args.json:
         for p in predictions:
-            print(json.dumps(p.to_dict()))
+            print(json.dumps(p.to_dict(), allow_nan=False))
     else:
         for p in predictions:
-            shown = "  ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities))
-            print(f"{p.path}\t{shown}")
+            shown = "  ".join(f"{printable(label)} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities))
+            print(f"{printable(p.path)}\t{shown}")
     return 1 if errors else 0
 
 
@@ -181,17 +215,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluation_report(model, args.data_set, args.data_path, batch_size=args.batch_size,
                                num_workers=args.num_workers)  # fmt: skip
     worst = sorted(report["per_class_acc1"].items(), key=lambda kv: kv[1])[:3]
-    print(f"{report['images']} images of {args.data_set}: top-1 {report['acc1']:.2f}%  top-5 {report['acc5']:.2f}%; "
-          f"weakest classes: {', '.join(f'{k} {v:.1f}%' for k, v in worst)}")  # fmt: skip
+    unreadable = f" ({report['unreadable']} unreadable images left out)" if report["unreadable"] else ""
+    print(f"{report['images']} images of {args.data_set}{unreadable}: top-1 {report['acc1']:.2f}%  top-5 "
+          f"{report['acc5']:.2f}%; weakest classes: {', '.join(f'{printable(k)} {v:.1f}%' for k, v in worst)}")
     if args.output_dir:
         written = write_report(report, args.output_dir)
         print(f"wrote {', '.join(map(str, written))}")
-    return 0
+    return 1 if report["unreadable"] else 0
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .explain import attention_pictures
     from .models import create_model
     from .predict import image_files
@@ -199,7 +232,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     model = create_model(args.model, pretrained=args.weights)
     written, errors = attention_pictures(model, image_files(args.images), Path(args.output))
     for line in errors:
-        print(f"deit attention: error: {line}", file=sys.stderr)
+        say_error("attention", line)
     print(f"wrote {len(written)} heat-map picture(s) to {args.output}")
     return 1 if errors else 0
 
@@ -213,7 +246,7 @@ def model_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
+    parser = Parser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -227,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", default=None, help="the folder for --data-set folder (train/ and val/)")
     p.add_argument("--output_dir", default="demo_output", help="where runs, report and pictures go")
     p.add_argument("--quick", action="store_true", help="a minute-long smoke test of the whole pipeline")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--vit-teacher", action="store_true", help="add a row distilled from a transformer teacher")
-    p.add_argument("--num_workers", type=int, default=2, help="data loader processes per run (folder data)")
-    p.add_argument("--lanes", type=int, default=None,
+    p.add_argument("--num_workers", type=count(0), default=2, help="data loader processes per run (folder data)")
+    p.add_argument("--lanes", type=count(1), default=None,
                    help="students trained at once, each in its own process (default: one per core, at most 4)")
     p.set_defaults(func=cmd_demo)
 
@@ -262,11 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: the demo's student and teacher; gpu: DeiT-S distilled from RegNetY-16GF, batch 256")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=None, help="the preset's unless given")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (median reported)")
-    p.add_argument("--steps", type=int, default=5, help="steps per round")
+    p.add_argument("--batch-size", type=count(1), default=None, help="the preset's unless given")
+    p.add_argument("--rounds", type=count(1), default=5, help="timed rounds per implementation (median reported)")
+    p.add_argument("--steps", type=count(1), default=5, help="steps per round")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--num_workers", type=int, default=2, help="data loader processes for the data pipeline part")
+    p.add_argument("--num_workers", type=count(0), default=2, help="data loader processes for the data pipeline part")
     p.add_argument("--parts", nargs="+", default=["inference", "train", "distilled", "data", "e2e"],
                    choices=("inference", "train", "distilled", "data", "e2e"))
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
@@ -274,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = model_command(sub, "predict", "top-k classes of images or folders of images with a trained model")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=count(1), default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image: path, top-k labels, probabilities")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=count(1), default=64)
     p.set_defaults(func=cmd_predict)
 
     p = model_command(sub, "attention", "heat maps of where a model looks: rollout, class (and distillation) token")
@@ -288,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-set", required=True, help="imagenet or folder (with --data-path), or a built-in")
     p.add_argument("--data-path", default=None, help="the folder holding val/<class>/ images")
     p.add_argument("--output_dir", default=None, help="write eval.json and confusion.png here")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--batch-size", type=count(1), default=128)
+    p.add_argument("--num_workers", type=count(0), default=2)
     p.set_defaults(func=cmd_eval)
 
     p = model_command(sub, "export", "a trained model as ONNX (checked in onnxruntime) or safetensors + config")
@@ -309,23 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:  # bad input: one line, no traceback wall
-        if os.environ.get("DEIT_DEBUG"):
-            raise
-        print(f"deit {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        from .engine import NonFiniteLoss
-
-        if not isinstance(e, NonFiniteLoss) or os.environ.get("DEIT_DEBUG"):
-            raise
-        print(f"deit {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"deit {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -2,18 +2,113 @@
 
 `configs/*.yaml` -> flags (the official DeiT `main.py` names where the concept exists) -> `TrainConfig`. A YAML file
 holds the sections below (`model:`, `data:`, `aug:`, `optim:`, `distill:`, `run:`) with the field names below.
-Unknown keys and flags are errors. `TrainConfig.explicit` records which fields the user set, so that a built-in
-data set's defaults (small images want gentler augmentation) fill only the rest.
+Unknown keys and flags are errors. Every value is checked for its type and range as it is read, from YAML or a
+flag alike, before any work starts: a section's `__post_init__` first makes each field its annotated type (a
+whole number stays whole, `lr: 1e-3`, which YAML reads as a string, becomes a float, NaN is refused), then checks
+the ranges. `TrainConfig.explicit` records which fields the user set, so that a built-in data set's defaults (small
+images want gentler augmentation) fill only the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from .models.metadata import INTENSITIES, INTERPOLATIONS
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_type(name: str, value, annotation: str):
+    """`value` as the field's annotated type ("int", "float | None", ...); ValueError naming the field otherwise."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    kind = next(k for k in kinds if k != "None")
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ValueError(f"{name} must be given (a {_KIND_NAMES[kind]}), not null")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}={_show(value)} must be true or false")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{name}={_show(value)} must be a string")
+    if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string; a number written as text is a number
+        try:
+            value = int(value) if kind == "int" else float(value)
+        except ValueError:
+            raise ValueError(f"{name}={_show(value)} must be a {_KIND_NAMES[kind]}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={_show(value)} must be a {_KIND_NAMES[kind]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}={_show(value)} must be a finite number")
+    if kind == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name}={_show(value)} must be a whole number")
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}={_show(value)} is too large") from None
+
+
+_KIND_NAMES = {"int": "whole number", "float": "number", "str": "string", "bool": "true or false"}
+
+
+def _check(section: str, config, rules) -> None:
+    """Make every field of a config section its annotated type, then check `rules(config)`, a list of
+    (field, holds, rule): the first that does not hold is a ValueError naming the field, its value and the rule."""
+    for f in fields(config):
+        setattr(config, f.name, _as_type(f"{section}.{f.name}", getattr(config, f.name), f.type))
+    for name, holds, rule in rules(config):
+        if not holds:
+            raise ValueError(f"{section}.{name}={_show(getattr(config, name))} {rule}")
+
+
+def _in(low: float, value, high: float) -> bool:
+    return value is None or low <= value <= high
+
+
+def known_architecture(name: str) -> bool:
+    """A deit model, `small_cnn`, or a timm / torchvision architecture."""
+    from .models import MODELS
+
+    if name in MODELS or name == "small_cnn":
+        return True
+    import timm
+    import torchvision
+
+    return timm.is_model(name) or name in torchvision.models.list_models()
+
+
+def check_policy(aa: str | None, batch_aug: bool) -> None:
+    """A timm augmentation policy string (RandAugment, AugMix or AutoAugment), as timm parses it."""
+    if aa is None or aa == "none":
+        return
+    from timm.data import auto_augment
+
+    try:
+        if aa.startswith("rand"):
+            auto_augment.rand_augment_transform(aa, {"translate_const": 100})
+        elif aa.startswith("augmix"):
+            auto_augment.augment_and_mix_transform(aa, {"translate_const": 100})
+        else:
+            auto_augment.auto_augment_transform(aa, {"translate_const": 100})
+    except Exception:
+        raise ValueError(f"aug.aa={_show(aa)} is not a timm augmentation policy; e.g. rand-m9-mstd0.5-inc1 "
+                         "(RandAugment), augmix-m5-w4-d2 or original (AutoAugment), or none") from None  # fmt: skip
+    if batch_aug and not aa.startswith("rand"):
+        raise ValueError(f"aug.aa={_show(aa)}: batch augmentation takes RandAugment policies ('rand-m9-...')")
 
 
 @dataclass
@@ -28,10 +123,12 @@ class ModelConfig:
     """Weights to start from: pos_embed resized to the input size, a head of another class count replaced."""
 
     def __post_init__(self):
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"model.drop_path={self.drop_path} must be in [0, 1)")
-        if self.input_size is not None and self.input_size < 8:
-            raise ValueError(f"model.input_size={self.input_size} is too small (at least 8 px)")
+        _check("model", self, lambda c: [
+            ("drop_path", 0.0 <= c.drop_path < 1.0, "must be in [0, 1)"),
+            ("input_size", _in(8, c.input_size, 4096), "must be between 8 and 4096 px"),
+            ("model", known_architecture(c.model), "is not a deit model (`deit models` lists them), small_cnn, "
+             "nor a timm or torchvision architecture"),
+        ])  # fmt: skip
 
 
 @dataclass
@@ -42,6 +139,9 @@ class DataConfig:
     """Root of the data: train/ and val/ folders, or torchvision's CIFAR files. Built-ins ship in packages."""
     grayscale: bool = False
     """Read folder images as 1 channel (a 1-channel model); built-in digit sets are always 1 channel."""
+    intensity: str = "minmax"
+    """How images of more than 8 bits (16-bit PNG or TIFF, float TIFF) become the 8-bit images the recipe takes:
+    minmax stretches each image's own range to 0-255; full maps the type's whole range (16-bit 0-65535, float 0-1)."""
     labels_per_class: int | None = None
     """Train on only the first N labelled images of each class (a fixed subset): the small-data regime."""
     unlabelled: bool = False
@@ -53,10 +153,19 @@ class DataConfig:
     """Pinned host memory, for faster copies to the GPU."""
 
     def __post_init__(self):
-        if self.labels_per_class is not None and self.labels_per_class < 1:
-            raise ValueError(f"data.labels_per_class={self.labels_per_class} must be >= 1")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
+        from .data.datasets import BUILTINS, FOLDER_SETS, canonical_name
+
+        known = True
+        try:
+            canonical_name(self.data_set)
+        except ValueError:
+            known = False
+        _check("data", self, lambda c: [
+            ("data_set", known, f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}"),
+            ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
+            ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
+            ("intensity", c.intensity in INTENSITIES, f"must be one of {', '.join(INTENSITIES)}"),
+        ])  # fmt: skip
 
 
 @dataclass
@@ -98,20 +207,24 @@ class AugConfig:
     rest runs on the batch. Same recipe; a batch replays from (seed, epoch, process, step)."""
 
     def __post_init__(self):
-        checks = [
-            (0.0 < self.crop_scale <= 1.0, f"aug.crop_scale={self.crop_scale} must be in (0, 1]"),
-            (0.0 <= self.hflip <= 1.0, f"aug.hflip={self.hflip} must be in [0, 1]"),
-            (0.0 <= self.smoothing < 1.0, f"aug.smoothing={self.smoothing} must be in [0, 1)"),
-            (0.0 <= self.reprob <= 1.0, f"aug.reprob={self.reprob} must be in [0, 1]"),
-            (self.mixup >= 0 and self.cutmix >= 0, "aug.mixup and aug.cutmix must be >= 0"),
-            (0.0 < self.eval_crop_ratio <= 1.0, f"aug.eval_crop_ratio={self.eval_crop_ratio} must be in (0, 1]"),
-            (self.mixup_mode in ("batch", "pair", "elem"), f"aug.mixup_mode={self.mixup_mode!r}: batch, pair or elem"),
-            (self.remode in ("pixel", "rand", "const"), f"aug.remode={self.remode!r}: pixel, rand or const"),
-            (not (self.batch_aug and self.three_augment), "aug.batch_aug has no 3-Augment: use RandAugment (aug.aa)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        _check("aug", self, lambda c: [
+            ("crop_scale", 0.0 < c.crop_scale <= 1.0, "must be in (0, 1]"),
+            ("hflip", 0.0 <= c.hflip <= 1.0, "must be in [0, 1]"),
+            ("color_jitter", 0.0 <= c.color_jitter <= 10.0, "must be in [0, 10]"),
+            ("smoothing", 0.0 <= c.smoothing < 1.0, "must be in [0, 1)"),
+            ("train_interpolation", c.train_interpolation in INTERPOLATIONS, f"must be one of {', '.join(INTERPOLATIONS)}"),
+            ("reprob", 0.0 <= c.reprob <= 1.0, "must be in [0, 1]"),
+            ("remode", c.remode in ("pixel", "rand", "const"), "must be pixel, rand or const"),
+            ("recount", 1 <= c.recount <= 64, "must be between 1 and 64"),
+            ("mixup", 0.0 <= c.mixup <= 1e3, "must be >= 0 (0 disables it)"),
+            ("cutmix", 0.0 <= c.cutmix <= 1e3, "must be >= 0 (0 disables it)"),
+            ("mixup_prob", 0.0 <= c.mixup_prob <= 1.0, "must be in [0, 1]"),
+            ("mixup_switch_prob", 0.0 <= c.mixup_switch_prob <= 1.0, "must be in [0, 1]"),
+            ("mixup_mode", c.mixup_mode in ("batch", "pair", "elem"), "must be batch, pair or elem"),
+            ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
+            ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
+        ])  # fmt: skip
+        check_policy(self.aa, self.batch_aug)
 
     @property
     def mixup_active(self) -> bool:
@@ -142,14 +255,22 @@ class OptimConfig:
     """Per optimizer step; the paper's value suits ~375k steps. Short runs want 0.99-0.999."""
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr={self.lr} must be > 0")
-        if self.accum_iter < 1:
-            raise ValueError(f"optim.accum_iter={self.accum_iter} must be >= 1")
-        if not 0.0 < self.model_ema_decay < 1.0:
-            raise ValueError(f"optim.model_ema_decay={self.model_ema_decay} must be in (0, 1)")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"optim.warmup_epochs={self.warmup_epochs} must be >= 0")
+        from timm.optim import list_optimizers
+
+        _check("optim", self, lambda c: [
+            ("opt", c.opt.lower().removeprefix("lookahead_") in list_optimizers(), "is not an optimizer of timm's "
+             "factory (adamw, sgd, lamb, ...)"),
+            ("lr", 0.0 < c.lr <= 1e3, "must be > 0"),
+            ("weight_decay", 0.0 <= c.weight_decay <= 1e3, "must be >= 0"),
+            ("opt_eps", 0.0 < c.opt_eps <= 1.0, "must be in (0, 1]"),
+            ("momentum", 0.0 <= c.momentum <= 1.0, "must be in [0, 1]"),
+            ("clip_grad", c.clip_grad is None or c.clip_grad > 0, "must be > 0 (or null for none)"),
+            ("warmup_epochs", 0.0 <= c.warmup_epochs <= 10**6, "must be >= 0"),
+            ("warmup_lr", 0.0 <= c.warmup_lr <= 1e3, "must be >= 0"),
+            ("min_lr", 0.0 <= c.min_lr <= 1e3, "must be >= 0"),
+            ("accum_iter", 1 <= c.accum_iter <= 10**6, "must be >= 1"),
+            ("model_ema_decay", 0.0 < c.model_ema_decay < 1.0, "must be in (0, 1)"),
+        ])  # fmt: skip
 
 
 @dataclass
@@ -180,20 +301,22 @@ class DistillConfig:
     """float16 or float32: precision of the stored logits and maps."""
 
     def __post_init__(self):
-        if self.distillation_type not in ("none", "soft", "hard"):
-            raise ValueError(f"distill.distillation_type={self.distillation_type!r}: none, soft or hard")
-        if not 0.0 <= self.distillation_alpha <= 1.0:
-            raise ValueError(f"distill.distillation_alpha={self.distillation_alpha} must be in [0, 1]")
-        if self.distillation_tau <= 0:
-            raise ValueError(f"distill.distillation_tau={self.distillation_tau} must be > 0")
-        if self.attn_distillation_weight < 0:
-            raise ValueError(f"distill.attn_distillation_weight={self.attn_distillation_weight} must be >= 0")
-        if self.teacher_cache_topk < 1:
-            raise ValueError(f"distill.teacher_cache_topk={self.teacher_cache_topk} must be >= 1")
-        if self.teacher_cache_dtype not in ("float16", "float32"):
-            raise ValueError(f"distill.teacher_cache_dtype={self.teacher_cache_dtype!r}: float16 or float32")
-        if self.attn_distillation_loss not in ("kl", "mse"):
-            raise ValueError(f"distill.attn_distillation_loss={self.attn_distillation_loss!r}: kl or mse")
+        layers = self.attn_distillation_layers  # YAML may give the blocks as a number or a list of numbers
+        if isinstance(layers, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            self.attn_distillation_layers = ",".join(map(str, layers))
+        elif isinstance(layers, int) and not isinstance(layers, bool):
+            self.attn_distillation_layers = str(layers)
+        _check("distill", self, lambda c: [
+            ("distillation_type", c.distillation_type in ("none", "soft", "hard"), "must be none, soft or hard"),
+            ("teacher_model", known_architecture(c.teacher_model), "is not small_cnn, a deit model, nor a timm or "
+             "torchvision architecture"),
+            ("distillation_alpha", 0.0 <= c.distillation_alpha <= 1.0, "must be in [0, 1]"),
+            ("distillation_tau", 0.0 < c.distillation_tau <= 1e3, "must be > 0"),
+            ("attn_distillation_weight", 0.0 <= c.attn_distillation_weight <= 1e3, "must be >= 0"),
+            ("attn_distillation_loss", c.attn_distillation_loss in ("kl", "mse"), "must be kl or mse"),
+            ("teacher_cache_topk", 1 <= c.teacher_cache_topk <= 10**6, "must be >= 1"),
+            ("teacher_cache_dtype", c.teacher_cache_dtype in ("float16", "float32"), "must be float16 or float32"),
+        ])  # fmt: skip
         from .distill.attention import parse_layers
 
         parse_layers(self.attn_distillation_layers)
@@ -225,12 +348,15 @@ class RunConfig:
     """Also write TensorBoard scalars to output_dir/tensorboard."""
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"run.epochs={self.epochs} must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError(f"run.batch_size={self.batch_size} must be >= 1")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"run.precision={self.precision!r}: auto, bf16 or fp32")
+        import re
+
+        _check("run", self, lambda c: [
+            ("epochs", 1 <= c.epochs <= 10**6, "must be between 1 and 1000000"),
+            ("batch_size", 1 <= c.batch_size <= 10**7, "must be >= 1"),
+            ("seed", 0 <= c.seed < 2**63, "must be a whole number >= 0"),
+            ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None, "must be auto, cpu, cuda or cuda:N"),
+            ("precision", c.precision in ("auto", "bf16", "fp32"), "must be auto, bf16 or fp32"),
+        ])  # fmt: skip
 
 
 SECTIONS = {
@@ -277,18 +403,22 @@ class TrainConfig:
         """Build from nested {section: {field: value}}; unknown sections or fields raise ValueError."""
         unknown = set(values) - set(SECTIONS)
         if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; sections are: {', '.join(SECTIONS)}")
+            shown = sorted(map(_show, unknown))
+            raise ValueError(f"unknown config section(s) {', '.join(shown)}; sections are: {', '.join(SECTIONS)}")
         sections = {}
         for name, section_cls in SECTIONS.items():
-            given = values.get(name) or {}
+            given = values.get(name)
+            given = {} if given is None else given
             if not isinstance(given, dict):
-                raise ValueError(f"config section {name!r} must be a mapping of field: value")
+                raise ValueError(f"config section {name} must be a mapping of field: value, not {_show(given)}")
             known = {f.name for f in fields(section_cls)}
             for key in given:
                 if key not in known:
-                    close = difflib.get_close_matches(key, known, n=1)
+                    close = difflib.get_close_matches(str(key), known, n=1)
                     hint = f" (did you mean {name}.{close[0]}?)" if close else ""
-                    raise ValueError(f"unknown config key {name}.{key}{hint}; keys of {name}: {', '.join(sorted(known))}")
+                    keys = ", ".join(sorted(known))
+                    shown = key if isinstance(key, str) else _show(key)
+                    raise ValueError(f"unknown config key {name}.{shown}{hint}; keys of {name}: {keys}")
             sections[name] = section_cls(**given)
         return cls(**sections, explicit=frozenset(explicit))
 
@@ -307,9 +437,13 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (not UTF-8); a preset is YAML text") from None
+    if values is None:
+        return {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of sections (model:, data:, ...)")
     return values
@@ -317,8 +451,11 @@ def load_yaml(path: str | Path) -> dict:
 
 def merge(base: dict, overrides: dict[str, object]) -> tuple[dict, set[str]]:
     """Apply dotted overrides ("optim.lr": 1e-3) to nested values; returns the values and every dotted name set."""
+    for section, values in base.items():
+        if values is not None and not isinstance(values, dict):
+            raise ValueError(f"config section {_show(section)} must be a mapping of field: value, not {_show(values)}")
     merged = {section: dict(values or {}) for section, values in base.items()}
-    explicit = {f"{section}.{key}" for section, values in merged.items() if isinstance(values, dict) for key in values}
+    explicit = {f"{section}.{key}" for section, values in merged.items() for key in values}
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         merged.setdefault(section, {})[key] = value

@@ -13,6 +13,7 @@ outputs are cached once for the distilled students, and the students train side 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,13 +23,16 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import LOCK, FolderLock, read_log, write_text
 from .config import TrainConfig, merge
 from .data.datasets import BUILTINS, canonical_name
 from .distributed import cpu_name
+from .failures import sigterm_as_interrupt
 from .models.registry import MODELS
 from .train import run
 
 MARKER = ".deit-demo"
+DEMO_FILES = ("report.md", "results.json", "curves.png", "attention.png", MARKER)
 TEACHER_MODEL = "small_cnn"
 STUDENT = "deit_pico_patch7_28"
 DISTILLED_STUDENT = "deit_pico_distilled_patch7_28"
@@ -70,9 +74,18 @@ def run_demo(
 ) -> dict:
     """Train the teacher and the students; write report.md, results.json, curves.png and attention.png.
 
-    `lanes`: students trained at once, each in its own process (default: one per CPU core, at most four).
+    `lanes`: students trained at once, each in its own process (default: one per CPU core, at most four). The
+    demo owns its folder while it runs (a lock); stopped (Ctrl-C, SIGTERM), it stops its student processes too.
     """
-    out = _prepare(Path(output_dir))
+    out = Path(output_dir)
+    with FolderLock(out, "deit demo", owns=DEMO_FILES):
+        _prepare(out)
+        return _demo(out, data_set=data_set, data_path=data_path, quick=quick, seed=seed, vit_teacher=vit_teacher,
+                     num_workers=num_workers, lanes=lanes)  # fmt: skip
+
+
+def _demo(out: Path, *, data_set: str, data_path: str | None, quick: bool, seed: int, vit_teacher: bool,
+          num_workers: int, lanes: int | None) -> dict:  # fmt: skip
     in_memory = canonical_name(data_set) in BUILTINS  # augmented a batch at a time, without loader processes
     common = {"data.data_set": data_set, "data.data_path": data_path, "run.seed": seed, "aug.batch_aug": in_memory,
               "data.num_workers": num_workers, **(QUICK if quick else {})}  # fmt: skip
@@ -85,7 +98,7 @@ def run_demo(
         start = time.perf_counter()
         run(config(name, settings))
         seconds = time.perf_counter() - start
-        log = _read_log(out / name / "log.jsonl")
+        log = read_log(out / name / "log.jsonl")
         return {"acc1": log[-1]["test_acc1"], "train_seconds": round(seconds, 1),
                 "n_parameters": log[-1]["n_parameters"], "log": log}  # fmt: skip
 
@@ -116,12 +129,12 @@ def run_demo(
         "students": [{**{k: v for k, v in s.items() if k != "log"}, "acc1_by_epoch": [e["test_acc1"] for e in s["log"]]}
                      for s in students],
     }  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     from .viz import plot_curves
 
     plot_curves({"teacher (CNN)": teacher["log"], **{s["method"]: s["log"] for s in students}}, out / "curves.png")
     heat_maps(out, students, data_set, data_path)
-    (out / "report.md").write_text(report(results))
+    write_text(out / "report.md", report(results))
     print(f"\n{report_table(results)}\nreport, results and pictures in {out}/")
     return results
 
@@ -129,12 +142,15 @@ def run_demo(
 def train_side_by_side(jobs: list[tuple[str, dict, TrainConfig]], out: Path, lanes: int | None = None) -> list[dict]:
     """Train (name, row, config) jobs in `lanes` processes at once, the machine's cores shared among them; one
     progress bar per student, fed by its log. A run that reads another's weights (a ViT teacher: the "none"
-    student) waits for it. Returns the rows with acc1, train_seconds, n_parameters and the log."""
-    import concurrent.futures as cf
+    student) waits for it. Returns the rows with acc1, train_seconds, n_parameters and the log.
+
+    However this ends (done, a student's failure, Ctrl-C, SIGTERM), no student process outlives it.
+    """
     import multiprocessing
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    context = multiprocessing.get_context("spawn")
     cores = os.cpu_count() or 1
     lanes = max(1, min(lanes or min(cores, 4), len(jobs)))
     threads = max(1, cores // lanes)
@@ -144,65 +160,99 @@ def train_side_by_side(jobs: list[tuple[str, dict, TrainConfig]], out: Path, lan
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn()]  # fmt: skip
     pending, running, done = list(jobs), {}, {}
-    with Progress(*columns, transient=False) as bar, cf.ProcessPoolExecutor(
-            lanes, mp_context=multiprocessing.get_context("spawn")) as pool:  # fmt: skip
-        tasks = {name: bar.add_task(row["method"], total=cfg.run.epochs, info="waiting") for name, row, cfg in jobs}
-        while pending or running:
-            for job in [j for j in pending if waits.get(j[0]) is None or waits[j[0]] in done]:
-                if len(running) < lanes:
-                    pending.remove(job)
-                    name, _, cfg = job
-                    running[name] = (pool.submit(_train_quietly, cfg, threads), time.perf_counter())
-            time.sleep(0.5)
-            for name, (future, started) in list(running.items()):
-                log = _read_log(out / name / "log.jsonl")
-                info = f"top-1 {log[-1]['test_acc1']:.1f}%" if log else "starting"
-                bar.update(tasks[name], completed=len(log), info=info)
-                if future.done():
-                    error = future.exception()
-                    if error is not None:  # bad input stays a one-line error; anything else is a bug to show
-                        kind = ValueError if isinstance(error, (ValueError, OSError)) else RuntimeError
-                        raise kind(f"the {name} student failed: {error} (its output: {out / name / 'train.out'})")
-                    done[name] = round(time.perf_counter() - started, 1)
+    try:
+        with Progress(*columns, transient=False) as bar:
+            tasks = {name: bar.add_task(row["method"], total=cfg.run.epochs, info="waiting") for name, row, cfg in jobs}
+            while pending or running:
+                for job in [j for j in pending if waits.get(j[0]) is None or waits[j[0]] in done]:
+                    if len(running) < lanes:
+                        pending.remove(job)
+                        name, _, cfg = job
+                        receive, send = context.Pipe(duplex=False)
+                        process = context.Process(target=_train_quietly, args=(cfg, threads, send), name=name)
+                        process.start()
+                        send.close()
+                        running[name] = (process, receive, time.perf_counter())
+                time.sleep(0.5)
+                for name, (process, receive, started) in list(running.items()):
+                    log = read_log(out / name / "log.jsonl")
+                    info = f"top-1 {log[-1]['test_acc1']:.1f}%" if log else "starting"
+                    bar.update(tasks[name], completed=len(log), info=info)
+                    if process.is_alive() and not receive.poll():
+                        continue
+                    outcome = receive.recv() if receive.poll() else ("error", "bug", f"exit code {process.exitcode}")
+                    process.join()
                     del running[name]
+                    if outcome[0] != "ok":  # bad input stays a one-line error; anything else is a bug to show
+                        kind = ValueError if outcome[1] == "input" else RuntimeError
+                        raise kind(f"the {name} student failed: {outcome[2]} (its output: {out / name / 'train.out'})")
+                    done[name] = round(time.perf_counter() - started, 1)
+    finally:
+        _stop([process for process, _, _ in running.values()])
     rows = []
     for name, row, _ in jobs:
-        log = _read_log(out / name / "log.jsonl")
+        log = read_log(out / name / "log.jsonl")
         rows.append({**row, "acc1": log[-1]["test_acc1"], "train_seconds": done[name],
                      "n_parameters": log[-1]["n_parameters"], "log": log})  # fmt: skip
     return rows
 
 
-def _train_quietly(cfg: TrainConfig, threads: int) -> None:
-    """One student in a process of its own, `threads` compute threads, its output in train.out."""
-    import contextlib
+def _stop(processes: list, grace: float = 5.0) -> None:
+    """SIGTERM to each (a clean stop: its loader processes end with it), SIGKILL to any still alive after
+    `grace` seconds."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
+
+def _train_quietly(cfg: TrainConfig, threads: int, outcome) -> None:
+    """One student in a process of its own, `threads` compute threads, its output in train.out; what happened goes
+    back through `outcome` (a pipe): ("ok",) or ("error", "input" | "bug", message)."""
+    _end_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     folder = Path(cfg.run.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train.out", "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        run(cfg)
-
-
-def _read_log(path: Path) -> list[dict]:
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in lines if line.endswith("}")]
+        with (sigterm_as_interrupt(), open(folder / "train.out", "w") as f, contextlib.redirect_stdout(f),
+              contextlib.redirect_stderr(f)):  # fmt: skip
+            run(cfg)
+        result = ("ok",)
+    except KeyboardInterrupt:
+        result = ("error", "input", "interrupted")
+    except (ValueError, OSError) as e:
+        result = ("error", "input", str(e))
+    except BaseException as e:
+        result = ("error", "bug", f"{type(e).__name__}: {e}")
+    with contextlib.suppress(OSError):  # the demo may be gone
+        outcome.send(result)
+
+
+def _end_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the demo's process ends, even killed with SIGKILL."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _prepare(out: Path) -> Path:
-    """The demo writes into its own folder; a previous demo's runs there are replaced, anything else is kept."""
-    if out.exists() and any(out.iterdir()):
+    """The demo writes into its own folder (locked by the caller); a previous demo's runs there are replaced,
+    anything else is kept."""
+    if any(child.name != LOCK for child in out.iterdir()):
         if not (out / MARKER).exists():
             raise ValueError(f"{out} is not empty and holds no earlier demo; pick another --output_dir")
         for child in out.iterdir():
             if child.is_dir():
                 shutil.rmtree(child)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `deit demo`; its runs here are replaced when the demo runs again\n")
+    write_text(out / MARKER, "written by `deit demo`; its runs here are replaced when the demo runs again\n")
     return out
 
 

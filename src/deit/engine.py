@@ -15,7 +15,7 @@ from .distributed import all_reduce_sum
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
+    """The loss became NaN or infinite: training stops (`train.run` says what was kept)."""
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -98,10 +98,7 @@ def train_one_epoch(
             # one all-reduce of the detached parts: logged means over processes, and every process sees a NaN
             values = all_reduce_sum(torch.stack([p.detach().float() for p in parts.values()])) / world_size
             if not torch.isfinite(values[0]):
-                raise NonFiniteLoss(
-                    f"the loss is {values[0].item()} at epoch {epoch}, step {step}: training stopped and the last "
-                    "good checkpoint kept; lower --lr, or set --clip-grad 1.0, and --resume"
-                )
+                raise NonFiniteLoss(f"the loss is {values[0].item()} at epoch {epoch}, step {step}")
             for key, value in zip(parts, values):
                 sums[key] = sums.get(key, 0.0) + value
             if last_of_group:
@@ -212,6 +209,9 @@ def evaluate(
     bar, task = progress(description, len(loader), show_progress)
     with bar:
         for images, targets, *_ in loader:
+            bar.advance(task)
+            if images is None:  # a batch of unreadable files (`collate_readable`)
+                continue
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
@@ -223,7 +223,6 @@ def evaluate(
                 hits[:, 0].sum(), hits.any(dim=1).sum(),
                 nn.functional.cross_entropy(logits, targets, reduction="sum"), torch.tensor(len(targets), device=device),
             ]).double()  # fmt: skip
-            bar.advance(task)
     correct1, correct5, loss, count = all_reduce_sum(totals).tolist()
     count = max(count, 1)
     return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss / count}

@@ -8,7 +8,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .checkpoint import write_text
+
 from .data import build_dataset, canonical_name
+from .data.datasets import collate_readable
 from .predict import preprocessing
 
 
@@ -17,8 +20,9 @@ def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | No
                       num_workers: int = 2) -> dict:  # fmt: skip
     """Evaluate on the validation split of a data set, preprocessed as the model's training data was."""
     model = model.eval()
-    val, info = build_dataset(canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1)
     prep = preprocessing(model)
+    val, info = build_dataset(canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1,
+                              intensity=prep.intensity)  # fmt: skip
     names = prep.class_names
     if info.num_classes != model.num_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but {data_set} has {info.num_classes}; "
@@ -28,20 +32,26 @@ def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | No
         raise ValueError(f"the model was trained on classes {saved['class_names'][:5]}..., {data_set} has "
                          f"{info.class_names[:5]}...; evaluate on the data it was trained for")  # fmt: skip
     val.transform = prep.transform
-    loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers)
+    # an unreadable file is left out and counted, never replaced by another image
+    loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_readable)
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)
-    top5_hits = 0
+    top5_hits = unreadable = 0
     device = next(model.parameters()).device
-    for images, targets, *_ in loader:
+    for images, targets, skipped in loader:
+        unreadable += int(skipped)
+        if images is None:
+            continue
         logits = model(images.to(device)).float().cpu()
         confusion += torch.bincount(targets * n + logits.argmax(1), minlength=n * n).reshape(n, n)
         top5 = logits.topk(min(5, n), dim=1).indices
         top5_hits += int((top5 == targets[:, None]).any(1).sum())
     count = int(confusion.sum())
+    if count == 0:
+        raise ValueError(f"none of the {unreadable} images of {data_set} could be read")
     per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1)
     return {
-        "data_set": data_set, "images": count, "acc1": 100.0 * float(confusion.diag().sum()) / count,
+        "data_set": data_set, "images": count, "unreadable": unreadable, "acc1": 100.0 * float(confusion.diag().sum()) / count,
         "acc5": 100.0 * top5_hits / count,
         "per_class_acc1": {names[i]: round(100.0 * float(per_class[i]), 3) for i in range(n)},
         "confusion": confusion.tolist(), "class_names": names,
@@ -54,6 +64,6 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out / "eval.json", json.dumps(report, indent=2) + "\n")
     plot_confusion(torch.tensor(report["confusion"]), report["class_names"], out / "confusion.png")
     return [out / "eval.json", out / "confusion.png"]

@@ -45,8 +45,31 @@ def _logits_and_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Ten
     return logits, out
 
 
+def picture_names(files: list[Path]) -> list[str]:
+    """`<stem>_attention.png` for each file; files that share a stem are told apart by their folders, then by
+    their extension (a/x.png, b/x.png, a/x.jpg -> a_x_png, b_x, a_x_jpg), so no picture overwrites another."""
+    parts = [Path(f).parts for f in files]
+    depth = [1] * len(files)
+    names: list[str] = []
+    for _ in range(max((len(p) for p in parts), default=1) + 2):
+        names = []
+        for p, d in zip(parts, depth):
+            stem = Path(p[-1]).stem if d <= len(p) else Path(p[-1]).name.replace(".", "_")
+            names.append("_".join([*p[-min(d, len(p)) : -1], stem]))
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            break
+        depth = [d + 1 if n in clashes else d for n, d in zip(names, depth)]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # the same file given twice
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return [f"{name}_attention.png" for name in unique]
+
+
 def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> tuple[list[Path], list[str]]:
-    """One PNG per readable image (`<name>_attention.png`: the image, then each map over it); error lines for the
+    """One PNG per readable image (see `picture_names`: the image, then each map over it); error lines for the
     rest."""
     from .predict import preprocessing
     from .viz import attention_grid
@@ -55,7 +78,7 @@ def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> 
     mean, std = torch.tensor(prep.mean).view(-1, 1, 1), torch.tensor(prep.std).view(-1, 1, 1)
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
-    for path in files:
+    for path, name in zip(files, picture_names(files)):
         try:
             x = prep.read(path)
         except ValueError as e:
@@ -65,7 +88,7 @@ def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> 
         label = prep.class_names[int(logits.argmax())]
         shown = (x * std + mean).clamp(0, 1)
         shown = shown[0] if shown.shape[0] == 1 else shown.permute(1, 2, 0)
-        target = out / f"{path.stem}_attention.png"
+        target = out / name
         attention_grid(shown[None], maps, target, [f"{path.name}: {label}"])
         written.append(target)
     return written, errors

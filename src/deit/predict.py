@@ -1,9 +1,9 @@
 """`deit predict`: top-k classes of images with a trained model, prepared as its training data was evaluated.
 
 Preprocessing comes from the weights (`model.data_config`, saved by `deit train`): input size, eval crop ratio,
-interpolation, mean and std, class names. Weights without it (official, timm, HF) get ImageNet's preprocessing
-and class indices as names. An unreadable or non-image file is reported in one line and skipped; the others are
-still predicted.
+interpolation, mean and std, how images of more than 8 bits are scaled, class names. Weights without it (official,
+timm, HF) get ImageNet's preprocessing and class indices as names. An unreadable or non-image file (a decompression
+bomb included) is reported in one line and skipped; the others are still predicted.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
+from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
+from .data.images import image_files, read_image
 from .data.transforms import build_transform
+
+__all__ = ["Prediction", "Preprocessing", "image_files", "predict", "preprocessing"]
 
 
 @dataclass
@@ -29,20 +31,6 @@ class Prediction:
                                             for label, p in zip(self.labels, self.probabilities)]}  # fmt: skip
 
 
-def image_files(paths: list[str]) -> list[Path]:
-    """Files as given, and the images under folders (sorted); a path that does not exist is a ValueError."""
-    files = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(f"no such file or folder: {path}")
-    return files
-
-
 @dataclass
 class Preprocessing:
     transform: object  # PIL image -> normalised tensor
@@ -50,14 +38,15 @@ class Preprocessing:
     mode: str  # the PIL mode the model reads: "L" or "RGB"
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    intensity: str = "minmax"  # how images of more than 8 bits become 8-bit (data/images.py)
 
     def read(self, path: Path) -> torch.Tensor:
         """An image file as the model's input; ValueError naming the file when it is not a readable image."""
+        image = read_image(path, self.mode, self.intensity)
         try:
-            with Image.open(path) as image:
-                return self.transform(image.convert(self.mode))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+            return self.transform(image)
+        except Exception as e:  # e.g. an image of zero width
+            raise ValueError(f"{path}: cannot be prepared for the model ({type(e).__name__}: {e})") from None
 
 
 def preprocessing(model: torch.nn.Module) -> Preprocessing:
@@ -71,7 +60,7 @@ def preprocessing(model: torch.nn.Module) -> Preprocessing:
                                 interpolation=data.get("interpolation", "bicubic"),
                                 eval_crop_ratio=data.get("eval_crop_ratio", 0.875))  # fmt: skip
     names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
-    return Preprocessing(transform, names, "L" if gray else "RGB", mean, std)
+    return Preprocessing(transform, names, "L" if gray else "RGB", mean, std, data.get("intensity") or "minmax")
 
 
 @torch.inference_mode()
@@ -101,6 +90,10 @@ def predict(model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_s
                 continue
             probs = model(torch.stack(batch).to(device)).float().softmax(dim=1)
             values, indices = probs.topk(k, dim=1)
-            for path, v, i in zip(paths, values.tolist(), indices.tolist()):
-                predictions.append(Prediction(str(path), [names[j] for j in i], v))
+            finite = torch.isfinite(probs).all(dim=1).tolist()
+            for path, v, i, ok in zip(paths, values.tolist(), indices.tolist(), finite):
+                if ok:
+                    predictions.append(Prediction(str(path), [names[j] for j in i], v))
+                else:
+                    errors.append(f"{path}: the model's output is not a number (NaN or inf) for this image")
     return predictions, errors

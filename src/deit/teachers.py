@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import create_model, read_checkpoint
-from .models.weights import Checkpoint, WeightsError
+from .models.weights import Checkpoint, WeightsError, check_finite
 
 
 class SmallCNN(nn.Module):
@@ -158,6 +158,7 @@ def _head_classes(ckpt: Checkpoint, name: str, num_classes: int, in_chans: int) 
 
 
 def _load_cnn(model: nn.Module, ckpt: Checkpoint, name: str) -> None:
+    check_finite(ckpt)
     expected = model.state_dict()
     sd = ckpt.state_dict
     missing = [k for k in expected if k not in sd]

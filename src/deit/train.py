@@ -5,37 +5,33 @@ Everything below `run` receives plain objects and numbers, not the config.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed
+from .checkpoint import CHECKPOINT, FolderLock, RunFolder, load_training_state, resume_path
 from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
 from .data.batch_aug import BatchAugment
-from .data.datasets import ArrayDataset
+from .data.datasets import ArrayDataset, collate_readable
 from .data.sampling import (EvalBatches, SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed,
                             seed_everything, train_sampler)  # fmt: skip
 from .data.transforms import crop_transform
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest
-from .engine import evaluate, fill_teacher_cache, train_one_epoch, unwrap
+from .engine import NonFiniteLoss, evaluate, fill_teacher_cache, train_one_epoch, unwrap
 from .models import MODELS, create_model, load_weights, read_checkpoint
-from .models.weights import atomic_write, deit_config
+from .models.weights import deit_config
 from .teachers import create_cnn, load_teacher
 
 log = logging.getLogger("deit")
-
-CHECKPOINT = "checkpoint.pth"
-LOG = "log.jsonl"
-CONFIG = "config.yaml"
 
 
 def run(cfg: TrainConfig, cache_only: bool = False) -> dict:
@@ -45,32 +41,38 @@ def run(cfg: TrainConfig, cache_only: bool = False) -> dict:
     """
     env, device = distributed.setup(cfg.run.device)
     threads = torch.get_num_threads()
+    folder = None
     try:
-        return _run(cfg, env, device, cache_only)
+        resume = resume_path(cfg.run.resume)
+        if cache_only and not (cfg.distill.teacher_cache and cfg.distill.needs_teacher):
+            raise ValueError("a teacher cache needs --teacher-cache DIR, --teacher-path and a distillation type "
+                             "(--distillation-type hard/soft or --attn-distillation-weight)")  # fmt: skip
+        # a resumed run writes into the folder of its checkpoint unless told otherwise; the folder is the run's
+        # own from here on (locked), before any work starts
+        out = cfg.run.output_dir or (resume.parent if resume else None)
+        if out and env.is_main and not cfg.run.eval and not cache_only:
+            folder = RunFolder(out).open(resume)
+        return _run(cfg, env, device, cache_only, folder, resume)
     finally:
+        if folder is not None:
+            folder.close()
         torch.set_num_threads(threads)  # a CPU run may have given cores to its loader processes
         distributed.cleanup()
 
 
-def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache_only: bool) -> dict:
+def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache_only: bool,
+         folder: RunFolder | None, resume: Path | None) -> dict:  # fmt: skip
     cfg = cfg.with_defaults(dataset_defaults(cfg.data.data_set))
-    out = Path(cfg.run.output_dir) if cfg.run.output_dir else None
-    resume = _resume_path(cfg.run.resume)
-    if cache_only and not (cfg.distill.teacher_cache and cfg.distill.needs_teacher):
-        raise ValueError("a teacher cache needs --teacher-cache DIR, --teacher-path and a distillation type "
-                         "(--distillation-type hard/soft or --attn-distillation-weight)")  # fmt: skip
-    if out and resume is None and not cfg.run.eval and not cache_only and (out / CHECKPOINT).exists():
-        raise ValueError(f"{out} already holds a run ({CHECKPOINT}); --resume {out} to continue it, or pick another "
-                         "--output_dir")  # fmt: skip
     amp_dtype = torch.bfloat16 if cfg.run.precision == "bf16" or (
         cfg.run.precision == "auto" and device.type == "cuda") else None  # fmt: skip
 
     # data
     data_set = canonical_name(cfg.data.data_set)
     train_set, info = build_dataset(data_set, cfg.data.data_path, True, grayscale=cfg.data.grayscale,
-                                    labels_per_class=cfg.data.labels_per_class,
-                                    unlabelled=cfg.data.unlabelled)  # fmt: skip
-    val_set, _ = build_dataset(data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale)
+                                    labels_per_class=cfg.data.labels_per_class, unlabelled=cfg.data.unlabelled,
+                                    intensity=cfg.data.intensity)  # fmt: skip
+    val_set, _ = build_dataset(data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale,
+                               intensity=cfg.data.intensity)  # fmt: skip
     world_batch = cfg.run.batch_size * env.world_size
     if len(train_set) < world_batch:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
@@ -126,7 +128,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
                                  batch_size=eval_batch, rank=env.rank, world_size=env.world_size)  # fmt: skip
     else:
         val_loader = DataLoader(val_set, batch_size=eval_batch, sampler=ShardSampler(len(val_set), env.rank,
-                                env.world_size), **loader_args)  # fmt: skip
+                                env.world_size), collate_fn=collate_readable, **loader_args)  # fmt: skip
 
     # teacher and loss
     distill = cfg.distill
@@ -169,12 +171,15 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         fill_loader = train_loader if mixup_fn or augment else DataLoader(
             SeededDataset(train_set), batch_size=max(cfg.run.batch_size, 256), sampler=sampler, **loader_args)
         missing = cache.missing_epochs(env.rank, cfg.run.epochs)
-        for epoch in missing:
-            seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
-            sampler.set_epoch(epoch)
-            fill_teacher_cache(criterion, fill_loader, cache, epoch=epoch, rank=env.rank, device=device,
-                               mixup_fn=mixup_fn, mix_seed=mix_seed(epoch), amp_dtype=amp_dtype,
-                               show_progress=env.is_main, augment=augment)  # fmt: skip
+        # the main process owns the cache folder while the epochs are made (each process writes its own files)
+        owns = ("epoch_*.safetensors", "meta.json")
+        with FolderLock(cache.root, "deit cache-teacher", owns) if missing and env.is_main else contextlib.nullcontext():
+            for epoch in missing:
+                seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
+                sampler.set_epoch(epoch)
+                fill_teacher_cache(criterion, fill_loader, cache, epoch=epoch, rank=env.rank, device=device,
+                                   mixup_fn=mixup_fn, mix_seed=mix_seed(epoch), amp_dtype=amp_dtype,
+                                   show_progress=env.is_main, augment=augment)  # fmt: skip
         del fill_loader
         distributed.barrier()
         if cache_only:
@@ -201,7 +206,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
                                     warmup_lr_init=optim.warmup_lr, t_in_epochs=False)  # fmt: skip
     ema = ModelEmaV3(model, decay=optim.model_ema_decay) if optim.model_ema else None
 
-    description = model_description(model, info, img_size, aug.eval_crop_ratio, aug.train_interpolation)
+    description = model_description(model, info, img_size, aug.eval_crop_ratio, aug.train_interpolation,
+                                    cfg.data.intensity)  # fmt: skip
     start_epoch, num_updates = 0, 0
     if resume is not None:
         start_epoch, num_updates = _load_resume(resume, model, optimizer, ema, description)
@@ -220,12 +226,11 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
             print(f"{len(val_set)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")
         return stats
 
-    if out and env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    if folder is not None:
         resolved = cfg.to_dict()
-        atomic_write(out / CONFIG, lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
-        _trim_log(out / LOG, start_epoch)
-    writer = _tensorboard(out) if cfg.run.tensorboard and out and env.is_main else None
+        resolved["run"]["output_dir"] = str(folder.path)
+        folder.start(resolved, start_epoch, resume)
+    writer = _tensorboard(folder.path) if cfg.run.tensorboard and folder is not None else None
     if show:
         methods = [distill.distillation_type] if distill.distillation_type != "none" else []
         methods += [f"attention x{distill.attn_distillation_weight:g}"] if attention else []
@@ -245,21 +250,23 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         # Mixup and drop path draw from these: seeded from the epoch, a resumed run repeats them
         seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
         sampler.set_epoch(epoch)
-        stats, num_updates = train_one_epoch(
-            train_model, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
-            mixup_fn=mixup_fn, lr_schedule=lr_schedule, ema=ema, amp_dtype=amp_dtype, accum_iter=optim.accum_iter,
-            clip_grad=optim.clip_grad, show_progress=show, world_size=env.world_size, mix_seed=mix_seed(epoch),
-            teacher_cache=cache, num_classes=info.num_classes, augment=augment,
-        )  # fmt: skip
+        try:
+            stats, num_updates = train_one_epoch(
+                train_model, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
+                mixup_fn=mixup_fn, lr_schedule=lr_schedule, ema=ema, amp_dtype=amp_dtype, accum_iter=optim.accum_iter,
+                clip_grad=optim.clip_grad, show_progress=show, world_size=env.world_size, mix_seed=mix_seed(epoch),
+                teacher_cache=cache, num_classes=info.num_classes, augment=augment,
+            )  # fmt: skip
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e}: training stopped; {_what_is_kept(folder, epoch)}; lower --lr, or set "
+                                "--clip-grad 1.0") from None  # fmt: skip
         test = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype)
         line = {"epoch": epoch, **stats, "test_acc1": test["acc1"], "test_acc5": test["acc5"], "test_loss": test["loss"]}
         if ema is not None:
             line["ema_acc1"] = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype)["acc1"]
         line["n_parameters"] = n_parameters
-        if env.is_main and out:
-            _save_checkpoint(out / CHECKPOINT, model, optimizer, ema, epoch, num_updates, cfg, description)
-            with open(out / LOG, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        if folder is not None:
+            folder.save_epoch(line, _training_state(model, optimizer, ema, epoch, num_updates, cfg, description))
             if writer is not None:
                 for key, value in line.items():
                     if key != "epoch" and isinstance(value, (int, float)):
@@ -336,12 +343,13 @@ def build_student(
     return create_cnn(name, num_classes=num_classes, in_chans=in_chans), input_size or native_size or 224
 
 
-def model_description(model: nn.Module, info, img_size: int, crop_ratio: float, interpolation: str) -> dict:
+def model_description(model: nn.Module, info, img_size: int, crop_ratio: float, interpolation: str,
+                      intensity: str = "minmax") -> dict:  # fmt: skip
     """What rebuilds the model and prepares its inputs: saved in every checkpoint."""
     description = dict(getattr(model, "arch_config", None) or deit_config(model))
     description["data"] = {
         "class_names": list(info.class_names), "mean": list(info.mean), "std": list(info.std),
-        "input_size": img_size, "eval_crop_ratio": crop_ratio, "interpolation": interpolation,
+        "input_size": img_size, "eval_crop_ratio": crop_ratio, "interpolation": interpolation, "intensity": intensity,
     }  # fmt: skip
     return description
 
@@ -362,31 +370,17 @@ def _finetune(model: nn.Module, path: str) -> None:
 
 
 def saved_config(resume: str) -> dict:
-    """The configuration a checkpoint's run was started with."""
-    path = _resume_path(resume)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise ValueError(f"{path} is not a checkpoint written by `deit train`; to start from its weights use --finetune")
-    return state["config"]
+    """The configuration a checkpoint's run was started with (where it wrote and what it resumed left out: a
+    resumed run writes into the folder it resumes)."""
+    config = load_training_state(resume_path(resume))["config"]
+    run = config.get("run")
+    if isinstance(run, dict):
+        config = {**config, "run": {k: v for k, v in run.items() if k not in ("output_dir", "resume")}}
+    return config
 
 
-def _resume_path(resume: str | None) -> Path | None:
-    if not resume:
-        return None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise ValueError(f"nothing to resume: {path} does not exist")
-    return path
-
-
-def _save_checkpoint(path: Path, model, optimizer, ema, epoch: int, num_updates: int, cfg: TrainConfig,
-                     description: dict) -> None:  # fmt: skip
-    state = {
+def _training_state(model, optimizer, ema, epoch: int, num_updates: int, cfg: TrainConfig, description: dict) -> dict:
+    return {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "model_ema": ema.module.state_dict() if ema is not None else None,
@@ -395,16 +389,10 @@ def _save_checkpoint(path: Path, model, optimizer, ema, epoch: int, num_updates:
         "config": cfg.to_dict(),
         "deit_config": description,
     }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_resume(path: Path, model, optimizer, ema, description: dict) -> tuple[int, int]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
-    if not isinstance(state, dict) or "optimizer" not in state or "deit_config" not in state:
-        raise ValueError(f"{path} is not a checkpoint written by `deit train`; to start from its weights use --finetune")
+    state = load_training_state(path)
     theirs = state["deit_config"]
     same = {k: v for k, v in theirs.items() if k != "data"} == {k: v for k, v in description.items() if k != "data"}
     if not same:
@@ -413,21 +401,24 @@ def _load_resume(path: Path, model, optimizer, ema, description: dict) -> tuple[
             f"{description.get('model')} {description.get('hparams')}; resume with the same model and data, or "
             "start from its weights with --finetune"
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if ema is not None:
-        ema.module.load_state_dict(state["model_ema"] if state.get("model_ema") is not None else state["model"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["model_ema"] if state.get("model_ema") is not None else state["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                         "resume with the run's own settings, or start from its weights with --finetune") from None
     log.info(f"resuming after epoch {state['epoch']} from {path}")
     return state["epoch"] + 1, state["num_updates"]
 
 
-def _trim_log(path: Path, start_epoch: int) -> None:
-    """Keep the log lines of epochs before start_epoch: a resumed run rewrites the ones it repeats."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("epoch", -1) < start_epoch]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+def _what_is_kept(folder: RunFolder | None, epoch: int) -> str:
+    if folder is None:
+        return "nothing was saved (no --output_dir)"
+    if not (folder.path / CHECKPOINT).exists():
+        return f"no checkpoint was written in {folder.path} yet"
+    return f"the checkpoint of epoch {epoch - 1} in {folder.path} is kept: --resume {folder.path} to continue"
 
 
 def _tensorboard(out: Path):

@@ -9,6 +9,13 @@ import torch
 import torch.nn.functional as F
 
 
+def _save(fig, path: str | Path) -> None:
+    """The picture written atomically: an interrupted run never leaves half a PNG."""
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
 def _pyplot():
     import matplotlib
 
@@ -32,7 +39,7 @@ def plot_curves(logs: dict[str, list[dict]], path: str | Path, keys: tuple[str, 
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -63,7 +70,7 @@ def attention_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], path:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -87,5 +94,5 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: str | Pat
     ax.set_ylabel("true")
     fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)

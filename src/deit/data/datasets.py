@@ -1,7 +1,9 @@
 """Data sets: ImageFolder trees (ImageNet layout), the digits that ship in packages, CIFAR from local files.
 
-Every data set yields (image, target, skipped): `skipped` counts unreadable files passed over to produce this
-sample (always 0 but for folders), so a training loop can report them without stopping.
+Every data set yields (image, target, skipped). In a training split, `skipped` counts the unreadable files passed
+over to produce this sample (always 0 but for folders), so a training loop can report them without stopping. An
+evaluation split never stands one image in for another: an unreadable file yields (None, target, 1), which
+`collate_readable` leaves out of its batch and counts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
+
+from .images import IMAGE_EXTENSIONS, read_image, walk_files
 
 log = logging.getLogger("deit")
 
@@ -91,21 +95,21 @@ class ArrayDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.targets[index], 0
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
 class ImageFolderDataset(Dataset):
-    """root/<class>/<image>; an unreadable image is skipped with a warning naming it, and counted."""
+    """root/<class>/<image>; an unreadable image is named in a warning and, in training (`substitute`), replaced by
+    the next readable one and counted; else its sample is (None, target, 1).
 
-    def __init__(self, root: Path, grayscale: bool, classes: list[str] | None = None):
+    Symbolic links to folders are followed, each real folder once (a link loop neither repeats images nor hangs).
+    """
+
+    def __init__(self, root: Path, grayscale: bool, classes: list[str] | None = None, *, substitute: bool = True,
+                 intensity: str = "minmax"):  # fmt: skip
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"data folder not found: {root}")
-        found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+        found = _class_folders(root)
         if classes is None:
             classes = found
-            if not classes:
-                raise ValueError(f"{root} has no class folders; expected {root}/<class name>/<images>")
         elif found != classes:
             raise ValueError(
                 f"class folders of {root} differ from the training set's: "
@@ -114,12 +118,7 @@ class ImageFolderDataset(Dataset):
         self.classes = classes
         self.samples: list[tuple[str, int]] = []
         for index, name in enumerate(classes):
-            files = sorted(
-                os.path.join(dirpath, f)
-                for dirpath, _, names in os.walk(root / name, followlinks=True)
-                for f in names
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            files = [f for f in walk_files(root / name) if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not files:
                 raise ValueError(
                     f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -129,6 +128,7 @@ class ImageFolderDataset(Dataset):
         self.targets = [t for _, t in self.samples]
         self.transform: Callable | None = None
         self.mode = "L" if grayscale else "RGB"
+        self.substitute, self.intensity = substitute, intensity
         self._warned: set[str] = set()
 
     def keep(self, indices: list[int]) -> None:
@@ -147,15 +147,34 @@ class ImageFolderDataset(Dataset):
         for skipped in range(len(self.samples)):
             path, target = self.samples[(index + skipped) % len(self.samples)]
             try:
-                with Image.open(path) as image:
-                    image = image.convert(self.mode)
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                image = read_image(path, self.mode, self.intensity)
+            except ValueError as e:
                 if path not in self._warned:
                     self._warned.add(path)
-                    log.warning(f"skipping unreadable image {path} ({type(e).__name__}: {e})")
+                    log.warning(f"skipping unreadable image {e}")
+                if not self.substitute:
+                    return None, target, 1
                 continue
             return (self.transform(image) if self.transform else image), target, skipped
         raise ValueError(f"no image under {self.samples[0][0]}'s folder tree could be read")
+
+
+def collate_readable(samples: list[tuple]) -> tuple:
+    """Batch an evaluation split's samples, leaving out unreadable files: (images, targets, unreadable count);
+    images and targets are None when none of the batch could be read."""
+    readable = [(image, target) for image, target, *_ in samples if image is not None]
+    unreadable = torch.tensor(len(samples) - len(readable))
+    if not readable:
+        return None, None, unreadable
+    images, targets = default_collate(readable)
+    return images, targets, unreadable
+
+
+def _class_folders(root: Path) -> list[str]:
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root} has no class folders; expected {root}/<class name>/<images>")
+    return classes
 
 
 def _split_by_class(targets: np.ndarray, test_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +260,7 @@ def build_dataset(
     grayscale: bool = False,
     labels_per_class: int | None = None,
     unlabelled: bool = False,
+    intensity: str = "minmax",
 ) -> tuple[ArrayDataset | ImageFolderDataset, DataInfo]:
     """The train or validation split of a data set (set its `.transform`), and what a model needs to know of it.
 
@@ -257,8 +277,12 @@ def build_dataset(
         split = root / ("train" if train else "val")
         if not split.is_dir():
             raise ValueError(f"{root} has no {split.name}/ folder; expected {root}/train/<class>/ and {root}/val/<class>/")
-        classes = None if train else ImageFolderDataset(root / "train", grayscale).classes
-        dataset = ImageFolderDataset(split, grayscale, classes)
+        # the validation split takes the training split's classes; alone (to evaluate a model), its own
+        classes = None if train or not (root / "train").is_dir() else _class_folders(root / "train")
+        dataset = ImageFolderDataset(split, grayscale, classes, substitute=train, intensity=intensity)
+        if train and len(dataset.classes) < 2:
+            raise ValueError(f"{split} has one class folder ({dataset.classes[0]}); a classifier needs at least two "
+                             "classes: add a folder of images for each class")  # fmt: skip
         if grayscale:
             info = DataInfo(len(dataset.classes), 1, dataset.classes, GRAY_MEAN, GRAY_STD)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import metadata
 from .vit import DistilledVisionTransformer, VisionTransformer
 
 
@@ -106,6 +107,10 @@ def create_model(
         if key not in OVERRIDABLE:
             raise ValueError(f"unknown model option {key}={value!r}; options are: {', '.join(OVERRIDABLE)}")
         kwargs[key] = value
+    # the sizes are checked, and the parameters counted, before anything is allocated
+    where = str(pretrained) if pretrained is not None else f"model {name}"
+    kwargs = metadata.check_hparams(kwargs, where, required=())
+    metadata.check_fits(kwargs, distilled, where)
     model = build(kwargs, distilled)
     model.model_name = name
     if source is not None:

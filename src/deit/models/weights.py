@@ -22,11 +22,13 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import atomic_write
+from . import metadata
+from .metadata import WeightsError
 from .registry import MODELS
 from .vit import DistilledVisionTransformer, VisionTransformer
 
@@ -36,10 +38,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_KEY = "deit_config"  # where a deit config lives in safetensors metadata and in training checkpoints
 EXPORT_FORMATS = ("deit", "timm", "hf")
-
-
-class WeightsError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model."""
 
 
 @dataclass
@@ -67,28 +65,36 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     file = path
     if path.is_dir():
         if (path / CONFIG_FILE).is_file():
-            config_json = json.loads((path / CONFIG_FILE).read_text())
+            config_json = _read_json(path / CONFIG_FILE)
         # a saved model (ours or HF's), else the checkpoint of a `deit train` run
         names = (WEIGHTS_FILE, "pytorch_model.bin", "checkpoint.pth")
         found = [path / name for name in names if (path / name).is_file()]
         if not found:
             raise WeightsError(f"{path} is a folder without {', '.join(names)}; give the weights file itself")
         file = found[0]
-    tensors, metadata = _read_file(file)
-    config = None
-    if metadata.get(CONFIG_KEY):
-        config = json.loads(metadata[CONFIG_KEY])
-    elif config_json and config_json.get("format") == "deit":
+    tensors, config = _read_file(file)
+    if config is None and isinstance(config_json, dict) and config_json.get("format") == "deit":
         config = config_json
-    hf_config = config_json if config_json and "model_type" in config_json else None
+    hf_config = None
+    if config is None and isinstance(config_json, dict) and "model_type" in config_json:
+        hf_config = metadata.check_hf_config(config_json, str(path / CONFIG_FILE))
     state_dict, ignored, fmt = _to_native(tensors)
     if config is not None:
+        config = metadata.check_config(config, str(path))
+        metadata.check_matches_tensors(config, state_dict, str(path))
         fmt = "deit"
     return Checkpoint(path, fmt, state_dict, config, hf_config, ignored)
 
 
-def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a safetensors or torch file."""
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path} is not valid JSON ({_first_line(e)}); save the model again") from None
+
+
+def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Tensors and the deit config (if any) of a safetensors or torch file."""
     with open(file, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
@@ -96,24 +102,36 @@ def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
         try:
             with safe_open(str(file), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as e:
             raise WeightsError(f"cannot read {file} as safetensors ({_first_line(e)}); is the file complete?") from None
+        if not meta.get(CONFIG_KEY):
+            return tensors, None
+        try:
+            return tensors, json.loads(meta[CONFIG_KEY])
+        except ValueError as e:
+            raise WeightsError(f"{file}: its {CONFIG_KEY} metadata is not valid JSON ({_first_line(e)})") from None
+    return _unwrap(torch_load(file), file)
+
+
+def torch_load(file: Path):
+    """`torch.load(weights_only=True)`: tensors and plain data only; WeightsError naming the file otherwise."""
     try:
         with _allow_namespace():
-            obj = torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "unsupported global" not in str(e).lower():  # not a pickle at all, or a damaged one
-            raise WeightsError(f"cannot read {file} as a PyTorch checkpoint ({_first_line(e)}); is it a model file?") from None
+            raise WeightsError(f"cannot read {file} as a PyTorch checkpoint: it is not one, or it is damaged") from None
         raise WeightsError(
             f"refusing to load {file}: it holds pickled Python objects besides tensors, and unpickling them could "
             "run code; if you trust it, re-save its state dict (or as safetensors) and load that"
         ) from None
+    except MemoryError:
+        raise WeightsError(f"cannot read {file}: it does not fit in memory") from None
     except Exception as e:
         raise WeightsError(
             f"cannot read {file} as a PyTorch checkpoint ({_first_line(e)}); is it a complete .pth/.safetensors file?"
         ) from None
-    return _unwrap(obj, file)
 
 
 def _allow_namespace():
@@ -122,19 +140,18 @@ def _allow_namespace():
     return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
 
 
-def _unwrap(obj, file: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    metadata = {}
+def _unwrap(obj, file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    config = None
     if isinstance(obj, dict):
-        if isinstance(obj.get(CONFIG_KEY), dict):
-            metadata[CONFIG_KEY] = json.dumps(obj[CONFIG_KEY])
+        config = obj.get(CONFIG_KEY)
         for key in ("model", "state_dict"):  # official DeiT and deit training checkpoints; other trainers
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
-    if not tensors:
-        raise WeightsError(f"{file} holds no tensors: it is not a model checkpoint")
-    return tensors, metadata
+    if not tensors or not all(isinstance(k, str) for k in tensors):
+        raise WeightsError(f"{file} holds no named tensors: it is not a model checkpoint")
+    return tensors, config
 
 
 def _first_line(e: Exception) -> str:
@@ -273,25 +290,9 @@ def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
                 f"{ckpt.path} holds a {ckpt.config.get('model')} CNN, not a DeiT; use it as a teacher (--teacher-path)"
             )
         return ckpt.config.get("model"), dict(ckpt.config["hparams"]), bool(ckpt.config.get("distilled"))
-    sd = ckpt.state_dict
-    needed = ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
-    if any(k not in sd for k in needed):
-        raise WeightsError(
-            f"{ckpt.path} is not a DeiT/ViT checkpoint (it lacks {', '.join(k for k in needed if k not in sd)}); "
-            "give the model name if it is one saved under other key names"
-        )
-    distilled = "dist_token" in sd
-    embed_dim = sd["cls_token"].shape[-1]
-    patch_size = sd["patch_embed.proj.weight"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    grid = math.isqrt(sd["pos_embed"].shape[1] - (2 if distilled else 1))
-    kwargs = dict(
-        img_size=grid * patch_size, patch_size=patch_size, in_chans=sd["patch_embed.proj.weight"].shape[1],
-        embed_dim=embed_dim, depth=depth, mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-        qkv_bias="blocks.0.attn.qkv.bias" in sd,
-    )  # fmt: skip
-    if "head.weight" in sd:
-        kwargs["num_classes"] = sd["head.weight"].shape[0]
+    kwargs = metadata.tensor_hparams(ckpt.state_dict, str(ckpt.path))
+    distilled = "dist_token" in ckpt.state_dict
+    patch_size, embed_dim, depth = kwargs["patch_size"], kwargs["embed_dim"], kwargs["depth"]
     # The head count is not visible in the tensors: take it from HF's config, a registered size, or ViT's 64/head.
     same = [
         (name, spec)
@@ -299,7 +300,7 @@ def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
         if (spec.patch_size, spec.embed_dim, spec.depth, spec.distilled) == (patch_size, embed_dim, depth, distilled)
     ]
     if ckpt.hf_config and "num_attention_heads" in ckpt.hf_config:
-        kwargs["num_heads"] = ckpt.hf_config["num_attention_heads"]
+        kwargs["num_heads"] = int(ckpt.hf_config["num_attention_heads"])
     elif same:
         kwargs["num_heads"] = same[0][1].num_heads
     elif embed_dim % 64 == 0:
@@ -339,6 +340,7 @@ def load_weights(model: VisionTransformer, path: str | os.PathLike) -> list[str]
 
 
 def load_state(model: VisionTransformer, ckpt: Checkpoint) -> list[str]:
+    check_finite(ckpt)
     sd = dict(ckpt.state_dict)
     expected = model.state_dict()
     notes, dropped = _adapt(sd, expected, model.num_prefix_tokens)
@@ -353,6 +355,14 @@ def load_state(model: VisionTransformer, ckpt: Checkpoint) -> list[str]:
     for note in notes:
         (log.warning if note.startswith("head") else log.info)(f"{ckpt.path}: {note}")
     return notes
+
+
+def check_finite(ckpt: Checkpoint) -> None:
+    """Weights holding NaN or inf come from a run that diverged: every output would be NaN."""
+    bad = [k for k, v in ckpt.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"{ckpt.path} holds NaN or infinite values in {len(bad)} tensors ({', '.join(bad[:3])}): "
+                           "the training that wrote it diverged; use an earlier checkpoint")  # fmt: skip
 
 
 def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[str]]:
@@ -431,17 +441,6 @@ def _mismatch_message(ckpt, model, sd, expected, missing, unexpected, wrong) -> 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def deit_config(model: VisionTransformer) -> dict:

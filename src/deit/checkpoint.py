@@ -1,0 +1,301 @@
+"""A run's folder: atomic writes, the folder's lock, the checkpoint and the log.
+
+A run owns its folder while it writes there: `FolderLock` takes `.deit.lock` with `flock`, which the kernel
+releases when the process ends in any way (a kill, a crash), so a stale lock is simply taken over. Every file is
+written through a temporary file of this process in the same folder, flushed to disk and renamed over the old one:
+a crash, a full disk or a kill leaves the previous complete file. Each epoch the log is written before the
+checkpoint, so a run killed between the two resumes from the earlier checkpoint and writes that epoch's line again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("deit")
+
+CHECKPOINT = "checkpoint.pth"
+LOG = "log.jsonl"
+CONFIG = "config.yaml"
+LOCK = ".deit.lock"
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what a plain open() would give: temporary files are created 0600
+
+
+class WriteError(OSError):
+    """A file could not be written (full disk, quota, file size limit, I/O error); the previous file is intact."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        free = _free_space(path.parent)
+        reason = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else type(cause).__name__
+        super().__init__(getattr(cause, "errno", None) or errno.EIO, reason)
+        self.message = (f"cannot write {path} ({reason}); {free} free on its disk: free some space or choose another "
+                        "folder. Nothing was overwritten")  # fmt: skip
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "?"  # pragma: no cover
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp)`: a temporary file of this process beside it, flushed to disk, renamed.
+
+    A crash, a kill or a full disk never leaves half a file, nor a temporary name another process would trip over.
+    A failure to write (OSError, or the writer's own error: torch and safetensors do not raise OSError) becomes a
+    `WriteError` naming the file and the free space; the writer's other errors pass through.
+    """
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise WriteError(path, e) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename: a power cut leaves the old file or the new one
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) or type(e).__name__ in ("RuntimeError", "SafetensorError"):
+            raise WriteError(path, e) from None
+        raise
+    with contextlib.suppress(OSError):  # the rename itself on disk
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class FolderBusy(ValueError):
+    """Another live process holds the folder's lock."""
+
+
+class FolderLock:
+    """The exclusive lock of a folder (`.deit.lock`), held while a run, a teacher cache or a demo writes there.
+
+    Taken with `flock`: the kernel drops it when its process ends, however it ends, so the lock of a killed run is
+    taken over by the next one. The file names its holder (command, pid, host, start) for the refusal message.
+    Taking the lock also removes the temporary files that killed writers left of the files the holder `owns` (glob
+    patterns of names; nobody else writes them, and nothing else in the folder is touched).
+    """
+
+    def __init__(self, folder: str | os.PathLike, purpose: str, owns: tuple[str, ...] = ()):
+        self.folder, self.purpose, self.owns = Path(folder), purpose, owns
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        import fcntl
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(self.folder / LOCK, e) from None
+        path = self.folder / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FolderBusy(f"{self.folder} is in use by {_holder(path)}; wait for it to finish, or choose "
+                                 "another folder") from None  # fmt: skip
+            except OSError as e:  # a file system without locks (some network mounts): write unlocked, say so
+                log.warning(f"{self.folder}: this file system does not lock files ({e.strerror}); nothing stops "
+                            "another run from writing here at the same time")  # fmt: skip
+                break
+            # the previous holder removes the file as it leaves: make sure the file locked is the one in place
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        holder = {"command": self.purpose, "pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(holder) + "\n").encode())
+        self._fd = fd
+        for pattern in self.owns:  # left by a writer killed mid-write: `atomic_write` names them .NAME.XXXXXXXX.tmp
+            for stale in self.folder.glob(f".{pattern}.????????{TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        (self.folder / LOCK).unlink(missing_ok=True)  # before unlocking: a waiter then locks a fresh file
+        os.close(self._fd)
+        self._fd = None
+
+
+def _holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text())
+        return f"{holder['command']} (pid {int(holder['pid'])} on {holder['host']}, since {holder['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A training run's folder
+
+
+class RunFolder:
+    """The output folder of one `deit train` run: config.yaml, log.jsonl (one line per epoch), checkpoint.pth.
+
+    `open` takes the lock and refuses a folder that holds another run: a fresh run needs a folder without a
+    checkpoint; a resumed run writes into the folder of the checkpoint it resumes, or into a folder without a run
+    of its own (a copy that continues from there, the original left untouched).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock = FolderLock(self.path, "deit train", owns=(CHECKPOINT, LOG, CONFIG))
+        self.lines: list[dict] = []
+
+    def open(self, resume: Path | None) -> RunFolder:
+        ours = self.path / CHECKPOINT
+        if ours.exists() and resume is None:
+            raise ValueError(f"{self.path} already holds a run ({CHECKPOINT}); --resume {self.path} to continue it, "
+                             "or pick another --output_dir")  # fmt: skip
+        if ours.exists() and not _same_file(ours, resume):
+            raise ValueError(f"{self.path} holds another run than {resume}; to continue that run in its own folder "
+                             "leave out --output_dir, or give an --output_dir without a run")  # fmt: skip
+        self.lock.acquire()
+        return self
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def start(self, config: dict, start_epoch: int, resumed_from: Path | None) -> None:
+        """Write the resolved config; keep the log lines of the epochs before `start_epoch`, from this folder's log
+        or, when continuing another folder's run here, from that one's."""
+        import yaml
+
+        source = resumed_from.parent / LOG if resumed_from is not None else self.path / LOG
+        self.lines = [line for line in read_log(source) if line.get("epoch", -1) < start_epoch]
+        write_text(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        self._write_log()
+
+    def save_epoch(self, line: dict, state: dict) -> None:
+        """The epoch's log line, then its checkpoint (see the module's docstring for why in this order)."""
+        import torch
+
+        self.lines = [old for old in self.lines if old.get("epoch") != line["epoch"]] + [line]
+        self._write_log()
+        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _write_log(self) -> None:
+        write_text(self.path / LOG, "".join(json.dumps(line) + "\n" for line in self.lines))
+
+
+def read_log(path: Path) -> list[dict]:
+    """The epochs of a log.jsonl; a line cut short (a log of an older version killed mid-append) is left out."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = []
+    for raw in text.splitlines():
+        with contextlib.suppress(ValueError):
+            line = json.loads(raw)
+            if isinstance(line, dict):
+                lines.append(line)
+    return lines
+
+
+def _same_file(a: Path, b: Path | None) -> bool:
+    try:
+        return b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def resume_path(resume: str | None) -> Path | None:
+    """The checkpoint file `--resume` names (a run folder means its checkpoint.pth)."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def load_training_state(path: Path) -> dict:
+    """A checkpoint written by `deit train`, checked: what a resume reads from it has the types it must have."""
+    from .models.weights import WeightsError, torch_load
+
+    try:
+        state = torch_load(path)
+    except WeightsError as e:
+        raise ValueError(f"cannot resume from {path}: {e}") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "config", "deit_config"} <= set(state):
+        raise ValueError(f"{path} is not a checkpoint written by `deit train`; to start from its weights use "
+                         "--finetune")  # fmt: skip
+    for key in ("epoch", "num_updates"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            raise ValueError(f"{path} is damaged: its {key} is {state.get(key)!r}, not a count")
+    for key in ("model", "optimizer", "config", "deit_config"):
+        if not isinstance(state[key], dict):
+            raise ValueError(f"{path} is damaged: its {key} is a {type(state[key]).__name__}, not a mapping")
+    return state
+
+
+def check_output(source: str | os.PathLike, output: str | os.PathLike, files: list[str] | None = None) -> None:
+    """Refuse an output that would replace its own source or a run: `output` is a file, or the folder that
+    receives `files` (e.g. model.safetensors and config.json)."""
+    source, output = Path(source), Path(output)
+    targets = [output / name for name in files] if files else [output]
+    sources = [source] if source.is_file() else [p for p in source.iterdir() if p.is_file()] if source.is_dir() else []
+    for target in targets:
+        if any(_same_file(target, s) for s in sources):
+            raise ValueError(f"{target} is the source being read ({source}); write the result to another path")
+        if target.name == CHECKPOINT and target.exists():
+            raise ValueError(f"{target} is a training run's checkpoint; write the result to another path")
+    folder = output if files else output.parent
+    if files and (folder / CHECKPOINT).exists():
+        raise ValueError(f"{folder} holds a training run ({CHECKPOINT}); write the weights to another folder")

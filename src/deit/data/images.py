@@ -1,0 +1,86 @@
+"""Image files: finding them under folders, and reading one as the 8-bit image the transforms take.
+
+Reading never takes the process down: a file that is not an image, a truncated one, or a decompression bomb (more
+pixels than Pillow's limit, `Image.MAX_IMAGE_PIXELS`) is a `ValueError` naming the file. Images of more than 8 bits
+(16-bit PNG and TIFF, 32-bit integer or float TIFF: X-ray, microscopy) are brought to 8 bits by their values, not
+clipped (Pillow's own conversion turns a 16-bit image almost white): `minmax` stretches each image's own range to
+0-255, `full` maps the type's whole range (0-65535 for 16 bits, 0-1 for floats).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def read_image(path: str | os.PathLike, mode: str, intensity: str = "minmax") -> Image.Image:
+    """The image at `path` in `mode` ("L" or "RGB"), decoded; ValueError naming the file when it cannot be."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in HIGH_BIT_MODES:
+                image = Image.fromarray(to_8bit(np.asarray(image), intensity), "L")
+            return image.convert(mode)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # Pillow raises many types for damaged files: OSError, SyntaxError, struct.error, ...
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}{': ' + reason if reason else ''})") from None
+
+
+def to_8bit(values: np.ndarray, intensity: str) -> np.ndarray:
+    """A high-bit-depth or float image as uint8: its own range stretched (`minmax`) or the type's (`full`: 0-1 for
+    floats, 0-65535 for integers that fit 16 bits, else the 32-bit range)."""
+    floating = values.dtype.kind == "f"
+    if values.size == 0:
+        return np.zeros(values.shape, np.uint8)
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if intensity == "full":
+        top = 1.0 if floating else 65535.0 if values.max() <= 65535 else 2.0**31 - 1
+        scaled = values / top
+    elif intensity == "minmax":
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    else:
+        raise ValueError(f"intensity={intensity!r}: minmax or full")
+    return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+
+
+def image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the images under folders (sorted); a path that does not exist is a ValueError."""
+    files = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files += [Path(f) for f in walk_files(path) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"no such file or folder: {path}")
+    return files
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[str]:
+    """Every file under `root`, in sorted order, following symbolic links to folders but entering each real
+    folder once: a link back up the tree (a loop) neither repeats images nor recurses forever."""
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subfolders.sort()
+        for name in sorted(names):
+            yield os.path.join(folder, name)

@@ -1,0 +1,97 @@
+"""How a command ends: every failure a user can cause or meet becomes one line naming the problem and the fix.
+
+Exit codes, for every command:
+- 0: done;
+- 1: part of the work failed (some inputs unreadable, a full disk, a run whose loss became NaN, out of memory);
+- 2: bad usage or input (a flag, a config value, a missing or corrupt file, weights of another model): nothing done;
+- 130: interrupted (Ctrl-C, or SIGTERM as `kill`, `timeout` and job schedulers send it).
+
+A failure that is none of these is a bug: one line too, saying so; DEIT_DEBUG=1 shows its traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Callable
+
+OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escape codes, newlines) written as escapes: printed as it is, a
+    hostile class name or file name could move the cursor, recolour the terminal or forge a second line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
+def say_error(command: str, message: str) -> None:
+    print(f"deit {command}: error: {printable(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: the same clean stop (files closed, worker and lane
+    processes ended, the last checkpoint kept) whichever way a run is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(command: str, func: Callable[[], int]) -> int:
+    """Run one command; its failure becomes one line on stderr and an exit code (see the module's docstring)."""
+    from .checkpoint import WriteError
+    from .engine import NonFiniteLoss
+
+    debug = bool(os.environ.get("DEIT_DEBUG"))
+    try:
+        with sigterm_as_interrupt():
+            return func()
+    except KeyboardInterrupt:
+        print(f"deit {command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing left to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILED
+    except (NonFiniteLoss, WriteError) as e:
+        if debug:
+            raise
+        say_error(command, str(e))
+        return FAILED
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        say_error(command, _os_message(e) if isinstance(e, OSError) else str(e))
+        return BAD_INPUT
+    except MemoryError:
+        if debug:
+            raise
+        say_error(command, "out of memory; lower --batch-size, or use a smaller model or fewer loader processes")
+        return FAILED
+    except Exception as e:
+        if debug:
+            raise
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        if isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+            say_error(command, f"out of memory ({text}); lower --batch-size, or use a smaller model")
+            return FAILED
+        say_error(command, f"internal error, a bug in deit: {type(e).__name__}: {text} (DEIT_DEBUG=1 shows where)")
+        return FAILED
+
+
+def _os_message(e: OSError) -> str:
+    if e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return str(e)
