@@ -220,8 +220,10 @@ def _train_quietly(cfg: TrainConfig, threads: int, outcome) -> None:
     folder = Path(cfg.run.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with (sigterm_as_interrupt(), open(folder / "train.out", "w") as f, contextlib.redirect_stdout(f),
-              contextlib.redirect_stderr(f)):  # fmt: skip
+        with sigterm_as_interrupt(), open(folder / "train.out", "w") as f:
+            # the file descriptors too: what torch or a loader process prints stays out of the demo's terminal
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
             run(cfg)
         result = ("ok",)
     except KeyboardInterrupt:

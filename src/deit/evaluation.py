@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import write_text
+from .failures import loader_worker_init
 
 from .data import build_dataset, canonical_name
 from .data.datasets import collate_readable
@@ -33,7 +34,8 @@ def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | No
                          f"{info.class_names[:5]}...; evaluate on the data it was trained for")  # fmt: skip
     val.transform = prep.transform
     # an unreadable file is left out and counted, never replaced by another image
-    loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_readable)
+    loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_readable,
+                        worker_init_fn=loader_worker_init)  # fmt: skip
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)
     top5_hits = unreadable = 0

@@ -46,24 +46,24 @@ def _logits_and_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Ten
 
 
 def picture_names(files: list[Path]) -> list[str]:
-    """`<stem>_attention.png` for each file; files that share a stem are told apart by their folders, then by
-    their extension (a/x.png, b/x.png, a/x.jpg -> a_x_png, b_x, a_x_jpg), so no picture overwrites another."""
-    parts = [Path(f).parts for f in files]
+    """`<stem>_attention.png` for each file; files that share a stem are told apart by as many of their folders as
+    it takes, and by their extension when only that differs (a/x.png, b/x.png, a/x.jpg -> a_x_png, b_x, a_x_jpg):
+    no picture overwrites another."""
+    keys = [Path(f).with_suffix("") for f in files]  # folder and stem
+    parts = [[p for p in key.parts if p != key.anchor] for key in keys]
     depth = [1] * len(files)
-    names: list[str] = []
-    for _ in range(max((len(p) for p in parts), default=1) + 2):
-        names = []
-        for p, d in zip(parts, depth):
-            stem = Path(p[-1]).stem if d <= len(p) else Path(p[-1]).name.replace(".", "_")
-            names.append("_".join([*p[-min(d, len(p)) : -1], stem]))
-        clashes = {n for n in names if names.count(n) > 1}
-        if not clashes:
+    while True:  # one folder more for a name shared with another folder's file
+        names = ["_".join(p[-d:]) for p, d in zip(parts, depth)]
+        deeper = [d + 1 if d < len(p) and any(m == n and k != key for m, k in zip(names, keys)) else d
+                  for n, key, p, d in zip(names, keys, parts, depth)]  # fmt: skip
+        if deeper == depth:
             break
-        depth = [d + 1 if n in clashes else d for n, d in zip(names, depth)]
-    seen: dict[str, int] = {}
-    unique = []
-    for name in names:  # the same file given twice
-        seen[name] = seen.get(name, 0) + 1
+        depth = deeper
+    unique, seen = [], {}
+    for f, key, name in zip(files, keys, names):
+        if keys.count(key) > 1:  # x.png beside x.jpg
+            name += "_" + Path(f).suffix.lstrip(".")
+        seen[name] = seen.get(name, 0) + 1  # the very same file given twice
         unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return [f"{name}_attention.png" for name in unique]
 

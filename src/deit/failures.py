@@ -39,14 +39,22 @@ def sigterm_as_interrupt():
         yield
         return
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """`worker_init_fn` of every DataLoader: a loader process stops on SIGTERM as on Ctrl-C, quietly. A job
+    scheduler or `timeout` signals the whole process group; a worker killed by the signal would make the training
+    process print a traceback about it while it stops."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def run_command(command: str, func: Callable[[], int]) -> int:

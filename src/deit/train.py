@@ -27,6 +27,7 @@ from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest
 from .engine import NonFiniteLoss, evaluate, fill_teacher_cache, train_one_epoch, unwrap
+from .failures import loader_worker_init
 from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import deit_config
 from .teachers import create_cnn, load_teacher
@@ -115,7 +116,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     sampler = train_sampler(train_set, seed=cfg.run.seed, rank=env.rank, world_size=env.world_size,
                             repeated_aug=aug.repeated_aug)  # fmt: skip
     loader_args = dict(num_workers=num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
-                       persistent_workers=num_workers > 0)  # fmt: skip
+                       persistent_workers=num_workers > 0, worker_init_fn=loader_worker_init)  # fmt: skip
     if augment is not None and in_memory:
         train_loader = TensorBatches(train_set.tensor(), train_set.targets, sampler, cfg.run.batch_size)
     else:

@@ -69,7 +69,9 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 def walk_files(root: str | os.PathLike) -> Iterator[str]:
     """Every file under `root`, in sorted order, following symbolic links to folders but entering each real
-    folder once: a link back up the tree (a loop) neither repeats images nor recurses forever."""
+    folder once and never one that holds `root` (a link back up the tree): a link loop neither repeats images
+    nor recurses forever, nor pulls a sibling class's images in."""
+    top = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         try:
@@ -77,7 +79,9 @@ def walk_files(root: str | os.PathLike) -> Iterator[str]:
         except OSError:
             subfolders[:] = []
             continue
-        if (st.st_dev, st.st_ino) in seen:
+        real = os.path.realpath(folder)
+        loops_back = folder != os.fspath(root) and (real == top or top.startswith(real.rstrip(os.sep) + os.sep))
+        if loops_back or (st.st_dev, st.st_ino) in seen:
             subfolders[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))

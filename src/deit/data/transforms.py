@@ -71,11 +71,15 @@ def _keep_posterize_bits(transform) -> None:
     for step in getattr(transform, "transforms", []):
         for op in getattr(step, "ops", []):
             if "Posterize" in op.name and op.level_fn is not None:
-                op.level_fn = _at_least_one_bit(op.level_fn)
+                op.level_fn = _AtLeastOneBit(op.level_fn)
 
 
-def _at_least_one_bit(level_fn):
-    def level(magnitude, hparams):
-        return tuple(max(1, bits) for bits in level_fn(magnitude, hparams))
+class _AtLeastOneBit:
+    """A posterize level of at least 1 bit. A class, not a closure: loader processes started by spawn or forkserver
+    (Python 3.14's default, and inside the demo's student processes) receive the transform pickled."""
 
-    return level
+    def __init__(self, level_fn):
+        self.level_fn = level_fn
+
+    def __call__(self, magnitude, hparams):
+        return tuple(max(1, bits) for bits in self.level_fn(magnitude, hparams))
