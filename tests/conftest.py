@@ -1,8 +1,16 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw their examples from a fixed seed (a CI run is reproducible); HYPOTHESIS_PROFILE=explore draws
+# new ones, ten times more of them.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small and fast: few images per class, no workers, no EMA unless asked.
 FAST = ["--data-set", "mnist5k", "--num_workers", "0", "--batch-size", "32", "--warmup-epochs", "0.5",

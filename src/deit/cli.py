@@ -336,11 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("deit", "timm", "hf"), help="output layout")
     p.add_argument("--model", default=None, help="architecture name, when the checkpoint does not make it clear")
     p.set_defaults(func=cmd_convert)
+    parser.commands = sub.choices  # name -> the command's parser
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser: "deit train: error: unrecognized arguments: ..."
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_command(args.command, lambda: args.func(args))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -155,13 +156,14 @@ class DataConfig:
     def __post_init__(self):
         from .data.datasets import BUILTINS, FOLDER_SETS, canonical_name
 
-        known = True
-        try:
-            canonical_name(self.data_set)
-        except ValueError:
-            known = False
+        def known(name: str) -> bool:
+            try:
+                return bool(canonical_name(name))
+            except ValueError:
+                return False
+
         _check("data", self, lambda c: [
-            ("data_set", known, f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}"),
+            ("data_set", known(c.data_set), f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}"),
             ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
             ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
             ("intensity", c.intensity in INTENSITIES, f"must be one of {', '.join(INTENSITIES)}"),
@@ -463,8 +465,10 @@ def merge(base: dict, overrides: dict[str, object]) -> tuple[dict, set[str]]:
     return merged, explicit
 
 
+@functools.lru_cache(maxsize=None)
 def field_docs(section_cls) -> dict[str, str]:
-    """Field docstrings (the string literal after each field), for --help texts."""
+    """Field docstrings (the string literal after each field), for --help texts (read once per process: finding a
+    class's source parses its whole module)."""
     import ast
     import inspect
     import textwrap

@@ -90,10 +90,12 @@ def predict(model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_s
                 continue
             probs = model(torch.stack(batch).to(device)).float().softmax(dim=1)
             values, indices = probs.topk(k, dim=1)
-            finite = torch.isfinite(probs).all(dim=1).tolist()
-            for path, v, i, ok in zip(paths, values.tolist(), indices.tolist(), finite):
-                if ok:
-                    predictions.append(Prediction(str(path), [names[j] for j in i], v))
-                else:
-                    errors.append(f"{path}: the model's output is not a number (NaN or inf) for this image")
+            finite = torch.isfinite(probs).all(dim=1)
+            if not bool(finite.all()):  # inputs are normalised images: the weights overflow
+                largest = max(float(p.abs().max()) for p in model.parameters())
+                first = paths[int((~finite).nonzero()[0])]
+                raise ValueError(f"the model's outputs are not finite (NaN or inf) for {first}: its weights are "
+                                 f"damaged (the largest is {largest:.3g}); use another checkpoint")  # fmt: skip
+            for path, v, i in zip(paths, values.tolist(), indices.tolist()):
+                predictions.append(Prediction(str(path), [names[j] for j in i], v))
     return predictions, errors

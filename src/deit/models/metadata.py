@@ -117,7 +117,7 @@ def check_data(data, where: str, hparams: dict) -> dict:
     unknown = sorted(set(data) - DATA_KEYS, key=str)
     if unknown:
         raise WeightsError(f"{where}: unknown data config keys {', '.join(map(_show, unknown[:4]))}")
-    out = dict(data)
+    out = {key: value for key, value in data.items() if value is not None}  # null: not given
     names = data.get("class_names")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) and len(n) <= 1000 for n in names):
