@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .distributed import cpu_name
+from .distributed import DistEnv, cpu_name, resolve_device
 
 PRESETS = {
     # the paper's DeiT-S distilled from a RegNetY-16GF (an H100/H200 does each part in seconds)
@@ -140,7 +140,7 @@ def run_benchmark(
     from .teachers import Teacher, create_cnn
 
     cfg = PRESETS[preset]
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    dev = resolve_device(device, DistEnv())  # one line naming the fix when the device is absent
     bs = batch_size or cfg["batch_size"]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 

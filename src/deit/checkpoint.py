@@ -39,15 +39,21 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what a plain open() would give: temporary files are created 0600
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 class WriteError(OSError):
     """A file could not be written (full disk, quota, file size limit, I/O error); the previous file is intact."""
 
     def __init__(self, path: Path, cause: BaseException):
-        free = _free_space(path.parent)
         reason = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else type(cause).__name__
-        super().__init__(getattr(cause, "errno", None) or errno.EIO, reason)
-        self.message = (f"cannot write {path} ({reason}); {free} free on its disk: free some space or choose another "
-                        "folder. Nothing was overwritten")  # fmt: skip
+        code = getattr(cause, "errno", None)
+        super().__init__(code or errno.EIO, reason)
+        if code is None or code in NO_SPACE:  # torch's and safetensors' writers say no more than "write failed"
+            fix = f"{_free_space(path.parent)} free on its disk: free some space or choose another folder"
+        else:
+            fix = "choose another folder"
+        self.message = f"cannot write {path} ({reason}); {fix}. Nothing was overwritten"
 
     def __str__(self) -> str:
         return self.message
@@ -129,10 +135,12 @@ class FolderLock:
     def acquire(self) -> None:
         import fcntl
 
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{self.folder} is a file, not a folder; choose another folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise WriteError(self.folder / LOCK, e) from None
+            raise ValueError(f"cannot write into {self.folder} ({e.strerror}); choose another folder") from None
         path = self.folder / LOCK
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
