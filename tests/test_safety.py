@@ -23,12 +23,12 @@ from conftest import FAST, read_log
 from PIL import Image
 
 import deit
-from deit.checkpoint import LOCK, FolderLock, atomic_write
 from deit.checkpoint import read_log as epochs_in
 from deit.cli import main
 from deit.data import build_dataset
 from deit.data.datasets import ImageFolderDataset
 from deit.data.images import image_files, read_image, to_8bit
+from deit.files import LOCK, FolderLock, atomic_write
 
 TINY = ["--model", "deit_pico_patch4_28", *FAST, "--labels-per-class", "10"]  # 100 digits: 3 steps an epoch
 SRC = str(Path(__file__).parents[1] / "src")
@@ -132,7 +132,7 @@ def test_3_convert_and_export_never_overwrite_their_source_or_a_run(trained, tmp
 def test_4_a_second_run_into_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {SRC!r}); from deit.checkpoint import FolderLock;"
+        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {SRC!r}); from deit.files import FolderLock;"
          f"FolderLock({str(out)!r}, 'deit train').acquire(); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -67,14 +67,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from .models import create_model, export_weights
+SAVED_MODEL = ["model.safetensors", "config.json"]  # what a folder output of convert and export receives
 
+
+def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import check_output
+    from .models import create_model, export_weights
 
     dst = Path(args.dst)
     folder = args.to == "hf" or dst.suffix not in (".safetensors", ".pth", ".pt", ".bin")
-    check_output(args.src, dst, ["model.safetensors", "config.json"] if folder else None)
+    check_output(args.src, dst, SAVED_MODEL if folder else None)
     model = create_model(args.model, pretrained=args.src)
     out = export_weights(model, args.dst, args.to)
     print(f"wrote {out} ({args.to} format, {model.model_name or type(model).__name__}, "
@@ -168,13 +170,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import check_output
     from .export import export_model
     from .models import create_model
 
-    from .checkpoint import check_output
-
     folder = args.format == "safetensors" and Path(args.output).suffix != ".safetensors"
-    check_output(args.weights, args.output, ["model.safetensors", "config.json"] if folder else None)
+    check_output(args.weights, args.output, SAVED_MODEL if folder else None)
     model = create_model(args.model, pretrained=args.weights)
     result = export_model(model, args.output, args.format)
     checked = (f", matches PyTorch within {result['max_abs_diff']:.1e} in onnxruntime at batch "

@@ -21,11 +21,7 @@ from pathlib import Path
 import yaml
 
 from .models.metadata import INTENSITIES, INTERPOLATIONS
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+from .models.metadata import show_value as _show
 
 
 def _as_type(name: str, value, annotation: str):

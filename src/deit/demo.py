@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LOCK, FolderLock, read_log, write_text
+from .checkpoint import read_log
 from .config import TrainConfig, merge
 from .data.datasets import BUILTINS, canonical_name
 from .distributed import cpu_name
 from .failures import sigterm_as_interrupt
+from .files import LOCK, FolderLock, write_text
 from .models.registry import MODELS
 from .train import run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import write_text
+from .files import write_text
 from .failures import loader_worker_init
 
 from .data import build_dataset, canonical_name

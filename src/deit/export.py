@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .models.weights import atomic_write, save_weights
+from .files import atomic_write
+from .models.weights import save_weights
 
 FORMATS = ("onnx", "safetensors")
 

@@ -59,8 +59,8 @@ def loader_worker_init(worker_id: int) -> None:
 
 def run_command(command: str, func: Callable[[], int]) -> int:
     """Run one command; its failure becomes one line on stderr and an exit code (see the module's docstring)."""
-    from .checkpoint import WriteError
     from .engine import NonFiniteLoss
+    from .files import WriteError
 
     debug = bool(os.environ.get("DEIT_DEBUG"))
     try:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .checkpoint import CHECKPOINT, FolderLock, RunFolder, load_training_state, resume_path
+from .checkpoint import CHECKPOINT, RunFolder, load_training_state, resume_path
 from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
 from .data.batch_aug import BatchAugment
@@ -28,6 +28,7 @@ from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest
 from .engine import NonFiniteLoss, evaluate, fill_teacher_cache, train_one_epoch, unwrap
 from .failures import loader_worker_init
+from .files import FolderLock
 from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import deit_config
 from .teachers import create_cnn, load_teacher

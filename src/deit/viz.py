@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 def _save(fig, path: str | Path) -> None:
     """The picture written atomically: an interrupted run never leaves half a PNG."""
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 

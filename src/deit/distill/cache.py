@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.weights import atomic_write
+from ..files import atomic_write
 
 META = "meta.json"
 VERSION = 2  # 2: batch augmentation in the views spec

@@ -45,16 +45,16 @@ def check_value(where: str, key: str, value, kind: type, low: float, high: float
     """`value` as `kind` within [low, high]; WeightsError naming `where`, the key and the rule otherwise."""
     if kind is bool:
         if not isinstance(value, bool):
-            raise WeightsError(f"{where}: {key}={_show(value)} must be true or false")
+            raise WeightsError(f"{where}: {key}={show_value(value)} must be true or false")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WeightsError(f"{where}: {key}={_show(value)} must be a number")
+        raise WeightsError(f"{where}: {key}={show_value(value)} must be a number")
     if isinstance(value, float) and not math.isfinite(value):
-        raise WeightsError(f"{where}: {key}={_show(value)} must be a finite number")
+        raise WeightsError(f"{where}: {key}={show_value(value)} must be a finite number")
     if kind is int and isinstance(value, float) and not value.is_integer():
-        raise WeightsError(f"{where}: {key}={_show(value)} must be a whole number")
+        raise WeightsError(f"{where}: {key}={show_value(value)} must be a whole number")
     if not low <= value <= high:  # exact for ints of any size
-        raise WeightsError(f"{where}: {key}={_show(value)} must be between {low:g} and {high:g}")
+        raise WeightsError(f"{where}: {key}={show_value(value)} must be between {low:g} and {high:g}")
     return kind(value)
 
 
@@ -62,10 +62,10 @@ def check_hparams(hparams, where: str, *, required=tuple(HPARAM_BOUNDS)) -> dict
     """A DeiT's constructor arguments, checked: the known keys only, each of its type and range, and the rules
     between them (patch size divides image size, head count divides width)."""
     if not isinstance(hparams, dict):
-        raise WeightsError(f"{where}: hparams must be a mapping, not {_show(hparams)}")
+        raise WeightsError(f"{where}: hparams must be a mapping, not {show_value(hparams)}")
     unknown = sorted(set(hparams) - set(HPARAM_BOUNDS), key=str)
     if unknown:
-        raise WeightsError(f"{where}: unknown hparams {', '.join(map(_show, unknown[:4]))}; known: "
+        raise WeightsError(f"{where}: unknown hparams {', '.join(map(show_value, unknown[:4]))}; known: "
                            f"{', '.join(HPARAM_BOUNDS)}")  # fmt: skip
     missing = [k for k in required if k not in hparams and k not in OPTIONAL_HPARAMS]
     if missing:
@@ -81,20 +81,20 @@ def check_hparams(hparams, where: str, *, required=tuple(HPARAM_BOUNDS)) -> dict
 def check_config(config, where: str, num_tensors: int | None = None) -> dict:
     """A deit config as read from a file: its keys, their types and ranges, and its `data` section."""
     if not isinstance(config, dict):
-        raise WeightsError(f"{where}: its deit config must be a mapping, not {_show(config)}")
+        raise WeightsError(f"{where}: its deit config must be a mapping, not {show_value(config)}")
     unknown = sorted(set(config) - TOP_KEYS, key=str)
     if unknown:
-        raise WeightsError(f"{where}: unknown deit config keys {', '.join(map(_show, unknown[:4]))}")
+        raise WeightsError(f"{where}: unknown deit config keys {', '.join(map(show_value, unknown[:4]))}")
     family = config.get("family", "deit")
     if family not in ("deit", "cnn"):
-        raise WeightsError(f"{where}: family={_show(family)} must be deit or cnn")
+        raise WeightsError(f"{where}: family={show_value(family)} must be deit or cnn")
     name = config.get("model")
     if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200 or not name.isprintable()):
-        raise WeightsError(f"{where}: model={_show(name)} must be a model name")
+        raise WeightsError(f"{where}: model={show_value(name)} must be a model name")
     if family == "cnn" and name is None:
         raise WeightsError(f"{where}: a CNN's config must name its architecture (model)")
     if not isinstance(config.get("distilled", False), bool):
-        raise WeightsError(f"{where}: distilled={_show(config['distilled'])} must be true or false")
+        raise WeightsError(f"{where}: distilled={show_value(config['distilled'])} must be true or false")
     if "hparams" not in config:
         raise WeightsError(f"{where}: its deit config has no hparams")
     if family == "cnn":
@@ -113,10 +113,10 @@ def check_config(config, where: str, num_tensors: int | None = None) -> dict:
 def check_data(data, where: str, hparams: dict) -> dict:
     """The `data` section: class names (one per class), normalisation (one value per channel), preprocessing."""
     if not isinstance(data, dict):
-        raise WeightsError(f"{where}: its data config must be a mapping, not {_show(data)}")
+        raise WeightsError(f"{where}: its data config must be a mapping, not {show_value(data)}")
     unknown = sorted(set(data) - DATA_KEYS, key=str)
     if unknown:
-        raise WeightsError(f"{where}: unknown data config keys {', '.join(map(_show, unknown[:4]))}")
+        raise WeightsError(f"{where}: unknown data config keys {', '.join(map(show_value, unknown[:4]))}")
     out = {key: value for key, value in data.items() if value is not None}  # null: not given
     names = data.get("class_names")
     if names is not None:
@@ -138,7 +138,7 @@ def check_data(data, where: str, hparams: dict) -> dict:
         out["eval_crop_ratio"] = check_value(where, "eval_crop_ratio", data["eval_crop_ratio"], float, 1e-3, 1.0)
     for key, allowed in (("interpolation", INTERPOLATIONS), ("intensity", INTENSITIES)):
         if data.get(key) is not None and data[key] not in allowed:
-            raise WeightsError(f"{where}: {key}={_show(data[key])} must be one of {', '.join(allowed)}")
+            raise WeightsError(f"{where}: {key}={show_value(data[key])} must be one of {', '.join(allowed)}")
     return out
 
 
@@ -204,7 +204,7 @@ def check_matches_tensors(config: dict, sd: dict[str, torch.Tensor], where: str)
         else:
             same = claimed == value
         if not same:
-            raise WeightsError(f"{where}: its config says {key}={_show(claimed)} but its tensors have {_show(value)}; "
+            raise WeightsError(f"{where}: its config says {key}={show_value(claimed)} but its tensors have {show_value(value)}; "
                                "the file is inconsistent (save the model again)")  # fmt: skip
 
 
@@ -252,6 +252,7 @@ def check_fits(kwargs: dict, distilled: bool, where: str) -> None:
                            f"in float32), more than the {free / 2**30:.1f} GB of memory available")  # fmt: skip
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
+    """A value as an error message quotes it: its repr, cut to 60 characters (a hostile file's value can be long)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from . import metadata
 from .metadata import WeightsError
 from .registry import MODELS
