@@ -188,7 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from .models import create_model
-    from .predict import image_files, predict
+    from .data.images import image_files
+    from .predict import predict
 
     model = create_model(args.model, pretrained=args.weights)
     files = image_files(args.images)
@@ -228,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from .explain import attention_pictures
     from .models import create_model
-    from .predict import image_files
+    from .data.images import image_files
 
     model = create_model(args.model, pretrained=args.weights)
     written, errors = attention_pictures(model, image_files(args.images), Path(args.output))

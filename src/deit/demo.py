@@ -198,7 +198,7 @@ def train_side_by_side(jobs: list[tuple[str, dict, TrainConfig]], out: Path, lan
     return rows
 
 
-def _stop(processes: list, grace: float = 5.0) -> None:
+def _stop(processes: list, grace: float = 10.0) -> None:
     """SIGTERM to each (a clean stop: its loader processes end with it), SIGKILL to any still alive after
     `grace` seconds."""
     for process in processes:
@@ -215,7 +215,13 @@ def _stop(processes: list, grace: float = 5.0) -> None:
 def _train_quietly(cfg: TrainConfig, threads: int, outcome) -> None:
     """One student in a process of its own, `threads` compute threads, its output in train.out; what happened goes
     back through `outcome` (a pipe): ("ok",) or ("error", "input" | "bug", message)."""
+    import multiprocessing
+
     _end_with_parent()
+    # this process was spawned (a clean start); its loader processes are forked, as those of `deit train` are:
+    # spawned ones import torch again, and take seconds to start and to stop
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     folder = Path(cfg.run.output_dir)

@@ -27,6 +27,12 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
 
 
+def first_line(error: BaseException) -> str:
+    """An exception as one line: its type and its message's first sentence (libraries write paragraphs)."""
+    text = str(error).strip().split("\n")[0].split(". ")[0][:160]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def say_error(command: str, message: str) -> None:
     print(f"deit {command}: error: {printable(message)}", file=sys.stderr)
 
@@ -53,8 +59,15 @@ def _interrupt(signum, frame):
 def loader_worker_init(worker_id: int) -> None:
     """`worker_init_fn` of every DataLoader: a loader process stops on SIGTERM as on Ctrl-C, quietly. A job
     scheduler or `timeout` signals the whole process group; a worker killed by the signal would make the training
-    process print a traceback about it while it stops."""
+    process print a traceback about it while it stops. And the thread through which a worker hands its batches'
+    memory over prints a traceback when the training process is gone mid-handover: that is the stop, not news."""
     signal.signal(signal.SIGTERM, _interrupt)
+    threading.excepthook = _quiet_when_the_peer_is_gone
+
+
+def _quiet_when_the_peer_is_gone(args) -> None:
+    if not issubclass(args.exc_type, (ConnectionError, EOFError)):
+        threading.__excepthook__(args)
 
 
 def run_command(command: str, func: Callable[[], int]) -> int:
@@ -91,11 +104,11 @@ def run_command(command: str, func: Callable[[], int]) -> int:
     except Exception as e:
         if debug:
             raise
-        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        text = first_line(e)
         if isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
             say_error(command, f"out of memory ({text}); lower --batch-size, or use a smaller model")
             return FAILED
-        say_error(command, f"internal error, a bug in deit: {type(e).__name__}: {text} (DEIT_DEBUG=1 shows where)")
+        say_error(command, f"internal error, a bug in deit: {text} (DEIT_DEBUG=1 shows where)")
         return FAILED
 
 

@@ -14,10 +14,8 @@ from pathlib import Path
 import torch
 
 from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
-from .data.images import image_files, read_image
+from .data.images import read_image
 from .data.transforms import build_transform
-
-__all__ = ["Prediction", "Preprocessing", "image_files", "predict", "preprocessing"]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest
 from .engine import NonFiniteLoss, evaluate, fill_teacher_cache, train_one_epoch, unwrap
-from .failures import loader_worker_init
+from .failures import first_line, loader_worker_init
 from .files import FolderLock
 from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import deit_config
@@ -409,7 +409,7 @@ def _load_resume(path: Path, model, optimizer, ema, description: dict) -> tuple[
         if ema is not None:
             ema.module.load_state_dict(state["model_ema"] if state.get("model_ema") is not None else state["model"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+        raise ValueError(f"{path} does not fit this run ({first_line(e)}); "
                          "resume with the run's own settings, or start from its weights with --finetune") from None
     log.info(f"resuming after epoch {state['epoch']} from {path}")
     return state["epoch"] + 1, state["num_updates"]

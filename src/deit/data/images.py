@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..failures import first_line
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
@@ -31,8 +33,7 @@ def read_image(path: str | os.PathLike, mode: str, intensity: str = "minmax") ->
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # Pillow raises many types for damaged files: OSError, SyntaxError, struct.error, ...
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}{': ' + reason if reason else ''})") from None
+        raise ValueError(f"{path}: not a readable image ({first_line(e)})") from None
 
 
 def to_8bit(values: np.ndarray, intensity: str) -> np.ndarray:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..failures import first_line
 from ..files import atomic_write
 from . import metadata
 from .metadata import WeightsError
@@ -90,7 +91,7 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path} is not valid JSON ({_first_line(e)}); save the model again") from None
+        raise WeightsError(f"{path} is not valid JSON ({first_line(e)}); save the model again") from None
 
 
 def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -104,13 +105,13 @@ def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             with safe_open(str(file), framework="pt") as f:
                 tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as e:
-            raise WeightsError(f"cannot read {file} as safetensors ({_first_line(e)}); is the file complete?") from None
+            raise WeightsError(f"cannot read {file} as safetensors ({first_line(e)}); is the file complete?") from None
         if not meta.get(CONFIG_KEY):
             return tensors, None
         try:
             return tensors, json.loads(meta[CONFIG_KEY])
         except ValueError as e:
-            raise WeightsError(f"{file}: its {CONFIG_KEY} metadata is not valid JSON ({_first_line(e)})") from None
+            raise WeightsError(f"{file}: its {CONFIG_KEY} metadata is not valid JSON ({first_line(e)})") from None
     return _unwrap(torch_load(file), file)
 
 
@@ -130,7 +131,7 @@ def torch_load(file: Path):
         raise WeightsError(f"cannot read {file}: it does not fit in memory") from None
     except Exception as e:
         raise WeightsError(
-            f"cannot read {file} as a PyTorch checkpoint ({_first_line(e)}); is it a complete .pth/.safetensors file?"
+            f"cannot read {file} as a PyTorch checkpoint ({first_line(e)}); is it a complete .pth/.safetensors file?"
         ) from None
 
 
@@ -152,12 +153,6 @@ def _unwrap(obj, file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     if not tensors or not all(isinstance(k, str) for k in tensors):
         raise WeightsError(f"{file} holds no named tensors: it is not a model checkpoint")
     return tensors, config
-
-
-def _first_line(e: Exception) -> str:
-    """The exception's first sentence: enough to say what went wrong on one line."""
-    text = str(e).strip().split("\n")[0].split(". ")[0][:160]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
