@@ -1,4 +1,5 @@
-"""The demo's distilled students with the teacher online against the same students reading a shared teacher cache.
+"""The demo's distilled students (every label kept) with the teacher online against the same students reading a
+shared teacher cache.
 
     python benchmarks/demo_cache.py                 # the demo's settings (about 20 min on 2 cores)
     python benchmarks/demo_cache.py --epochs 4      # shorter
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record  # noqa: E402
 from deit.config import TrainConfig, merge  # noqa: E402
-from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, _slug, machine, train_side_by_side  # noqa: E402
+from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, _slug, machine, train_side_by_side  # noqa: E402
 from deit.train import run  # noqa: E402
 
 
@@ -51,10 +52,10 @@ def main() -> None:
         walls, rows = {}, {}
         for phase, extra in [("online", {}), ("cached", cache)]:
             # the distilled students ("none" has no teacher to run or read)
-            jobs = [(_slug(label), {"method": label}, config(root / phase / _slug(label), {**students, **how, **extra}))
+            jobs = [Job(_slug(label), config(root / phase / _slug(label), {**students, **how, **extra}), {"method": label})
                     for label, _, how in METHODS[1:]]  # fmt: skip
             start = time.perf_counter()
-            rows[phase] = train_side_by_side(jobs, root / phase, lanes=args.lanes)
+            rows[phase] = list(train_side_by_side(jobs, root / phase, lanes=args.lanes).values())
             walls[phase] = time.perf_counter() - start
     students = [{"method": a["method"], "online_s": a["train_seconds"], "cached_s": b["train_seconds"],
                  "ratio": round(b["train_seconds"] / a["train_seconds"], 3), "online_acc1": a["acc1"],

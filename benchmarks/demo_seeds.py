@@ -1,11 +1,13 @@
-"""The demo's table over several seeds: is hard distillation's margin over no teacher larger than the seed spread?
+"""The demo's study over several seeds: does the distilled student beat the student alone by more than the seed
+spread, at each count of labels per class?
 
-    python benchmarks/demo_seeds.py                 # seeds 0 1 2, the full demo each time (about 30 min on 2 cores)
-    python benchmarks/demo_seeds.py --seeds 0 1 2 3
+    python benchmarks/demo_seeds.py                          # seeds 0 1 2, the whole demo each time
+    python benchmarks/demo_seeds.py --data-set fashion-mnist --seeds 0
 
-Each seed runs `deit demo` (teacher and all students) into a folder of its own. Prints every method's top-1 per
-seed, mean and spread (max - min), and the hard - none margin per seed; saves
-benchmarks/results/demo_seeds_<machine>_<date>.json.
+Each seed runs `deit demo` (every teacher and student) into a folder of its own. Prints each point of the curve
+(method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label kept); the two
+heads of the distilled students; the margins the demo is about. Saves benchmarks/results/demo_seeds_<data
+set>_<machine>_<date>.json and the mean curve beside it (.png).
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record  # noqa: E402
-from deit.demo import machine, run_demo  # noqa: E402
+from deit.demo import curve_label, machine, run_demo  # noqa: E402
+from deit.viz import plot_label_curve  # noqa: E402
+
+
+def summary(values: list[float]) -> dict:
+    return {"acc1": values, "mean": round(statistics.mean(values), 2), "spread": round(max(values) - min(values), 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data-set", default="mnist5k")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--keep", default=None, help="a folder to keep each seed's demo output in (seed0/, ...)")
     args = parser.parse_args()
@@ -34,27 +42,57 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             start = time.perf_counter()
-            runs[seed] = run_demo(output_dir=Path(args.keep or scratch) / f"seed{seed}", seed=seed, num_workers=2)
+            folder = Path(args.keep or scratch) / f"{args.data_set}_seed{seed}"
+            runs[seed] = run_demo(data_set=args.data_set, output_dir=folder, seed=seed, num_workers=2)
             seconds[seed] = round(time.perf_counter() - start, 1)
-    methods = ["teacher"] + [s["method"] for s in runs[args.seeds[0]]["students"]]
-    table = {}
-    for method in methods:
-        values = [r["teacher"]["acc1"] if method == "teacher" else
-                  next(s["acc1"] for s in r["students"] if s["method"] == method) for r in runs.values()]  # fmt: skip
-        table[method] = {"acc1": values, "mean": statistics.mean(values), "spread": max(values) - min(values)}
-        print(f"{method:32s} " + " ".join(f"{v:5.1f}" for v in values)
-              + f"   mean {table[method]['mean']:5.2f}  spread {table[method]['spread']:4.1f}")  # fmt: skip
-    none = table["none"]["acc1"]
-    hard = table["hard, distillation token"]["acc1"]
-    margins = [h - n for h, n in zip(hard, none)]
-    spread = max(table["none"]["spread"], table["hard, distillation token"]["spread"])
-    print(f"hard - none per seed: {', '.join(f'{m:+.1f}' for m in margins)}; largest spread of the two: {spread:.1f}")
+    first = runs[args.seeds[0]]
+    curve = []
+    for point in first["curve"]:
+        key = (point["labels_per_class"], point["method"])
+        values = [next(p["acc1"] for p in r["curve"] if (p["labels_per_class"], p["method"]) == key)
+                  for r in runs.values()]  # fmt: skip
+        curve.append({"labels_per_class": key[0], "method": key[1], **summary(values)})
+    table3 = {"teacher": summary([r["teacher"]["acc1"] for r in runs.values()])}
+    for i, student in enumerate(first["students"]):
+        table3[student["method"]] = summary([r["students"][i]["acc1"] for r in runs.values()])
+    heads = []
+    for i, head in enumerate(first["heads"]):
+        heads.append({"labels_per_class": head["labels_per_class"], "method": head["method"],
+                      **{k: statistics.mean(r["heads"][i][k] for r in runs.values())
+                         for k in ("class", "distillation", "average")}})  # fmt: skip
+
+    print(f"{'labels':>6} {'method':18s} " + " ".join(f"seed {s:<2}" for s in args.seeds) + "    mean  spread")
+    for p in curve:
+        print(f"{p['labels_per_class']:>6} {p['method']:18s} " + " ".join(f"{v:7.1f}" for v in p["acc1"])
+              + f"   {p['mean']:5.1f}  {p['spread']:5.1f}")  # fmt: skip
+    margins = {}
+    at = {(p["labels_per_class"], p["method"]): p for p in curve}
+    for n in sorted({p["labels_per_class"] for p in curve}):
+        for method in ("hard", "hard + attention"):
+            per_seed = [d - a for d, a in zip(at[n, method]["acc1"], at[n, "none"]["acc1"])]
+            to_teacher = [d - t for d, t in zip(at[n, method]["acc1"], at[n, "teacher"]["acc1"])]
+            margins[f"{n} {method}"] = {
+                "minus_none": per_seed, "minus_none_mean": round(statistics.mean(per_seed), 2),
+                "largest_spread": max(at[n, method]["spread"], at[n, "none"]["spread"]),
+                "minus_teacher_mean": round(statistics.mean(to_teacher), 2),
+            }  # fmt: skip
+            m = margins[f"{n} {method}"]
+            print(f"{n} labels, {method}: {m['minus_none_mean']:+.1f} points over the student alone on average "
+                  f"(per seed {', '.join(f'{v:+.1f}' for v in per_seed)}; largest spread {m['largest_spread']:.1f}), "
+                  f"{m['minus_teacher_mean']:+.1f} against the teacher")  # fmt: skip
+    for h in heads:
+        print(f"{h['labels_per_class']} labels, {h['method']}: class head {h['class']:.1f}%, distillation head "
+              f"{h['distillation']:.1f}%, average {h['average']:.1f}%")  # fmt: skip
     record = {
-        "benchmark": "demo_seeds", "date": datetime.date.today().isoformat(), "machine": machine(),
-        "seeds": args.seeds, "methods": table, "hard_minus_none": margins, "largest_spread": spread,
-        "seconds": seconds,  # the whole demo, per seed
+        "benchmark": f"demo_seeds_{args.data_set}", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "data_set": args.data_set, "seeds": args.seeds, "curve": curve, "table3": table3, "heads": heads,
+        "margins": margins, "seconds": seconds,  # the whole demo, per seed
     }  # fmt: skip
-    save_record(record, args.out)
+    path = save_record(record, args.out)
+    mean_curve = [{**p, "method": curve_label(p["method"]), "acc1": p["mean"]} for p in curve]
+    plot_label_curve(mean_curve, path.with_suffix(".png"), title=f"{args.data_set}, mean of seeds "
+                     f"{', '.join(map(str, args.seeds))}")  # fmt: skip
+    print(f"saved {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -360,14 +360,14 @@ DEMO_LANES = """
 import sys
 sys.path.insert(0, {src!r})
 from deit.config import TrainConfig, merge
-from deit.demo import train_side_by_side
+from deit.demo import Job, train_side_by_side
 from deit.failures import run_command
 
 def job(name):
     values, explicit = merge({{}}, {{"model.model": "deit_pico_patch4_28", "data.data_set": "folder",
         "data.data_path": {data!r}, "data.grayscale": True, "data.num_workers": 1, "run.batch_size": 8,
         "run.epochs": 500, "optim.model_ema": False, "run.output_dir": {out!r} + "/" + name}})
-    return (name, {{"method": name}}, TrainConfig.from_dict(values, explicit))
+    return Job(name, TrainConfig.from_dict(values, explicit), {{"method": name}})
 
 if __name__ == "__main__":  # the students' processes are spawned: they import this file again
     jobs = [job("none"), job("soft")]

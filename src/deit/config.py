@@ -131,9 +131,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data_set: str = "imagenet"
-    """imagenet or folder (an ImageFolder tree with train/ and val/), mnist5k, digits, cifar10, cifar100."""
+    """imagenet or folder (an ImageFolder tree with train/ and val/), mnist5k, digits, fashion-mnist (4,000 / 1,000),
+    fashion-mnist-full (60,000 / 10,000), cifar10, cifar100."""
     data_path: str | None = None
-    """Root of the data: train/ and val/ folders, or torchvision's CIFAR files. Built-ins ship in packages."""
+    """Root of the data: train/ and val/ folders, torchvision's CIFAR or FashionMNIST files (Fashion-MNIST's default:
+    where Debian's dataset-fashion-mnist puts them). The digit sets ship in packages."""
     grayscale: bool = False
     """Read folder images as 1 channel (a 1-channel model); built-in digit sets are always 1 channel."""
     intensity: str = "minmax"
@@ -142,8 +144,11 @@ class DataConfig:
     labels_per_class: int | None = None
     """Train on only the first N labelled images of each class (a fixed subset): the small-data regime."""
     unlabelled: bool = False
-    """With labels_per_class: keep the other training images too, without their labels. The class head learns from
-    the N labelled per class; the teacher's outputs on every image teach the distillation losses."""
+    """With labels_per_class: keep the other training images too, without their labels. Both heads learn from the
+    teacher on those (the class head takes its decision as the label), from the N labels per class on the rest."""
+    repeat: int = 1
+    """Passes over the training images in one epoch (each in its own random view): gives a small set, e.g. the
+    labelled images alone, as many steps per epoch as a larger one."""
     num_workers: int = 4
     """DataLoader worker processes per training process."""
     pin_mem: bool = True
@@ -161,6 +166,7 @@ class DataConfig:
         _check("data", self, lambda c: [
             ("data_set", known(c.data_set), f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}"),
             ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
+            ("repeat", 1 <= c.repeat <= 10**6, "must be >= 1"),
             ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
             ("intensity", c.intensity in INTENSITIES, f"must be one of {', '.join(INTENSITIES)}"),
         ])  # fmt: skip

@@ -76,9 +76,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     val_set, _ = build_dataset(data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale,
                                intensity=cfg.data.intensity)  # fmt: skip
     world_batch = cfg.run.batch_size * env.world_size
-    if len(train_set) < world_batch:
+    if len(train_set) * cfg.data.repeat < world_batch:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
-                         "lower --batch-size")  # fmt: skip
+                         "lower --batch-size or raise --repeat")  # fmt: skip
 
     aug = cfg.aug
     in_memory = isinstance(train_set, ArrayDataset)
@@ -115,7 +115,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     val_set.transform = build_transform(False, img_size=img_size, mean=info.mean, std=info.std,
                                         interpolation=aug.train_interpolation, eval_crop_ratio=aug.eval_crop_ratio)
     sampler = train_sampler(train_set, seed=cfg.run.seed, rank=env.rank, world_size=env.world_size,
-                            repeated_aug=aug.repeated_aug)  # fmt: skip
+                            repeated_aug=aug.repeated_aug, repeat=cfg.data.repeat)  # fmt: skip
     loader_args = dict(num_workers=num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
                        persistent_workers=num_workers > 0, worker_init_fn=loader_worker_init)  # fmt: skip
     if augment is not None and in_memory:
@@ -302,7 +302,8 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
                  "mode": aug.mixup_mode}  # fmt: skip
     return {
         "data": {"data_set": canonical_name(cfg.data.data_set), "size": len(train_set), "num_classes": num_classes,
-                 "targets": targets_digest(train_set.targets)},
+                 "targets": targets_digest(train_set.targets),
+                 **({"repeat": cfg.data.repeat} if cfg.data.repeat > 1 else {})},
         "views": {"seed": cfg.run.seed, "transform": [line.strip() for t in transform for line in repr(t).splitlines()], "mixup": mixup,
                   "batch_aug": augment is not None,
                   "repeated_aug": aug.repeated_aug and world_size > 1, "batch_size": cfg.run.batch_size,

@@ -43,6 +43,29 @@ def plot_curves(logs: dict[str, list[dict]], path: str | Path, keys: tuple[str, 
     plt.close(fig)
 
 
+def plot_label_curve(points: list[dict], path: str | Path, title: str = "") -> None:
+    """Test top-1 against labelled images per class (log x axis), one line per method. `points`: dicts with
+    labels_per_class, method and acc1."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    for method in methods:
+        line = sorted((p["labels_per_class"], p["acc1"]) for p in points if p["method"] == method)
+        ax.plot(*zip(*line), marker="o", label=method, linestyle="--" if method == "teacher" else "-")
+    counts = sorted({p["labels_per_class"] for p in points})
+    ax.set_xscale("log")
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled images per class")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def upsample_map(patch_map: torch.Tensor, size: int) -> torch.Tensor:
     """A distribution over a g x g grid (g*g,) -> a (size, size) picture scaled to [0, 1]."""
     grid = math.isqrt(patch_map.numel())

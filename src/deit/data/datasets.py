@@ -1,4 +1,5 @@
-"""Data sets: ImageFolder trees (ImageNet layout), the digits that ship in packages, CIFAR from local files.
+"""Data sets: ImageFolder trees (ImageNet layout), the digits that ship in packages, Fashion-MNIST and CIFAR from
+local files.
 
 Every data set yields (image, target, skipped). In a training split, `skipped` counts the unreadable files passed
 over to produce this sample (always 0 but for folders), so a training loop can report them without stopping. An
@@ -9,7 +10,9 @@ evaluation split never stands one image in for another: an unreadable file yield
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -56,9 +59,16 @@ class DataInfo:
     """Side of the stored images when they all share one (built-ins): a default input size for CNNs."""
 
 
-BUILTINS = ("mnist5k", "digits", "cifar10", "cifar100")
+BUILTINS = ("mnist5k", "digits", "fashion-mnist", "fashion-mnist-full", "cifar10", "cifar100")
 FOLDER_SETS = ("imagenet", "folder")
-ALIASES = {"imnet": "imagenet", "cifar": "cifar100"}  # the official DeiT --data-set names
+ALIASES = {"imnet": "imagenet", "cifar": "cifar100", "fashion_mnist": "fashion-mnist",
+           "fashion_mnist_full": "fashion-mnist-full"}  # the official DeiT --data-set names, and spellings
+FASHION_MNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's dataset-fashion-mnist package installs the original files."""
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")  # fmt: skip
+# Small grayscale clothes: the digits' gentler recipe, but a flipped shoe is still a shoe
+FASHION_DEFAULTS = {**DIGIT_DEFAULTS, "aug.hflip": 0.5}
 
 
 def canonical_name(data_set: str) -> str:
@@ -230,6 +240,66 @@ def _digits(train: bool):
     return images[idx], digits.target[idx]
 
 
+def _fashion_mnist(data_path: str | None, train: bool, full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from its original IDX files: all 60,000 / 10,000 (`full`), or a fixed 4,000 / 1,000 (400 and
+    100 per class, drawn from the official training and test images)."""
+    images, targets = _fashion_mnist_arrays(_fashion_mnist_folder(data_path), "train" if train else "t10k")
+    if full:
+        return images, targets
+    _, keep = _split_by_class(targets, 400 if train else 100)  # a fixed pick of so many per class
+    return images[keep], targets[keep]
+
+
+def _fashion_mnist_folder(data_path: str | None) -> Path:
+    """The folder holding the IDX files: torchvision's FashionMNIST/raw/ under --data-path, --data-path itself, or
+    where Debian's package puts them."""
+    if data_path is None:
+        if not FASHION_MNIST_SYSTEM.is_dir():
+            raise ValueError(f"Fashion-MNIST not found in {FASHION_MNIST_SYSTEM}: install Debian's package "
+                             "(apt-get install dataset-fashion-mnist) or give --data-path with its IDX files")  # fmt: skip
+        return FASHION_MNIST_SYSTEM
+    root = Path(data_path)
+    for folder in (root / "FashionMNIST" / "raw", root / "raw", root):
+        if any((folder / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
+            return folder
+    raise ValueError(f"no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in {root} or "
+                     f"{root / 'FashionMNIST' / 'raw'}; nothing is downloaded")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_mnist_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(_idx_file(folder, f"{split}-images-idx3-ubyte"), ndim=3)
+    labels = read_idx(_idx_file(folder, f"{split}-labels-idx1-ubyte"), ndim=1)
+    if len(images) != len(labels) or images.shape[1:] != (28, 28) or labels.max(initial=0) > 9:
+        raise ValueError(f"the Fashion-MNIST files in {folder} do not match: {images.shape} images (28 x 28 "
+                         f"expected), {labels.shape[0]} labels (0-9 expected)")  # fmt: skip
+    return images, labels.astype(np.int64)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for path in (folder / stem, folder / f"{stem}.gz"):
+        if path.exists():
+            return path
+    raise ValueError(f"{folder / stem}[.gz] not found: Fashion-MNIST needs its four IDX files there")
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format: 2 zero bytes, type 0x08, the number of dimensions, each
+    dimension as a big-endian int32, then the data), gzipped or not; checked before it is used."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path} cannot be read: {e}") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
+        raise ValueError(f"{path} is not an IDX file of bytes with {ndim} dimension(s) (header {data[:4].hex()})")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">i4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if math.prod(shape) != len(data) - offset:
+        raise ValueError(f"{path} holds {len(data) - offset} bytes of data, its header says {shape}: a damaged file")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape).copy()  # writable, as torch wants
+
+
 def _cifar(name: str, root: str | None, train: bool):
     import torchvision
 
@@ -249,6 +319,8 @@ def _cifar(name: str, root: str | None, train: bool):
 def dataset_defaults(data_set: str) -> dict:
     """Dotted config defaults suited to a data set (applied to settings the user did not give)."""
     name = canonical_name(data_set)
+    if name.startswith("fashion-mnist"):
+        return FASHION_DEFAULTS
     return DIGIT_DEFAULTS if name in ("mnist5k", "digits") else CIFAR_DEFAULTS if name.startswith("cifar") else {}
 
 
@@ -287,6 +359,10 @@ def build_dataset(
             info = DataInfo(len(dataset.classes), 1, dataset.classes, GRAY_MEAN, GRAY_STD)
         else:
             info = DataInfo(len(dataset.classes), 3, dataset.classes, IMAGENET_MEAN, IMAGENET_STD)
+    elif name.startswith("fashion-mnist"):
+        images, targets = _fashion_mnist(data_path, train, full=name == "fashion-mnist-full")
+        dataset = ArrayDataset(images, targets)
+        info = DataInfo(10, 1, list(FASHION_CLASSES), (0.2860,), (0.3530,), 28)  # the 60,000 training images'
     elif name in ("mnist5k", "digits"):
         images, targets = _mnist5k(train) if name == "mnist5k" else _digits(train)
         dataset = ArrayDataset(images, targets)

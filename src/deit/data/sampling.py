@@ -161,16 +161,38 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
-def train_sampler(dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool) -> SeededSampler:
-    """Shuffled order from (seed, epoch), split over processes; repeated augmentation (3 copies) under DDP."""
+def train_sampler(dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool,
+                  repeat: int = 1) -> SeededSampler:  # fmt: skip
+    """Shuffled order from (seed, epoch), split over processes; repeated augmentation (3 copies) under DDP.
+
+    `repeat` R: an epoch passes over the data set R times, shuffled as one set of R copies of each image (each copy
+    in a view of its own: its position in the epoch seeds it)."""
+    size = len(dataset)
+    copies = range(size * repeat)  # the samplers below need only a length
     if repeated_aug and world_size > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
 
         # RepeatAugSampler seeds its shuffle with the epoch only: fold the run seed into its epoch counter.
-        inner = _RunSeeded(RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True), seed)
+        inner = _RunSeeded(RepeatAugSampler(copies, num_replicas=world_size, rank=rank, shuffle=True), seed)
     else:
-        inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    return SeededSampler(inner, seed, rank, world_size)
+        inner = DistributedSampler(copies, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return SeededSampler(_Modulo(inner, size) if repeat > 1 else inner, seed, rank, world_size)
+
+
+class _Modulo(Sampler):
+    """Indices of copies of a data set -> indices of the data set."""
+
+    def __init__(self, sampler: Sampler, size: int):
+        self.sampler, self.size = sampler, size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return (index % self.size for index in self.sampler)
 
 
 class _RunSeeded(Sampler):

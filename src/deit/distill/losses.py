@@ -8,9 +8,14 @@
 - attention (with any of the above): + beta * distance between the student's and the teacher's attention maps
   (see `attention.py`).
 
-The class head always learns from the labels (through `base_criterion`, e.g. soft-target cross-entropy under Mixup)
-and the distillation head from the teacher. A student without a distillation token is distilled through its class
+The class head learns from the labels (through `base_criterion`, e.g. soft-target cross-entropy under Mixup) and
+the distillation head from the teacher. A student without a distillation token is distilled through its class
 head. The teacher sees the same (mixed) images as the student.
+
+Images without a label (`--unlabelled`): the class head's target on such an image is the teacher's decision (its
+argmax), so every image of a batch weighs 1/B in each head's loss, labelled or not. A class loss averaged over the
+labelled images alone would give each the weight of a whole batch, and leave the class head starved of targets
+(measured in docs/few-labels.md).
 """
 
 from __future__ import annotations
@@ -99,25 +104,22 @@ class DistillationLoss(nn.Module):
         distillation token. `teacher_logits` (and with attention distillation `teacher_maps`) may be given, computed
         earlier or read from a cache; else the teacher runs on `inputs`. With attention distillation,
         `student_maps` are the student's class-token rows {block: (B, heads, N)}. `labelled`: a bool mask of the
-        images that have labels (None: all); the base loss averages over those, the distillation terms over all.
+        images that have labels (None: all); the others take the teacher's decision as their label.
         """
         if isinstance(outputs, (tuple, list)):
             cls_logits, dist_logits = outputs
         else:
             cls_logits = dist_logits = outputs  # no distillation token: the class head learns from both
-        if labelled is None:
-            base = self.base_criterion(cls_logits, labels)
-        elif labelled.any():
-            base = self.base_criterion(cls_logits[labelled], labels[labelled])
-        else:  # no label in this batch: only the teacher teaches
-            base = cls_logits.sum() * 0.0
-        result = {"loss": base, "base_loss": base}
         needed = self.attention is not None and teacher_maps is None
-        needed |= self.distillation_type != "none" and teacher_logits is None
+        needed |= (self.distillation_type != "none" or labelled is not None) and teacher_logits is None
         if needed:
             if self.teacher is None:
                 raise ValueError("this loss reads the teacher's outputs from a cache: pass teacher_logits/teacher_maps")
             teacher_logits, teacher_maps = self.teacher_outputs(inputs)
+        if labelled is not None:
+            labels = label_or_teacher(labels, labelled, teacher_logits)
+        base = self.base_criterion(cls_logits, labels)
+        result = {"loss": base, "base_loss": base}
         if self.distillation_type != "none":
             distill = self._distill(dist_logits.float(), teacher_logits.float())
             result["distill_loss"] = distill
@@ -155,3 +157,13 @@ class DistillationLoss(nn.Module):
                 log_target=True,
             ) * (T * T) / dist_logits.numel()
         return F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
+
+
+def label_or_teacher(labels: torch.Tensor, labelled: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Each image's label where it has one, else the teacher's argmax: class indices (B,), or class probabilities
+    (B, C) under Mixup/CutMix, where an unlabelled (mixed) image gets the teacher's class as a one-hot row."""
+    decided = teacher_logits.argmax(dim=1)
+    if labels.is_floating_point():
+        decided = F.one_hot(decided, labels.shape[1]).to(labels.dtype)
+        return torch.where(labelled[:, None], labels, decided)
+    return torch.where(labelled, labels, decided)
