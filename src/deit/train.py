@@ -243,6 +243,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
         labelled = sum(t >= 0 for t in train_set.targets)
         images = f"{len(train_set)} images" + (f" ({labelled} labelled)" if labelled < len(train_set) else "")
+        images += f", each {cfg.data.repeat} times an epoch" if cfg.data.repeat > 1 else ""
         print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {images}, "
               f"{info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
               f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}{teacher_note}")  # fmt: skip

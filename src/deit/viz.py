@@ -51,7 +51,7 @@ def plot_label_curve(points: list[dict], path: str | Path, title: str = "") -> N
     methods = list(dict.fromkeys(p["method"] for p in points))
     for method in methods:
         line = sorted((p["labels_per_class"], p["acc1"]) for p in points if p["method"] == method)
-        ax.plot(*zip(*line), marker="o", label=method, linestyle="--" if method == "teacher" else "-")
+        ax.plot(*zip(*line), marker="o", label=method, linestyle="--" if method.startswith("teacher") else "-")
     counts = sorted({p["labels_per_class"] for p in points})
     ax.set_xscale("log")
     ax.set_xticks(counts, [str(n) for n in counts])
