@@ -132,7 +132,7 @@ def _demo(out: Path, *, data_set: str, data_path: str | None, quick: bool, seed:
     done = train_side_by_side(jobs, out, lanes=lanes)
 
     per_class = round(len(train_set) / info.num_classes)  # "all": the curve's x for every label kept
-    curve, heads = [], []
+    curve, heads, test = [], [], test_batches(data_set, data_path, MODELS[DISTILLED_STUDENT].img_size)
     for job in jobs:
         method = job.row.get("curve")  # the study's runs (soft and the ViT teacher are Table-3 rows alone)
         if method is None:
@@ -141,7 +141,7 @@ def _demo(out: Path, *, data_set: str, data_path: str | None, quick: bool, seed:
         curve.append({"labels_per_class": n, "method": method, "acc1": done[job.name]["acc1"],
                       "train_seconds": done[job.name]["train_seconds"]})  # fmt: skip
         if job.row["model"] == DISTILLED_STUDENT:
-            heads.append({"labels_per_class": n, "method": method, **head_accuracy(out / job.name, data_set, data_path)})
+            heads.append({"labels_per_class": n, "method": method, **head_accuracy(out / job.name, test)})
     order = [label for label, _, _ in METHODS] + ["hard, ViT teacher"]
     table3 = sorted((j for j in jobs if j.row.get("labels", 0) is None and j.row["method"] in order),
                     key=lambda j: order.index(j.row["method"]))  # fmt: skip
@@ -153,8 +153,8 @@ def _demo(out: Path, *, data_set: str, data_path: str | None, quick: bool, seed:
         "teacher_cache_seconds": done["cache_all"]["train_seconds"],
         "students": [{**{k: v for k, v in done[j.name].items() if k not in ("log", "curve")},
                       "acc1_by_epoch": [e["test_acc1"] for e in done[j.name]["log"]]} for j in table3],
-        "curve": sorted(curve, key=lambda p: (p["labels_per_class"], list(STUDY_ORDER).index(p["method"]))),
-        "heads": sorted(heads, key=lambda p: (p["labels_per_class"], list(STUDY_ORDER).index(p["method"]))),
+        "curve": sorted(curve, key=lambda p: (p["labels_per_class"], STUDY_ORDER.index(p["method"]))),
+        "heads": sorted(heads, key=lambda p: (p["labels_per_class"], STUDY_ORDER.index(p["method"]))),
     }  # fmt: skip
     from .viz import plot_curves, plot_label_curve
 
@@ -232,7 +232,7 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
     threads = max(1, cores // lanes)
     columns = [TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn()]  # fmt: skip
-    pending, running, seconds, free, workers = list(jobs), {}, {}, [], []
+    pending, running, seconds, free, workers, told = list(jobs), {}, {}, [], [], False
     try:
         # one process per lane, each taking up job after job: torch is imported once per lane, not once per run
         for _ in range(lanes):
@@ -276,8 +276,9 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
         for _, pipe in free:  # done: each lane ends when told
             with contextlib.suppress(OSError):
                 pipe.send(None)
+        told = True
     finally:
-        _stop([process for process, _ in workers])
+        _stop([process for process, _ in workers], wait=2.0 if told else 0.0)
     done = {}
     for job in jobs:
         done[job.name] = {**job.row, "train_seconds": seconds[job.name]}
@@ -287,10 +288,10 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
     return done
 
 
-def _stop(processes: list, grace: float = 10.0) -> None:
+def _stop(processes: list, grace: float = 10.0, wait: float = 0.0) -> None:
     """SIGTERM to each still running (a clean stop: its loader processes end with it), SIGKILL to any still alive
-    after `grace` seconds. A lane told to end gets a moment to end by itself first."""
-    deadline = time.monotonic() + 2.0
+    after `grace` seconds. Lanes told to end get `wait` seconds to end by themselves first."""
+    deadline = time.monotonic() + wait
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
@@ -516,23 +517,26 @@ def report(results: dict) -> str:
     ])  # fmt: skip
 
 
-@torch.no_grad()
-def head_accuracy(run: Path, data_set: str, data_path: str | None) -> dict:
-    """Test top-1 (%) of a distilled student's class head, distillation head, and their average (what the model
-    answers in eval mode)."""
+def test_batches(data_set: str, data_path: str | None, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split as normalised (images, targets) batches at `size` px, read once for every student."""
     from .data.sampling import EvalBatches
-    from .models import create_model
 
     val, info = build_dataset(data_set, data_path, False)
-    model = create_model(pretrained=run / "checkpoint.pth").eval()
-    size = model.hparams["img_size"]
     if not hasattr(val, "tensor") or val.images.shape[1] != size:  # a folder: read through the eval transform
         from .data import build_transform
 
         val.transform = build_transform(False, img_size=size, mean=info.mean, std=info.std, eval_crop_ratio=1.0)
-        batches = [(torch.stack([val[i][0] for i in range(len(val))]), torch.as_tensor(val.targets))]
-    else:
-        batches = EvalBatches(val.tensor(), val.targets, mean=info.mean, std=info.std, batch_size=500)
+        return [(torch.stack([val[i][0] for i in range(len(val))]), torch.as_tensor(val.targets))]
+    return list(EvalBatches(val.tensor(), val.targets, mean=info.mean, std=info.std, batch_size=500))
+
+
+@torch.no_grad()
+def head_accuracy(run: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Test top-1 (%) of a distilled student's class head, distillation head, and their average (what the model
+    answers in eval mode)."""
+    from .models import create_model
+
+    model = create_model(pretrained=run / "checkpoint.pth").eval()
     hits, count = torch.zeros(3), 0
     for images, targets in batches:
         tokens = model.forward_features(images)
