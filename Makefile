@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The torch/torchvision builds this project is tested with (pip on these machines takes them from local disk).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench clean
+.PHONY: demo test format bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(BIN)/deit demo --output_dir demo_output
 
+# format and lint first: the formatter's and linter's settings are in pyproject.toml ([tool.ruff])
 test: $(VENV)/.installed
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest -q
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_models.py

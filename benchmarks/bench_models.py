@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
-from deit import create_model  # noqa: E402
-from deit.benchmark import save_record  # noqa: E402
-from deit.distributed import cpu_name  # noqa: E402
+from deit import create_model
+from deit.benchmark import save_record
+from deit.distributed import cpu_name
 
 
 def keep_freed_memory() -> None:
@@ -101,16 +101,23 @@ def main() -> None:
 
     if args.device != "cuda" and not (args.device == "auto" and torch.cuda.is_available()):
         keep_freed_memory()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def autocast():
         return torch.autocast("cuda", dtype=dtype) if device.type == "cuda" else contextlib.nullcontext()
 
     machine = machine_name(device)
-    print(f"{machine} | torch {torch.__version__} | timm {timm.__version__} | {dtype} | batch {args.batch_size}"
-          f"{' | compiled' if args.compile else ''} | threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"{machine} | torch {torch.__version__} | timm {timm.__version__} | {dtype} | batch {args.batch_size}"
+        f"{' | compiled' if args.compile else ''} | threads {torch.get_num_threads()}"
+    )
     results = []
     for name in args.models:
         torch.manual_seed(0)
@@ -143,10 +150,17 @@ def main() -> None:
             # Rounds are paired: the ratio within a round is immune to the machine slowing down between rounds.
             ratio = statistics.median(t / o for t, o in zip(times["timm"], times["ours"]))
             print(f"  {mode:17s} ours {rate['ours']:9.1f} img/s | timm {rate['timm']:9.1f} img/s | ratio {ratio:.3f}")
-            results.append({
-                "model": name, "mode": mode, "ours_img_s": rate["ours"], "timm_img_s": rate["timm"], "ratio": ratio,
-                "ours_seconds": times["ours"], "timm_seconds": times["timm"],
-            })  # fmt: skip
+            results.append(
+                {
+                    "model": name,
+                    "mode": mode,
+                    "ours_img_s": rate["ours"],
+                    "timm_img_s": rate["timm"],
+                    "ratio": ratio,
+                    "ours_seconds": times["ours"],
+                    "timm_seconds": times["timm"],
+                }
+            )
     if args.no_save:
         return
     record = {

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
-from deit.benchmark import save_record  # noqa: E402
-from deit.config import TrainConfig, merge  # noqa: E402
-from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, _slug, machine, train_side_by_side  # noqa: E402
-from deit.train import run  # noqa: E402
+from deit.benchmark import save_record
+from deit.config import TrainConfig, merge
+from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, _slug, machine, train_side_by_side
+from deit.train import run
 
 
 def main() -> None:
@@ -43,8 +43,12 @@ def main() -> None:
             return TrainConfig.from_dict(values, explicit)
 
         run(config(root / "teacher", TEACHER))
-        students = {**STUDENTS, "run.epochs": args.epochs, "model.model": DISTILLED_STUDENT,
-                    "distill.teacher_path": str(root / "teacher")}  # fmt: skip
+        students = {
+            **STUDENTS,
+            "run.epochs": args.epochs,
+            "model.model": DISTILLED_STUDENT,
+            "distill.teacher_path": str(root / "teacher"),
+        }
         cache = {"distill.teacher_cache": str(root / "cache")}
         start = time.perf_counter()  # the demo's cache: everything any of its students needs (logits and maps)
         run(config(root / "cache_run", {**students, **METHODS[-1][2], **cache}), cache_only=True)
@@ -52,28 +56,47 @@ def main() -> None:
         walls, rows = {}, {}
         for phase, extra in [("online", {}), ("cached", cache)]:
             # the distilled students ("none" has no teacher to run or read)
-            jobs = [Job(_slug(label), config(root / phase / _slug(label), {**students, **how, **extra}), {"method": label})
-                    for label, _, how in METHODS[1:]]  # fmt: skip
+            jobs = [
+                Job(_slug(label), config(root / phase / _slug(label), {**students, **how, **extra}), {"method": label})
+                for label, _, how in METHODS[1:]
+            ]
             start = time.perf_counter()
             rows[phase] = list(train_side_by_side(jobs, root / phase, lanes=args.lanes).values())
             walls[phase] = time.perf_counter() - start
-    students = [{"method": a["method"], "online_s": a["train_seconds"], "cached_s": b["train_seconds"],
-                 "ratio": round(b["train_seconds"] / a["train_seconds"], 3), "online_acc1": a["acc1"],
-                 "cached_acc1": b["acc1"]} for a, b in zip(rows["online"], rows["cached"])]  # fmt: skip
+    students = [
+        {
+            "method": a["method"],
+            "online_s": a["train_seconds"],
+            "cached_s": b["train_seconds"],
+            "ratio": round(b["train_seconds"] / a["train_seconds"], 3),
+            "online_acc1": a["acc1"],
+            "cached_acc1": b["acc1"],
+        }
+        for a, b in zip(rows["online"], rows["cached"])
+    ]
     print(f"\n{'method':32s} {'online':>8s} {'cached':>8s} {'ratio':>6s}   top-1 online / cached")
     for r in students:
-        print(f"{r['method']:32s} {r['online_s']:7.1f}s {r['cached_s']:7.1f}s {r['ratio']:6.2f}   "
-              f"{r['online_acc1']:.1f}% / {r['cached_acc1']:.1f}%")  # fmt: skip
+        print(
+            f"{r['method']:32s} {r['online_s']:7.1f}s {r['cached_s']:7.1f}s {r['ratio']:6.2f}   "
+            f"{r['online_acc1']:.1f}% / {r['cached_acc1']:.1f}%"
+        )
     ratio = walls["cached"] / walls["online"]
     with_cache = (walls["cached"] + cache_seconds) / walls["online"]
     print(f"{'the three, side by side (wall)':32s} {walls['online']:7.1f}s {walls['cached']:7.1f}s {ratio:6.2f}")
     print(f"the cache itself: {cache_seconds:.1f}s; students + cache against online: {with_cache:.2f}")
     record = {
-        "benchmark": "demo_cache", "date": datetime.date.today().isoformat(), "machine": machine(),
-        "epochs": args.epochs, "lanes": args.lanes or "as the demo", "students": students,
-        "online_seconds": round(walls["online"], 1), "cached_seconds": round(walls["cached"], 1),
-        "cache_seconds": round(cache_seconds, 1), "ratio": round(ratio, 3), "ratio_with_cache": round(with_cache, 3),
-    }  # fmt: skip
+        "benchmark": "demo_cache",
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "epochs": args.epochs,
+        "lanes": args.lanes or "as the demo",
+        "students": students,
+        "online_seconds": round(walls["online"], 1),
+        "cached_seconds": round(walls["cached"], 1),
+        "cache_seconds": round(cache_seconds, 1),
+        "ratio": round(ratio, 3),
+        "ratio_with_cache": round(with_cache, 3),
+    }
     save_record(record, args.out)
 
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
-from deit.benchmark import save_record  # noqa: E402
-from deit.demo import curve_label, machine, run_demo  # noqa: E402
-from deit.viz import plot_label_curve  # noqa: E402
+from deit.benchmark import save_record
+from deit.demo import curve_label, machine, run_demo
+from deit.viz import plot_label_curve
 
 
 def summary(values: list[float]) -> dict:
@@ -49,22 +49,33 @@ def main() -> None:
     curve = []
     for point in first["curve"]:
         key = (point["labels_per_class"], point["method"])
-        values = [next(p["acc1"] for p in r["curve"] if (p["labels_per_class"], p["method"]) == key)
-                  for r in runs.values()]  # fmt: skip
+        values = [
+            next(p["acc1"] for p in r["curve"] if (p["labels_per_class"], p["method"]) == key) for r in runs.values()
+        ]
         curve.append({"labels_per_class": key[0], "method": key[1], **summary(values)})
     table3 = {"teacher": summary([r["teacher"]["acc1"] for r in runs.values()])}
     for i, student in enumerate(first["students"]):
         table3[student["method"]] = summary([r["students"][i]["acc1"] for r in runs.values()])
     heads = []
     for i, head in enumerate(first["heads"]):
-        heads.append({"labels_per_class": head["labels_per_class"], "method": head["method"],
-                      **{k: statistics.mean(r["heads"][i][k] for r in runs.values())
-                         for k in ("class", "distillation", "average")}})  # fmt: skip
+        heads.append(
+            {
+                "labels_per_class": head["labels_per_class"],
+                "method": head["method"],
+                **{
+                    k: statistics.mean(r["heads"][i][k] for r in runs.values())
+                    for k in ("class", "distillation", "average")
+                },
+            }
+        )
 
     print(f"{'labels':>6} {'method':18s} " + " ".join(f"seed {s:<2}" for s in args.seeds) + "    mean  spread")
     for p in curve:
-        print(f"{p['labels_per_class']:>6} {p['method']:18s} " + " ".join(f"{v:7.1f}" for v in p["acc1"])
-              + f"   {p['mean']:5.1f}  {p['spread']:5.1f}")  # fmt: skip
+        print(
+            f"{p['labels_per_class']:>6} {p['method']:18s} "
+            + " ".join(f"{v:7.1f}" for v in p["acc1"])
+            + f"   {p['mean']:5.1f}  {p['spread']:5.1f}"
+        )
     margins = {}
     at = {(p["labels_per_class"], p["method"]): p for p in curve}
     for n in sorted({p["labels_per_class"] for p in curve}):
@@ -72,26 +83,39 @@ def main() -> None:
             per_seed = [d - a for d, a in zip(at[n, method]["acc1"], at[n, "none"]["acc1"])]
             to_teacher = [d - t for d, t in zip(at[n, method]["acc1"], at[n, "teacher"]["acc1"])]
             margins[f"{n} {method}"] = {
-                "minus_none": per_seed, "minus_none_mean": round(statistics.mean(per_seed), 2),
+                "minus_none": per_seed,
+                "minus_none_mean": round(statistics.mean(per_seed), 2),
                 "largest_spread": max(at[n, method]["spread"], at[n, "none"]["spread"]),
                 "minus_teacher_mean": round(statistics.mean(to_teacher), 2),
-            }  # fmt: skip
+            }
             m = margins[f"{n} {method}"]
-            print(f"{n} labels, {method}: {m['minus_none_mean']:+.1f} points over the student alone on average "
-                  f"(per seed {', '.join(f'{v:+.1f}' for v in per_seed)}; largest spread {m['largest_spread']:.1f}), "
-                  f"{m['minus_teacher_mean']:+.1f} against the teacher")  # fmt: skip
+            print(
+                f"{n} labels, {method}: {m['minus_none_mean']:+.1f} points over the student alone on average "
+                f"(per seed {', '.join(f'{v:+.1f}' for v in per_seed)}; largest spread {m['largest_spread']:.1f}), "
+                f"{m['minus_teacher_mean']:+.1f} against the teacher"
+            )
     for h in heads:
-        print(f"{h['labels_per_class']} labels, {h['method']}: class head {h['class']:.1f}%, distillation head "
-              f"{h['distillation']:.1f}%, average {h['average']:.1f}%")  # fmt: skip
+        print(
+            f"{h['labels_per_class']} labels, {h['method']}: class head {h['class']:.1f}%, distillation head "
+            f"{h['distillation']:.1f}%, average {h['average']:.1f}%"
+        )
     record = {
-        "benchmark": f"demo_seeds_{args.data_set}", "date": datetime.date.today().isoformat(), "machine": machine(),
-        "data_set": args.data_set, "seeds": args.seeds, "curve": curve, "table3": table3, "heads": heads,
-        "margins": margins, "seconds": seconds,  # the whole demo, per seed
-    }  # fmt: skip
+        "benchmark": f"demo_seeds_{args.data_set}",
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "data_set": args.data_set,
+        "seeds": args.seeds,
+        "curve": curve,
+        "table3": table3,
+        "heads": heads,
+        "margins": margins,
+        "seconds": seconds,  # the whole demo, per seed
+    }
     path = save_record(record, args.out)
     mean_curve = [{**p, "method": curve_label(p["method"]), "acc1": p["mean"]} for p in curve]
-    plot_label_curve(mean_curve, path.with_suffix(".png"), title=f"{args.data_set}, mean of seeds "
-                     f"{', '.join(map(str, args.seeds))}")  # fmt: skip
+    plot_label_curve(
+        mean_curve, path.with_suffix(".png"), title=f"{args.data_set}, mean of seeds {', '.join(map(str, args.seeds))}"
+    )
     print(f"saved {path.with_suffix('.png')}")
 
 

@@ -13,8 +13,19 @@ settings.register_profile("explore", database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small and fast: few images per class, no workers, no EMA unless asked.
-FAST = ["--data-set", "mnist5k", "--num_workers", "0", "--batch-size", "32", "--warmup-epochs", "0.5",
-        "--no-model-ema", "--lr", "0.02"]  # fmt: skip
+FAST = [
+    "--data-set",
+    "mnist5k",
+    "--num_workers",
+    "0",
+    "--batch-size",
+    "32",
+    "--warmup-epochs",
+    "0.5",
+    "--no-model-ema",
+    "--lr",
+    "0.02",
+]
 
 
 def read_log(out: Path) -> list[dict]:
@@ -32,8 +43,22 @@ def teacher(tmp_path_factory) -> Path:
     from deit.cli import main
 
     out = tmp_path_factory.mktemp("teacher")
-    code = main(["train", "--model", "small_cnn", *FAST, "--lr", "0.1", "--labels-per-class", "200", "--epochs", "2",
-                 "--output_dir", str(out)])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--model",
+            "small_cnn",
+            *FAST,
+            "--lr",
+            "0.1",
+            "--labels-per-class",
+            "200",
+            "--epochs",
+            "2",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -44,7 +69,29 @@ def trained(tmp_path_factory) -> Path:
     from deit.cli import main
 
     out = tmp_path_factory.mktemp("student")
-    assert main(["train", "--model", "deit_pico_patch7_28", *FAST, "--epochs", "3",
-                 "--lr", "0.032", "--aa", "none", "--mixup", "0", "--reprob", "0", "--crop-scale", "0.75",
-                 "--output_dir", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_patch7_28",
+                *FAST,
+                "--epochs",
+                "3",
+                "--lr",
+                "0.032",
+                "--aa",
+                "none",
+                "--mixup",
+                "0",
+                "--reprob",
+                "0",
+                "--crop-scale",
+                "0.75",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out / "checkpoint.pth"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import deit.distill.cache  # noqa: E402
-from deit.cli import main  # noqa: E402
+import deit.distill.cache
+from deit.cli import main
 
 kind, _, count = os.environ.get("DEIT_KILL_AT", ":").partition(":")
 target = int(count) if count else None

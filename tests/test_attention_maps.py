@@ -38,8 +38,18 @@ def test_attention_command_writes_pictures_and_reports_bad_files(trained, tmp_pa
     for i in range(2):
         Image.fromarray(val.images[i], "L").save(tmp_path / f"digit{i}.png")
     (tmp_path / "bad.png").write_text("not an image")
-    code = main(["attention", str(tmp_path / "digit0.png"), str(tmp_path / "bad.png"), str(tmp_path / "digit1.png"),
-                 "--weights", str(trained), "-o", str(tmp_path / "maps")])  # fmt: skip
+    code = main(
+        [
+            "attention",
+            str(tmp_path / "digit0.png"),
+            str(tmp_path / "bad.png"),
+            str(tmp_path / "digit1.png"),
+            "--weights",
+            str(trained),
+            "-o",
+            str(tmp_path / "maps"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "bad.png" in err
     pictures = sorted((tmp_path / "maps").glob("*.png"))

@@ -20,8 +20,14 @@ def test_benchmark_measures_each_part_against_its_baseline(tmp_path):
     assert main(["benchmark", "--rounds", "1", "--steps", "1", "--num_workers", "0", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("deit_benchmark_cpu_*.json")).read_text())
     names = [r["measurement"] for r in record["results"]]
-    assert names == ["inference", "train step", "distilled step, teacher online", "data pipeline (0 workers)",
-                     "data pipeline, batch aug on cpu", "end to end, distilled (0 workers)"]
+    assert names == [
+        "inference",
+        "train step",
+        "distilled step, teacher online",
+        "data pipeline (0 workers)",
+        "data pipeline, batch aug on cpu",
+        "end to end, distilled (0 workers)",
+    ]
     for result in record["results"]:
         assert result["ratio"] > 0 and all(v > 0 for v in result["img_s"].values())
         assert result["baseline"] in result["img_s"] and result["ours"] in result["img_s"]

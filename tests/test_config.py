@@ -35,8 +35,11 @@ def test_presets_exist_for_the_paper_recipes():
 
 
 def test_flags_override_yaml_and_are_recorded_as_explicit(tmp_path):
-    cfg = config_from(["--lr", "1e-3", "--no-model-ema", "--aa", "none"], tmp_path,
-                      "optim:\n  lr: 0.002\n  weight_decay: 0.1\nrun:\n  epochs: 3\n")  # fmt: skip
+    cfg = config_from(
+        ["--lr", "1e-3", "--no-model-ema", "--aa", "none"],
+        tmp_path,
+        "optim:\n  lr: 0.002\n  weight_decay: 0.1\nrun:\n  epochs: 3\n",
+    )
     assert cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 0.1 and cfg.run.epochs == 3
     assert cfg.optim.model_ema is False and cfg.aug.aa is None
     assert {"optim.lr", "optim.weight_decay", "run.epochs", "optim.model_ema"} <= cfg.explicit

@@ -5,9 +5,9 @@ import json
 import pytest
 from PIL import Image
 
+from deit.checkpoint import load_training_state
 from deit.cli import main
 from deit.config import TrainConfig, merge
-from deit.checkpoint import load_training_state
 from deit.demo import CACHE, METHODS, STUDENT, Job, curve_findings, findings, run_demo, train_side_by_side
 
 
@@ -22,13 +22,15 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
         assert 0.0 <= student["acc1"] <= 100.0 and student["train_seconds"] > 0
     # the study: each method at 10 labels per class and at all 400
     assert [(p["labels_per_class"], p["method"]) for p in results["curve"]] == [
-        (n, m) for n in (10, 400) for m in ("teacher", "none", "hard", "hard + attention")]
+        (n, m) for n in (10, 400) for m in ("teacher", "none", "hard", "hard + attention")
+    ]
     assert all(0 <= p["acc1"] <= 100 and p["train_seconds"] > 0 for p in results["curve"])
     at = {(p["labels_per_class"], p["method"]): p["acc1"] for p in results["curve"]}
     assert at[400, "teacher"] == results["teacher"]["acc1"]
     assert at[400, "hard"] == results["students"][2]["acc1"]
     assert [(h["labels_per_class"], h["method"]) for h in results["heads"]] == [
-        (n, m) for n in (10, 400) for m in ("hard", "hard + attention")]
+        (n, m) for n in (10, 400) for m in ("hard", "hard + attention")
+    ]
     assert all(0 <= h[k] <= 100 for h in results["heads"] for k in ("class", "distillation", "average"))
     # the student alone sees its 100 labelled images 40 times an epoch: as many steps as the distilled students
     alone, distilled = (load_training_state(out / run / "checkpoint.pth") for run in ("none_10", "hard_attention_10"))
@@ -77,8 +79,23 @@ def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(t
             for i in range(count):
                 Image.new("L", (40, 40), color=(label * 25 + i) % 256).save(folder / f"{i}.png")
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--data-set", "folder", "--data-path", str(tmp_path / "images"), "--output_dir",
-                 str(out), "--num_workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "demo",
+                "--quick",
+                "--data-set",
+                "folder",
+                "--data-path",
+                str(tmp_path / "images"),
+                "--output_dir",
+                str(out),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     for run in ("teacher_all", "teacher_10", "none_10", "hard_distillation_token_all"):
         assert read_checkpoint(out / run).config["data"]["input_size"] == 28
     results = json.loads((out / "results.json").read_text())
@@ -86,8 +103,14 @@ def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(t
 
 
 def test_a_failing_student_is_reported_in_one_line(tmp_path):
-    values, explicit = merge({}, {"data.data_set": "folder", "data.data_path": str(tmp_path / "nowhere"),
-                                  "run.output_dir": str(tmp_path / "none")})  # fmt: skip
+    values, explicit = merge(
+        {},
+        {
+            "data.data_set": "folder",
+            "data.data_path": str(tmp_path / "nowhere"),
+            "run.output_dir": str(tmp_path / "none"),
+        },
+    )
     job = Job("none", TrainConfig.from_dict(values, explicit), {"method": "none"})
     with pytest.raises(ValueError, match=r"the none run failed: data path not found: .*nowhere \(its output: "):
         train_side_by_side([job], tmp_path, lanes=1)
@@ -95,8 +118,12 @@ def test_a_failing_student_is_reported_in_one_line(tmp_path):
 
 def results_with(none: float, hard: float, attention: float, curves: dict | None = None) -> dict:
     curves = curves or {}
-    accs = {"none": none, "soft (tau 3, alpha 0.1)": none, "hard, distillation token": hard,
-            "hard + attention (beta 1)": attention}  # fmt: skip
+    accs = {
+        "none": none,
+        "soft (tau 3, alpha 0.1)": none,
+        "hard, distillation token": hard,
+        "hard + attention (beta 1)": attention,
+    }
     return {"students": [{"method": m, "acc1": a, "acc1_by_epoch": curves.get(m)} for m, a in accs.items()]}
 
 
@@ -105,26 +132,44 @@ def test_findings_follow_the_numbers():
     assert "+4.0 points" in clear[0] and "(+1.0 points)" in clear[2]
     close = findings(results_with(none=93.0, hard=93.5, attention=92.0))
     assert "(-1.5 points)" in close[2]
-    curves = {"none": [10, 20, 30, 40, 50, 60, 70, 80], "hard, distillation token": [10, 25, 35, 45, 55, 65, 75, 85],
-              "hard + attention (beta 1)": [20, 40, 50, 60, 70, 75, 80, 86]}  # fmt: skip
+    curves = {
+        "none": [10, 20, 30, 40, 50, 60, 70, 80],
+        "hard, distillation token": [10, 25, 35, 45, 55, 65, 75, 85],
+        "hard + attention (beta 1)": [20, 40, 50, 60, 70, 75, 80, 86],
+    }
     early = findings(results_with(none=80.0, hard=85.0, attention=86.0, curves=curves))
-    assert any("After 3 of 8 epochs: 50.0% with the attention term, 35.0% for hard alone, 30.0%" in line
-               for line in early)  # fmt: skip
+    assert any(
+        "After 3 of 8 epochs: 50.0% with the attention term, 35.0% for hard alone, 30.0%" in line for line in early
+    )
 
 
 def study(points: dict) -> dict:
-    return {"curve": [{"labels_per_class": n, "method": m, "acc1": a} for (n, m), a in points.items()],
-            "heads": [{"labels_per_class": 10, "method": "hard", "class": 80.0, "distillation": 84.0,
-                       "average": 83.0}]}  # fmt: skip
+    return {
+        "curve": [{"labels_per_class": n, "method": m, "acc1": a} for (n, m), a in points.items()],
+        "heads": [{"labels_per_class": 10, "method": "hard", "class": 80.0, "distillation": 84.0, "average": 83.0}],
+    }
 
 
 def test_study_findings_follow_the_numbers():
-    points = {(10, "teacher"): 91.0, (10, "none"): 80.0, (10, "hard"): 89.0, (10, "hard + attention"): 92.0,
-              (100, "teacher"): 97.0, (100, "none"): 94.0, (100, "hard"): 96.5, (100, "hard + attention"): 96.0,
-              (400, "teacher"): 98.5, (400, "none"): 96.0, (400, "hard"): 96.5, (400, "hard + attention"): 97.0}
+    points = {
+        (10, "teacher"): 91.0,
+        (10, "none"): 80.0,
+        (10, "hard"): 89.0,
+        (10, "hard + attention"): 92.0,
+        (100, "teacher"): 97.0,
+        (100, "none"): 94.0,
+        (100, "hard"): 96.5,
+        (100, "hard + attention"): 96.0,
+        (400, "teacher"): 98.5,
+        (400, "none"): 96.0,
+        (400, "hard"): 96.5,
+        (400, "hard + attention"): 97.0,
+    }
     lines = curve_findings(study(points))
-    assert lines[0].startswith("10 labels per class: hard distillation 89.0% against 80.0% for the student alone "
-                               "(+9.0 points), hard + attention 92.0% (+12.0); the teacher 91.0% (hard -2.0")
+    assert lines[0].startswith(
+        "10 labels per class: hard distillation 89.0% against 80.0% for the student alone "
+        "(+9.0 points), hard + attention 92.0% (+12.0); the teacher 91.0% (hard -2.0"
+    )
     assert "margin over the student alone narrows as labels grow: +9.0, +2.5, +0.5 points" in lines[3]
     assert "class token 80.0%, distillation token 84.0%, their average 83.0%" in lines[4]
     points[400, "hard"] = 99.0

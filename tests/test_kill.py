@@ -24,10 +24,30 @@ def deit(args: list[str], kill: str | None = None, events: Path | None = None) -
 
 def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_weights(teacher, tmp_path):
     def args(folder: Path) -> list[str]:
-        return ["train", "--model", "deit_pico_distilled_patch7_28", *FAST, "--labels-per-class", "8",
-                "--batch-size", "16", "--epochs", "4", "--mixup", "0", "--cutmix", "0", "--distillation-type", "hard",
-                "--teacher-path", str(teacher), "--teacher-cache", str(folder / "cache"),
-                "--output_dir", str(folder / "run")]  # fmt: skip
+        return [
+            "train",
+            "--model",
+            "deit_pico_distilled_patch7_28",
+            *FAST,
+            "--labels-per-class",
+            "8",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "4",
+            "--mixup",
+            "0",
+            "--cutmix",
+            "0",
+            "--distillation-type",
+            "hard",
+            "--teacher-path",
+            str(teacher),
+            "--teacher-cache",
+            str(folder / "cache"),
+            "--output_dir",
+            str(folder / "run"),
+        ]
 
     whole = deit(args(tmp_path / "whole"), events=tmp_path / "events.json")
     assert whole.returncode == 0, whole.stderr[-3000:]

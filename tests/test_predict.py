@@ -25,8 +25,10 @@ def test_predict_gives_evaluations_accuracy_and_reports_bad_files(trained, tmp_p
     code = main(["predict", str(folder), "--weights", str(trained), "--json", "--topk", "3"])
     out, err = capsys.readouterr()
     assert code == 1  # something failed: the exit code says so
-    assert [line.split(": ")[2] for line in err.strip().splitlines()] == [str(folder / "7" / "broken.png"),
-                                                                          str(folder / "7" / "notes.jpg")]  # fmt: skip
+    assert [line.split(": ")[2] for line in err.strip().splitlines()] == [
+        str(folder / "7" / "broken.png"),
+        str(folder / "7" / "notes.jpg"),
+    ]
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == len(keep)  # every readable image, despite the bad ones
     assert all(len(r["topk"]) == 3 and r["topk"][0]["probability"] >= r["topk"][1]["probability"] for r in rows)
@@ -34,8 +36,12 @@ def test_predict_gives_evaluations_accuracy_and_reports_bad_files(trained, tmp_p
 
     # the same digits through `deit eval`
     out = tmp_path / "eval"
-    assert main(["eval", "--weights", str(trained), "--data-set", "mnist5k", "--num_workers", "0",
-                 "--output_dir", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["eval", "--weights", str(trained), "--data-set", "mnist5k", "--num_workers", "0", "--output_dir", str(out)]
+        )
+        == 0
+    )
     report = json.loads((out / "eval.json").read_text())
     assert report["images"] == len(keep) and 100 * predicted == pytest.approx(report["acc1"], abs=1e-9)
     assert sum(map(sum, report["confusion"])) == len(keep) and list(report["per_class_acc1"]) == info.class_names
@@ -54,8 +60,22 @@ def test_eval_refuses_data_of_other_classes(trained, tmp_path, capsys):
         for name in ("cat", "dog", "owl"):
             (tmp_path / split / name).mkdir(parents=True)
             Image.new("L", (28, 28)).save(tmp_path / split / name / "a.png")
-    assert main(["eval", "--weights", str(trained), "--data-set", "folder", "--data-path", str(tmp_path),
-                 "--num_workers", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(trained),
+                "--data-set",
+                "folder",
+                "--data-path",
+                str(tmp_path),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "predicts 10 classes but folder has 3" in err
 

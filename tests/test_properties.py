@@ -32,14 +32,52 @@ from deit.models.weights import deit_config
 
 FIELDS = [(section, f.name, f.type) for section, cls in SECTIONS.items() for f in fields(cls)]
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(-3, 300), st.floats(), st.text(max_size=12),
-    st.sampled_from(["none", "null", "auto", "cpu", "cuda:0", "1e-3", "-1", "0", "0.5", "nan", "inf", "-inf", "hard",
-                     "soft", "kl", "rand-m9-mstd0.5-inc1", "augmix-m5-w4-d2", "folder", "mnist5k", "digits", "adamw",
-                     "sgd", "bicubic", "float16", "-2,-1", "small_cnn", "deit_pico_patch4_28", "\x1b[31m", "a\nb"]),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-3, 300),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "none",
+            "null",
+            "auto",
+            "cpu",
+            "cuda:0",
+            "1e-3",
+            "-1",
+            "0",
+            "0.5",
+            "nan",
+            "inf",
+            "-inf",
+            "hard",
+            "soft",
+            "kl",
+            "rand-m9-mstd0.5-inc1",
+            "augmix-m5-w4-d2",
+            "folder",
+            "mnist5k",
+            "digits",
+            "adamw",
+            "sgd",
+            "bicubic",
+            "float16",
+            "-2,-1",
+            "small_cnn",
+            "deit_pico_patch4_28",
+            "\x1b[31m",
+            "a\nb",
+        ]
+    ),
+)
 VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.dictionaries(st.text(max_size=4), SCALARS, max_size=2))
-EXAMPLES = settings(max_examples=2500 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 250, deadline=None,
-                    suppress_health_check=list(HealthCheck))  # fmt: skip
+EXAMPLES = settings(
+    max_examples=2500 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 250,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def peak_rss_mb() -> float:
@@ -108,7 +146,7 @@ def test_any_value_in_any_yaml_field_works_or_is_one_line(validated, scratch, fi
 @EXAMPLES
 @given(field=st.sampled_from(FIELDS), value=VALUES, spelling=st.sampled_from(["value", "bare", "no"]))
 def test_any_value_of_any_flag_works_or_is_one_line(validated, scratch, field, value, spelling):
-    section, name, annotation = field
+    _, name, annotation = field
     flag = _flag(name)
     if annotation == "bool":
         argv = {"value": [flag, str(value)], "bare": [flag], "no": ["--no-" + flag[2:]]}[spelling]
@@ -127,13 +165,24 @@ def weights(tmp_path_factory):
     """A small trained-looking model saved three ways, an image to predict, and the model's deit config."""
     root = tmp_path_factory.mktemp("weights")
     model = deit.create_model("deit_pico_patch4_28", num_classes=3, in_chans=1)
-    model.data_config = {"class_names": ["a", "b", "c"], "mean": [0.5], "std": [0.25], "input_size": 28,
-                         "eval_crop_ratio": 1.0, "interpolation": "bicubic", "intensity": "minmax"}  # fmt: skip
+    model.data_config = {
+        "class_names": ["a", "b", "c"],
+        "mean": [0.5],
+        "std": [0.25],
+        "input_size": 28,
+        "eval_crop_ratio": 1.0,
+        "interpolation": "bicubic",
+        "intensity": "minmax",
+    }
     save_weights(model, root / "model.safetensors")
     torch.save({"model": model.state_dict(), "deit_config": deit_config(model)}, root / "model.pth")
     Image.new("L", (28, 28), 128).save(root / "image.png")
-    return {"root": root, "model": model, "config": deit_config(model),
-            "files": {name: (root / name).read_bytes() for name in ("model.safetensors", "model.pth")}}  # fmt: skip
+    return {
+        "root": root,
+        "model": model,
+        "config": deit_config(model),
+        "files": {name: (root / name).read_bytes() for name in ("model.safetensors", "model.pth")},
+    }
 
 
 def mutated(data: bytes) -> st.SearchStrategy[bytes]:
@@ -178,11 +227,36 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
-KEYS = [(), ("format",), ("version",), ("family",), ("model",), ("distilled",), ("hparams",), ("data",),
-        *[("hparams", k) for k in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth",
-                                   "num_heads", "mlp_ratio", "qkv_bias", "drop_path_rate", "extra")],
-        *[("data", k) for k in ("class_names", "mean", "std", "input_size", "eval_crop_ratio", "interpolation",
-                                "intensity", "extra")]]  # fmt: skip
+KEYS = [
+    (),
+    ("format",),
+    ("version",),
+    ("family",),
+    ("model",),
+    ("distilled",),
+    ("hparams",),
+    ("data",),
+    *[
+        ("hparams", k)
+        for k in (
+            "img_size",
+            "patch_size",
+            "in_chans",
+            "num_classes",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "qkv_bias",
+            "drop_path_rate",
+            "extra",
+        )
+    ],
+    *[
+        ("data", k)
+        for k in ("class_names", "mean", "std", "input_size", "eval_crop_ratio", "interpolation", "intensity", "extra")
+    ],
+]
 
 
 def edited_config(config: dict, key: tuple, action: str, value) -> object:
@@ -200,8 +274,12 @@ def edited_config(config: dict, key: tuple, action: str, value) -> object:
 
 
 @EXAMPLES
-@given(key=st.sampled_from(KEYS), action=st.sampled_from(["set", "delete"]), value=JSON,
-       where=st.sampled_from(["safetensors metadata", "folder config.json"]))  # fmt: skip
+@given(
+    key=st.sampled_from(KEYS),
+    action=st.sampled_from(["set", "delete"]),
+    value=JSON,
+    where=st.sampled_from(["safetensors metadata", "folder config.json"]),
+)
 def test_any_metadata_is_validated_before_a_model_is_built(weights, scratch, key, action, value, where):
     config = edited_config(weights["config"], key, action, value)
     tensors = {k: v.contiguous() for k, v in weights["model"].state_dict().items()}
@@ -213,8 +291,9 @@ def test_any_metadata_is_validated_before_a_model_is_built(weights, scratch, key
         else:
             path = folder
             save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-            (folder / "config.json").write_text(json.dumps({"format": "deit", **config} if isinstance(config, dict)
-                                                           else config))  # fmt: skip
+            (folder / "config.json").write_text(
+                json.dumps({"format": "deit", **config} if isinstance(config, dict) else config)
+            )
         before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
         rss = peak_rss_mb()
         refused_or_loaded(path, weights)

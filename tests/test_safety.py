@@ -36,8 +36,11 @@ SRC = str(Path(__file__).parents[1] / "src")
 
 def snapshot(folder: Path) -> dict:
     """Every file under `folder`: its size and content digest."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_error(capsys, command: str) -> str:
@@ -65,8 +68,9 @@ def bomb(path: Path, side: int = 50_000) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -111,9 +115,11 @@ def test_3_convert_and_export_never_overwrite_their_source_or_a_run(trained, tmp
         (["convert", str(run / "checkpoint.pth"), str(run / "checkpoint.pth"), "--to", "timm"], "source being read"),
         (["convert", str(run), str(run), "--to", "deit"], "holds a training run"),
         (["convert", str(run), str(run), "--to", "hf"], "holds a training run"),
-        (["export", "--weights", str(run / "checkpoint.pth"), "--format", "onnx", "-o", str(run / "checkpoint.pth")],
-         "source being read"),
-    ]  # fmt: skip
+        (
+            ["export", "--weights", str(run / "checkpoint.pth"), "--format", "onnx", "-o", str(run / "checkpoint.pth")],
+            "source being read",
+        ),
+    ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in one_error(capsys, argv[0])
@@ -121,8 +127,20 @@ def test_3_convert_and_export_never_overwrite_their_source_or_a_run(trained, tmp
     # elsewhere it converts; a converted file is not written over itself either
     assert main(["convert", str(run), str(tmp_path / "timm.safetensors"), "--to", "timm"]) == 0
     capsys.readouterr()
-    assert main(["convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "timm.safetensors"), "--to", "timm",
-                 "--model", "deit_pico_patch7_28"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "timm.safetensors"),
+                str(tmp_path / "timm.safetensors"),
+                "--to",
+                "timm",
+                "--model",
+                "deit_pico_patch7_28",
+            ]
+        )
+        == 2
+    )
     assert "source being read" in one_error(capsys, "convert")
 
 
@@ -132,10 +150,15 @@ def test_3_convert_and_export_never_overwrite_their_source_or_a_run(trained, tmp
 def test_4_a_second_run_into_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {SRC!r}); from deit.files import FolderLock;"
-         f"FolderLock({str(out)!r}, 'deit train').acquire(); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"import sys, time; sys.path.insert(0, {SRC!r}); from deit.files import FolderLock;"
+            f"FolderLock({str(out)!r}, 'deit train').acquire(); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["train", *TINY, "--epochs", "1", "--output_dir", str(out)]) == 2
@@ -178,8 +201,11 @@ def test_5_attention_pictures_of_files_with_one_name_do_not_overwrite_each_other
         Image.fromarray(val.images[i], "L").save(path)
     assert main(["attention", *map(str, inputs), "--weights", str(trained), "-o", str(tmp_path / "maps")]) == 0
     assert "wrote 3 heat-map picture(s)" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a_x_jpg_attention.png", "a_x_png_attention.png",
-                                                                     "b_x_attention.png"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "a_x_jpg_attention.png",
+        "a_x_png_attention.png",
+        "b_x_attention.png",
+    ]
 
 
 # --- 6: evaluation with unreadable images ---------------------------------------------------------------------
@@ -190,8 +216,23 @@ def test_6_eval_leaves_unreadable_images_out_and_says_so(trained, tmp_path, caps
     (tmp_path / "set" / "val" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tmp_path / "set" / "val" / "5" / "text.jpg").write_text("a note, not an image")
     (tmp_path / "set" / "val" / "7" / "cut.png").write_bytes(files[14].read_bytes()[:60])
-    code = main(["eval", "--weights", str(trained), "--data-set", "folder", "--data-path", str(tmp_path / "set"),
-                 "--num_workers", "0", "--batch-size", "8", "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--weights",
+            str(trained),
+            "--data-set",
+            "folder",
+            "--data-path",
+            str(tmp_path / "set"),
+            "--num_workers",
+            "0",
+            "--batch-size",
+            "8",
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert code == 1  # part of the input could not be read
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["images"] == 20 and report["unreadable"] == 3
@@ -235,10 +276,32 @@ def test_9_symlink_loops_in_an_image_folder_neither_repeat_images_nor_hang(tmp_p
     assert len(dataset) == len(real)
     assert sorted(Path(p).name for p, _ in dataset.samples) == sorted(p.name for p in real)
     assert sorted(map(str, image_files([root / "train"]))) == sorted(
-        os.path.join(dp, f) for dp, _, names in os.walk(root / "train") for f in names)  # fmt: skip
-    assert main(["train", "--model", "deit_pico_patch4_28", "--data-set", "folder", "--data-path", str(root),
-                 "--grayscale", "--num_workers", "0", "--batch-size", "8", "--epochs", "1", "--no-model-ema",
-                 "--output_dir", str(tmp_path / "run")]) == 0  # fmt: skip
+        os.path.join(dp, f) for dp, _, names in os.walk(root / "train") for f in names
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_patch4_28",
+                "--data-set",
+                "folder",
+                "--data-path",
+                str(root),
+                "--grayscale",
+                "--num_workers",
+                "0",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--no-model-ema",
+                "--output_dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert f"{len(real)} images" in capsys.readouterr().out
 
 
@@ -284,8 +347,10 @@ def test_10_numbers_written_as_text_are_numbers_and_flags_are_checked_alike(tmp_
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --epochs: invalid int value: 'ten'" in err[0]
-    for argv, message in ((["--lr", "nan"], "optim.lr=nan must be a finite number"),
-                          (["--batch-size", "0"], "run.batch_size=0 must be >= 1")):  # fmt: skip
+    for argv, message in (
+        (["--lr", "nan"], "optim.lr=nan must be a finite number"),
+        (["--batch-size", "0"], "run.batch_size=0 must be >= 1"),
+    ):
         assert main(["train", *argv]) == 2
         assert message in one_error(capsys, "train")
 
@@ -305,8 +370,9 @@ def test_11_16_bit_and_float_images_are_scaled_not_saturated(tmp_path):
     assert np.array_equal(np.asarray(read_image(tmp_path / "dim16.png", "L")), to_8bit(dim, "minmax"))
     floats = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     Image.fromarray(floats).save(tmp_path / "float.tif")
-    assert np.array_equal(np.asarray(read_image(tmp_path / "float.tif", "L", "full")),
-                          np.rint(floats * 255).astype(np.uint8))  # fmt: skip
+    assert np.array_equal(
+        np.asarray(read_image(tmp_path / "float.tif", "L", "full")), np.rint(floats * 255).astype(np.uint8)
+    )
     rgb = read_image(tmp_path / "ramp16.png", "RGB")
     assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb)[..., 1], stretched)
 
@@ -316,8 +382,19 @@ def test_11_a_digit_saved_at_16_bits_is_predicted_as_at_8_bits(trained, tmp_path
     index = next(i for i, image in enumerate(val.images) if image.min() == 0 and image.max() == 255)
     Image.fromarray(val.images[index], "L").save(tmp_path / "digit8.png")
     Image.fromarray(val.images[index].astype(np.uint16) * 257).save(tmp_path / "digit16.png")
-    assert main(["predict", str(tmp_path / "digit8.png"), str(tmp_path / "digit16.png"), "--weights", str(trained),
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "digit8.png"),
+                str(tmp_path / "digit16.png"),
+                "--weights",
+                str(trained),
+                "--json",
+            ]
+        )
+        == 0
+    )
     eight, sixteen = (json.loads(line)["topk"] for line in capsys.readouterr().out.splitlines())
     assert eight == sixteen
 
@@ -416,11 +493,18 @@ def test_13_a_full_disk_is_one_line_and_the_last_checkpoint_stays(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (checkpoint // 2, checkpoint // 2))
 
-    result = subprocess.run([sys.executable, "-m", "deit", "train", "--resume", str(out), "--epochs", "3"],
-                            capture_output=True, text=True, preexec_fn=small_disk)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "deit", "train", "--resume", str(out), "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+    )
     lines = result.stderr.strip().splitlines()  # a note that the run resumes, then the error
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith(f"deit train: error: cannot write {out / 'checkpoint.pth'} (") and "free on its disk" in lines[-1]
+    assert (
+        lines[-1].startswith(f"deit train: error: cannot write {out / 'checkpoint.pth'} (")
+        and "free on its disk" in lines[-1]
+    )
     state = torch.load(out / "checkpoint.pth", weights_only=True)  # the last complete checkpoint, intact
     assert state["epoch"] == 1 and not list(out.glob(".*.tmp"))
     for key, value in torch.load(tmp_path / "kept" / "checkpoint.pth", weights_only=True)["model"].items():
@@ -440,8 +524,22 @@ def test_13_counts_are_checked_on_the_command_line(trained, tmp_path, capsys):
 def test_13_a_folder_of_one_class_is_refused(tmp_path, capsys):
     for split in ("train", "val"):
         digit_files(tmp_path / "one" / split, 3, classes=1)
-    assert main(["train", "--model", "deit_pico_patch4_28", "--data-set", "folder", "--data-path",
-                 str(tmp_path / "one"), "--epochs", "1"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_patch4_28",
+                "--data-set",
+                "folder",
+                "--data-path",
+                str(tmp_path / "one"),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "has one class folder" in one_error(capsys, "train")
 
 

@@ -1,4 +1,4 @@
-"""The teacher cache: views replayed from their seeds, the same loss as with the teacher online, wrong caches refused."""
+"""The teacher cache: views replayed from their seeds, the same loss as with the teacher online, wrong caches refused"""
 
 import json
 
@@ -14,15 +14,39 @@ from deit.distill.cache import TeacherCache, epoch_file
 from deit.engine import prepare_batch
 
 # A distilled student with every cached part in play: Mixup/CutMix pairs and lambdas, soft logits, attention maps.
-STUDENT = ["--model", "deit_pico_distilled_patch7_28", *FAST, "--labels-per-class", "16", "--epochs", "2",
-           "--mixup", "0.8", "--cutmix", "1.0", "--distillation-type", "soft", "--distillation-tau", "3",
-           "--attn-distillation-weight", "1.0"]  # fmt: skip
+STUDENT = [
+    "--model",
+    "deit_pico_distilled_patch7_28",
+    *FAST,
+    "--labels-per-class",
+    "16",
+    "--epochs",
+    "2",
+    "--mixup",
+    "0.8",
+    "--cutmix",
+    "1.0",
+    "--distillation-type",
+    "soft",
+    "--distillation-tau",
+    "3",
+    "--attn-distillation-weight",
+    "1.0",
+]
 
 
 def digits_view_set():
     train, info = build_dataset("mnist5k", None, True)
-    train.transform = build_transform(True, img_size=28, mean=info.mean, std=info.std, crop_scale=0.5, reprob=0.5,
-                                      aa="rand-m6-mstd0.5-inc1", hflip=0.0)  # fmt: skip
+    train.transform = build_transform(
+        True,
+        img_size=28,
+        mean=info.mean,
+        std=info.std,
+        crop_scale=0.5,
+        reprob=0.5,
+        aa="rand-m6-mstd0.5-inc1",
+        hflip=0.0,
+    )
     return SeededDataset(train)
 
 
@@ -35,6 +59,7 @@ def test_a_view_replayed_from_its_seed_is_the_identical_tensor():
     assert not torch.equal(a[0], a[3])  # the same image at another position is another view
     # and the batch's Mixup/CutMix: pairs, lambda and box from the step's seed
     mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+
     def mixed(step: int) -> torch.Tensor:  # timm mixes in place: a fresh copy of the batch each time
         batch = (a.clone(), torch.tensor([1, 2, 3, 1]))
         return prepare_batch(batch, torch.device("cpu"), mixup, lambda s: batch_seed(3, 5, 0, s), step)[0]
@@ -70,8 +95,23 @@ def test_a_cached_run_matches_the_online_teacher(teacher, tmp_path, batch_aug):
 
 def test_float16_cache_serves_hard_students_and_other_process_counts(teacher, tmp_path):
     """Without Mixup a cache made by one process serves process `rank` of two: positions are global."""
-    args = ["--model", "deit_pico_distilled_patch7_28", *FAST, "--labels-per-class", "16", "--epochs", "1",
-            "--mixup", "0", "--cutmix", "0", "--distillation-type", "hard", "--teacher-path", str(teacher)]  # fmt: skip
+    args = [
+        "--model",
+        "deit_pico_distilled_patch7_28",
+        *FAST,
+        "--labels-per-class",
+        "16",
+        "--epochs",
+        "1",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+        "--distillation-type",
+        "hard",
+        "--teacher-path",
+        str(teacher),
+    ]
     cache = tmp_path / "cache"
     assert main(["cache-teacher", *args, "--teacher-cache", str(cache), "--teacher-cache-topk", "1"]) == 0
     assert (cache / epoch_file(0, 0)).stat().st_size < 10_000  # 160 views: one class and one logit each
@@ -104,8 +144,23 @@ def test_a_cache_made_for_another_run_is_refused(teacher, tmp_path, capsys):
     assert "needs 2" in refused("--epochs", "2")
     assert "attention" in refused("--attn-distillation-layers=-2")
     other = tmp_path / "other_teacher"
-    assert main(["train", "--model", "small_cnn", *FAST, "--labels-per-class", "10", "--epochs", "1",
-                 "--output_dir", str(other)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "small_cnn",
+                *FAST,
+                "--labels-per-class",
+                "10",
+                "--epochs",
+                "1",
+                "--output_dir",
+                str(other),
+            ]
+        )
+        == 0
+    )
     assert "teacher weights" in refused("--teacher-path", str(other))
     # views that differ although the settings match (e.g. another library version): stopped at the first batch
     path = cache / epoch_file(0, 0)
@@ -138,7 +193,9 @@ def test_cache_spec_names_a_teacher_that_sees_resized_views():
     train, _ = build_dataset("digits", None, True)
     cfg = TrainConfig.from_dict({"distill": {"distillation_type": "hard"}})
     cnn = SmallCNN()
-    specs = {size: cache_spec(cfg, train, 10, Teacher(cnn, "small_cnn", 10, size), None, 1, img_size=28)
-             for size in (None, 28, 8)}  # fmt: skip
+    specs = {
+        size: cache_spec(cfg, train, 10, Teacher(cnn, "small_cnn", 10, size), None, 1, img_size=28)
+        for size in (None, 28, 8)
+    }
     assert specs[None]["teacher"] == specs[28]["teacher"] and "input_size" not in specs[28]["teacher"]
     assert specs[8]["teacher"]["input_size"] == 8

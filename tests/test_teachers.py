@@ -68,9 +68,31 @@ def test_teacher_sees_the_views_at_the_size_it_was_trained_at(tmp_path):
     from deit.cli import main
     from deit.data import build_dataset
 
-    assert main(["train", "--model", "small_cnn", "--data-set", "digits", "--num_workers", "0", "--batch-size", "32",
-                 "--epochs", "4", "--lr", "0.05", "--warmup-epochs", "0.5", "--no-model-ema", "--output_dir",
-                 str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "small_cnn",
+                "--data-set",
+                "digits",
+                "--num_workers",
+                "0",
+                "--batch-size",
+                "32",
+                "--epochs",
+                "4",
+                "--lr",
+                "0.05",
+                "--warmup-epochs",
+                "0.5",
+                "--no-model-ema",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     teacher = load_teacher("ignored", tmp_path, num_classes=10, in_chans=1)
     assert teacher.input_size == 8
     test, info = build_dataset("digits", None, False)

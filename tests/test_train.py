@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAST, read_log
 
 import deit
 import deit.train as train_module
@@ -16,12 +17,16 @@ from deit.config import TrainConfig, merge
 from deit.engine import NonFiniteLoss, prepare_batch
 from deit.train import run
 
-from conftest import FAST, read_log
-
 
 def config(**dotted) -> TrainConfig:
-    base = {"data.data_set": "mnist5k", "data.num_workers": 0, "run.batch_size": 32, "optim.warmup_epochs": 0.5,
-            "optim.model_ema": False, "optim.lr": 0.02}  # fmt: skip
+    base = {
+        "data.data_set": "mnist5k",
+        "data.num_workers": 0,
+        "run.batch_size": 32,
+        "optim.warmup_epochs": 0.5,
+        "optim.model_ema": False,
+        "optim.lr": 0.02,
+    }
     values, explicit = merge({}, {**base, **dotted})
     return TrainConfig.from_dict(values, explicit)
 
@@ -31,16 +36,53 @@ def test_teacher_then_hard_distilled_student(teacher, tmp_path):
     assert len(teacher_log) == 2 and teacher_log[-1]["test_acc1"] > 80  # chance is 10%
     out = tmp_path / "student"
     # a ViT learns slowly from 2,000 images: lighter augmentation for a short run
-    code = main(["train", "--model", "deit_pico_distilled_patch4_28", *FAST, "--lr", "0.032", "--min-lr", "2e-3",
-                 "--epochs", "3", "--aa", "none", "--mixup", "0", "--reprob", "0", "--crop-scale", "1",
-                 "--distillation-type", "hard", "--teacher-path", str(teacher / "checkpoint.pth"),
-                 "--model-ema", "--model-ema-decay", "0.9", "--output_dir", str(out), "--tensorboard"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--model",
+            "deit_pico_distilled_patch4_28",
+            *FAST,
+            "--lr",
+            "0.032",
+            "--min-lr",
+            "2e-3",
+            "--epochs",
+            "3",
+            "--aa",
+            "none",
+            "--mixup",
+            "0",
+            "--reprob",
+            "0",
+            "--crop-scale",
+            "1",
+            "--distillation-type",
+            "hard",
+            "--teacher-path",
+            str(teacher / "checkpoint.pth"),
+            "--model-ema",
+            "--model-ema-decay",
+            "0.9",
+            "--output_dir",
+            str(out),
+            "--tensorboard",
+        ]
+    )
     assert code == 0
     log = read_log(out)
     assert [line["epoch"] for line in log] == [0, 1, 2]
     assert log[-1]["test_acc1"] > 40  # chance is 10%; a ViT learns slowly from 4,000 images
-    for key in ("lr", "train_loss", "base_loss", "distill_loss", "test_acc1", "test_acc5", "ema_acc1",
-                "n_parameters", "images_per_s"):  # fmt: skip
+    for key in (
+        "lr",
+        "train_loss",
+        "base_loss",
+        "distill_loss",
+        "test_acc1",
+        "test_acc5",
+        "ema_acc1",
+        "n_parameters",
+        "images_per_s",
+    ):
         assert key in log[-1], key
     saved = (out / "config.yaml").read_text()
     assert "distillation_type: hard" in saved and "hflip: 0.0" in saved  # resolved, digits' defaults included
@@ -54,9 +96,17 @@ def test_teacher_then_hard_distilled_student(teacher, tmp_path):
 
 @pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch, batch_aug):
-    settings = {"model.model": "deit_pico_patch4_28", "data.labels_per_class": 20, "run.epochs": 3,
-                "optim.model_ema": True, "optim.model_ema_decay": 0.9, "aug.mixup": 0.8, "aug.cutmix": 1.0,
-                "model.drop_path": 0.1, "aug.batch_aug": batch_aug}  # fmt: skip
+    settings = {
+        "model.model": "deit_pico_patch4_28",
+        "data.labels_per_class": 20,
+        "run.epochs": 3,
+        "optim.model_ema": True,
+        "optim.model_ema_decay": 0.9,
+        "aug.mixup": 0.8,
+        "aug.cutmix": 1.0,
+        "model.drop_path": 0.1,
+        "aug.batch_aug": batch_aug,
+    }
     run(config(**settings, **{"run.output_dir": str(tmp_path / "whole")}))
 
     real = train_module.train_one_epoch
@@ -99,8 +149,15 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path, monkeypatch):
 
         return step
 
-    settings = {"model.model": "deit_pico_patch4_28", "data.labels_per_class": 16, "run.epochs": 1,
-                "model.drop_path": 0.0, "aug.mixup": 0.0, "aug.cutmix": 0.0, "optim.opt": "momentum"}  # fmt: skip
+    settings = {
+        "model.model": "deit_pico_patch4_28",
+        "data.labels_per_class": 16,
+        "run.epochs": 1,
+        "model.drop_path": 0.0,
+        "aug.mixup": 0.0,
+        "aug.cutmix": 0.0,
+        "optim.opt": "momentum",
+    }
     monkeypatch.setattr(torch.optim.SGD, "step", recording("big"))
     run(config(**settings, **{"run.output_dir": str(tmp_path / "big")}))
     monkeypatch.setattr(torch.optim.SGD, "step", recording("acc"))
@@ -123,17 +180,64 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
     # SGD with momentum: a step is linear in the gradient, so the all-reduced gradient of two processes moves the
     # weights as one process does, within float error (AdamW would amplify the float noise of the key biases'
     # zero gradients; see the accumulation test)
-    args = ["--model", "deit_pico_patch4_28", "--data-set", "mnist5k", "--labels-per-class", "24", "--epochs", "2",
-            "--num_workers", "0", "--warmup-epochs", "0.5", "--lr", "0.02", "--mixup", "0", "--cutmix", "0",
-            "--drop-path", "0", "--no-repeated-aug", "--model-ema", "--model-ema-decay", "0.9", "--device", "cpu",
-            "--opt", "momentum"]  # fmt: skip
+    args = [
+        "--model",
+        "deit_pico_patch4_28",
+        "--data-set",
+        "mnist5k",
+        "--labels-per-class",
+        "24",
+        "--epochs",
+        "2",
+        "--num_workers",
+        "0",
+        "--warmup-epochs",
+        "0.5",
+        "--lr",
+        "0.02",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+        "--drop-path",
+        "0",
+        "--no-repeated-aug",
+        "--model-ema",
+        "--model-ema-decay",
+        "0.9",
+        "--device",
+        "cpu",
+        "--opt",
+        "momentum",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "deit", "train", *args, "--batch-size", "32",
-                             "--output_dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, "-m", "deit", "train", *args, "--batch-size", "32", "--output_dir", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                          "-m", "deit", "train", *args, "--batch-size", "16", "--output_dir", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "deit",
+            "train",
+            *args,
+            "--batch-size",
+            "16",
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     for a, b in zip(one, two):
@@ -147,15 +251,51 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def test_eval_and_finetune_with_distillation(teacher, tmp_path, capsys):
     first = tmp_path / "first"
-    assert main(["train", "--model", "deit_pico_patch4_28", *FAST, "--labels-per-class", "10", "--epochs", "1",
-                 "--output_dir", str(first)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_patch4_28",
+                *FAST,
+                "--labels-per-class",
+                "10",
+                "--epochs",
+                "1",
+                "--output_dir",
+                str(first),
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--model", "deit_pico_patch4_28", *FAST, "--eval", "--resume", str(first)]) == 0
     assert "top-1" in capsys.readouterr().out
     # fine-tune a plain DeiT's weights into a distilled one, with a teacher: the official code refuses this
-    assert main(["train", "--model", "deit_pico_distilled_patch4_28", *FAST, "--labels-per-class", "10",
-                 "--epochs", "1", "--finetune", str(first / "checkpoint.pth"), "--distillation-type", "soft",
-                 "--distillation-tau", "3", "--teacher-path", str(teacher / "checkpoint.pth"),
-                 "--output_dir", str(tmp_path / "tuned")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_distilled_patch4_28",
+                *FAST,
+                "--labels-per-class",
+                "10",
+                "--epochs",
+                "1",
+                "--finetune",
+                str(first / "checkpoint.pth"),
+                "--distillation-type",
+                "soft",
+                "--distillation-tau",
+                "3",
+                "--teacher-path",
+                str(teacher / "checkpoint.pth"),
+                "--output_dir",
+                str(tmp_path / "tuned"),
+            ]
+        )
+        == 0
+    )
     tuned = read_log(tmp_path / "tuned")[0]
     assert tuned["distill_loss"] > 0 and np.isfinite(tuned["test_acc1"])
     # the encoder started from the plain model's weights (three small steps away), not from a fresh init
@@ -179,8 +319,16 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
 
     monkeypatch.setattr(train_module.DistillationLoss, "parts", poisoned)
     with pytest.raises(NonFiniteLoss, match="at epoch 1, step 3"):
-        run(config(**{"model.model": "deit_pico_patch4_28", "data.labels_per_class": 20, "run.epochs": 3,
-                      "run.output_dir": str(out)}))  # fmt: skip
+        run(
+            config(
+                **{
+                    "model.model": "deit_pico_patch4_28",
+                    "data.labels_per_class": 20,
+                    "run.epochs": 3,
+                    "run.output_dir": str(out),
+                }
+            )
+        )
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
     assert len(read_log(out)) == 1
 
@@ -202,9 +350,31 @@ def write_digit_folder(root: Path, corrupt: bool = False):
 def test_image_folder_run_skips_and_counts_a_corrupt_image(tmp_path, caplog, batch_aug):
     write_digit_folder(tmp_path / "digits", corrupt=True)
     out = tmp_path / "run"
-    assert main(["train", "--model", "deit_pico_patch4_28", "--data-set", "folder", "--data-path",
-                 str(tmp_path / "digits"), "--grayscale", "--num_workers", "0", "--batch-size", "16", "--epochs", "1",
-                 "--no-model-ema", "--output_dir", str(out), *(["--batch-aug"] if batch_aug else [])]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_patch4_28",
+                "--data-set",
+                "folder",
+                "--data-path",
+                str(tmp_path / "digits"),
+                "--grayscale",
+                "--num_workers",
+                "0",
+                "--batch-size",
+                "16",
+                "--epochs",
+                "1",
+                "--no-model-ema",
+                "--output_dir",
+                str(out),
+                *(["--batch-aug"] if batch_aug else []),
+            ]
+        )
+        == 0
+    )
     assert read_log(out)[0]["skipped_images"] == 1
     assert "skipping unreadable image" in caplog.text and "broken.png" in caplog.text
 
@@ -228,16 +398,40 @@ def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
         "data path not found": ["--data-set", "folder", "--data-path", str(tmp_path / "nowhere"), *quick],
         "holds no images": ["--data-set", "folder", "--data-path", str(tmp_path / "digits"), *quick],
         "predicts 100 classes but the data has 10": [
-            "--model", "deit_pico_distilled_patch4_28", "--data-set", "mnist5k", "--distillation-type", "hard",
-            "--teacher-model", "small_cnn", "--teacher-path", str(cifar_teacher), *quick],
+            "--model",
+            "deit_pico_distilled_patch4_28",
+            "--data-set",
+            "mnist5k",
+            "--distillation-type",
+            "hard",
+            "--teacher-model",
+            "small_cnn",
+            "--teacher-path",
+            str(cifar_teacher),
+            *quick,
+        ],
         "is odd, but Mixup/CutMix": ["--data-set", "mnist5k", "--batch-size", "33", *quick],
         "unknown config key optim.learning_rate": ["--config", str(tmp_path / "bad.yaml")],
-        "was written by a run of small_cnn": ["--model", "deit_pico_patch4_28", "--data-set", "mnist5k",
-                                              "--resume", str(teacher), *quick],
+        "was written by a run of small_cnn": [
+            "--model",
+            "deit_pico_patch4_28",
+            "--data-set",
+            "mnist5k",
+            "--resume",
+            str(teacher),
+            *quick,
+        ],
         "already holds a run": ["--model", "small_cnn", "--data-set", "mnist5k", "--output_dir", str(teacher), *quick],
-        "needs the teacher's weights": ["--model", "deit_pico_distilled_patch4_28", "--data-set", "mnist5k",
-                                        "--distillation-type", "hard", *quick],
-    }  # fmt: skip
+        "needs the teacher's weights": [
+            "--model",
+            "deit_pico_distilled_patch4_28",
+            "--data-set",
+            "mnist5k",
+            "--distillation-type",
+            "hard",
+            *quick,
+        ],
+    }
     for expected, argv in cases.items():
         line = one_line_error(argv)
         assert line.startswith("deit train: error: ") and expected in line, line
@@ -245,16 +439,56 @@ def test_bad_input_gets_one_line_naming_problem_and_fix(teacher, tmp_path):
 
 def test_attention_distillation_run_logs_every_part(teacher, tmp_path):
     out = tmp_path / "attn"
-    assert main(["train", "--model", "deit_pico_distilled_patch4_28", *FAST, "--labels-per-class", "20",
-                 "--epochs", "1", "--distillation-type", "hard", "--teacher-path", str(teacher),
-                 "--attn-distillation-weight", "1.0", "--attn-distillation-layers=-1,-2",
-                 "--output_dir", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_distilled_patch4_28",
+                *FAST,
+                "--labels-per-class",
+                "20",
+                "--epochs",
+                "1",
+                "--distillation-type",
+                "hard",
+                "--teacher-path",
+                str(teacher),
+                "--attn-distillation-weight",
+                "1.0",
+                "--attn-distillation-layers=-1,-2",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     line = read_log(out)[0]
     assert line["attn_loss"] > 0 and line["distill_loss"] > 0 and line["base_loss"] > 0
     # and without the token distillation: attention alone, from the same teacher
-    assert main(["train", "--model", "deit_pico_patch4_28", *FAST, "--labels-per-class", "20", "--epochs", "1",
-                 "--teacher-path", str(teacher), "--attn-distillation-weight", "1.0", "--attn-distillation-loss",
-                 "mse", "--output_dir", str(tmp_path / "attn_only")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "deit_pico_patch4_28",
+                *FAST,
+                "--labels-per-class",
+                "20",
+                "--epochs",
+                "1",
+                "--teacher-path",
+                str(teacher),
+                "--attn-distillation-weight",
+                "1.0",
+                "--attn-distillation-loss",
+                "mse",
+                "--output_dir",
+                str(tmp_path / "attn_only"),
+            ]
+        )
+        == 0
+    )
     line = read_log(tmp_path / "attn_only")[0]
     assert line["attn_loss"] > 0 and "distill_loss" not in line
 
@@ -275,9 +509,26 @@ def test_images_without_labels_are_marked_through_mixup():
 def test_unlabelled_images_teach_the_student_through_the_teacher(teacher, tmp_path, capsys):
     """50 labelled digits and 3,950 without labels (--unlabelled): the student learns the teacher's answers on all
     of them and ends well above the same student trained on the 50 labelled alone for as many steps."""
-    common = ["train", "--model", "small_cnn", *FAST, "--lr", "0.1", "--aa", "none", "--reprob", "0",
-              "--crop-scale", "1", "--labels-per-class", "5", "--distillation-type", "hard",
-              "--teacher-path", str(teacher / "checkpoint.pth")]  # fmt: skip
+    common = [
+        "train",
+        "--model",
+        "small_cnn",
+        *FAST,
+        "--lr",
+        "0.1",
+        "--aa",
+        "none",
+        "--reprob",
+        "0",
+        "--crop-scale",
+        "1",
+        "--labels-per-class",
+        "5",
+        "--distillation-type",
+        "hard",
+        "--teacher-path",
+        str(teacher / "checkpoint.pth"),
+    ]
     assert main([*common, "--unlabelled", "--epochs", "1", "--output_dir", str(tmp_path / "semi")]) == 0
     assert "4000 images (50 labelled)" in capsys.readouterr().out
     # 50 images make one batch of 32 a step: 125 epochs are the 125 steps of one epoch over 4,000

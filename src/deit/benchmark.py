@@ -25,8 +25,8 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +35,28 @@ from .distributed import DistEnv, cpu_name, resolve_device
 
 PRESETS = {
     # the paper's DeiT-S distilled from a RegNetY-16GF (an H100/H200 does each part in seconds)
-    "gpu": {"student": "deit_small_distilled_patch16_224", "teacher": "regnety_160", "batch_size": 256,
-            "num_classes": 1000, "in_chans": 3, "jpeg_size": (500, 375)},
+    "gpu": {
+        "student": "deit_small_distilled_patch16_224",
+        "teacher": "regnety_160",
+        "batch_size": 256,
+        "num_classes": 1000,
+        "in_chans": 3,
+        "jpeg_size": (500, 375),
+    },
     # the demo's student and teacher on digits
-    "cpu": {"student": "deit_pico_distilled_patch7_28", "teacher": "small_cnn", "batch_size": 32,
-            "num_classes": 10, "in_chans": 1, "jpeg_size": (40, 40)},
-}  # fmt: skip
+    "cpu": {
+        "student": "deit_pico_distilled_patch7_28",
+        "teacher": "small_cnn",
+        "batch_size": 32,
+        "num_classes": 10,
+        "in_chans": 1,
+        "jpeg_size": (40, 40),
+    },
+}
 
 
 def slug(text: str) -> str:
-    """"AMD EPYC, 2 cores" -> "amd-epyc-2-cores"."""
+    """ "AMD EPYC, 2 cores" -> "amd-epyc-2-cores"."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -155,18 +167,30 @@ def run_benchmark(
     x = torch.randn(bs, cfg["in_chans"], size, size, device=dev)
     y = torch.randint(0, cfg["num_classes"], (bs,), device=dev)
     machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-    record = {"machine": machine, "device": dev.type, "preset": preset, "student": cfg["student"],
-              "teacher": cfg["teacher"], "batch_size": bs, "compiled": compile_models, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "results": []}  # fmt: skip
-    print(f"{machine} | torch {torch.__version__} | batch {bs} | {'bf16' if dev.type == 'cuda' else 'fp32'}"
-          f"{' | compiled' if compile_models else ''} | {rounds} rounds of {steps} steps")  # fmt: skip
+    record = {
+        "machine": machine,
+        "device": dev.type,
+        "preset": preset,
+        "student": cfg["student"],
+        "teacher": cfg["teacher"],
+        "batch_size": bs,
+        "compiled": compile_models,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": [],
+    }
+    print(
+        f"{machine} | torch {torch.__version__} | batch {bs} | {'bf16' if dev.type == 'cuda' else 'fp32'}"
+        f"{' | compiled' if compile_models else ''} | {rounds} rounds of {steps} steps"
+    )
 
     def report(name: str, measured: dict, ours_key: str, base_key: str) -> None:
         r = ratio(measured["times"], ours_key, base_key)
         line = "  ".join(f"{k} {v:,.0f} img/s" for k, v in measured["img_s"].items())
         print(f"{name:34s} {line}  | {ours_key} / {base_key}: {r:.2f}x")
-        record["results"].append({"measurement": name, "img_s": measured["img_s"], "ratio": r, "ours": ours_key,
-                                  "baseline": base_key})  # fmt: skip
+        record["results"].append(
+            {"measurement": name, "img_s": measured["img_s"], "ratio": r, "ours": ours_key, "baseline": base_key}
+        )
 
     def repeat(fn):
         def run():
@@ -187,10 +211,12 @@ def run_benchmark(
             report(name + ", ours compiled vs timm eager", measured, "ours compiled", "timm")
 
     if "inference" in parts:
+
         def infer(model):
             def step():
                 with torch.inference_mode(), amp:
                     model(x)
+
             return step
 
         for m in (ours, twin):
@@ -201,8 +227,10 @@ def run_benchmark(
     if "train" in parts or "distilled" in parts or "e2e" in parts:
         ours.train(), twin.train()
         fused = {"fused": True} if dev.type in ("cpu", "cuda") else {}
-        optimizers = {"ours": create_optimizer_v2(ours, opt="adamw", lr=1e-4, weight_decay=0.05, **fused),
-                      "timm": create_optimizer_v2(twin, opt="adamw", lr=1e-4, weight_decay=0.05)}  # fmt: skip
+        optimizers = {
+            "ours": create_optimizer_v2(ours, opt="adamw", lr=1e-4, weight_decay=0.05, **fused),
+            "timm": create_optimizer_v2(twin, opt="adamw", lr=1e-4, weight_decay=0.05),
+        }
 
         def train_step(key, loss_fn):
             model, opt = models[key], optimizers[key.split()[0]]
@@ -213,6 +241,7 @@ def run_benchmark(
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+
             return step
 
         def plain(model):
@@ -250,14 +279,22 @@ def run_benchmark(
                 return cached_loss.parts(x, model(x), y, teacher_logits=teacher_logits)["loss"]
 
             measured = paired_rates(
-                {"timm + teacher": repeat(train_step("timm" + best, online)),
-                 "ours + teacher": repeat(train_step("ours" + best, online)),
-                 "ours + cache": repeat(train_step("ours" + best, from_cache))}, bs * steps, rounds, 1, sync,
-            )  # fmt: skip
+                {
+                    "timm + teacher": repeat(train_step("timm" + best, online)),
+                    "ours + teacher": repeat(train_step("ours" + best, online)),
+                    "ours + cache": repeat(train_step("ours" + best, from_cache)),
+                },
+                bs * steps,
+                rounds,
+                1,
+                sync,
+            )
             report("distilled step, teacher online", measured, "ours + teacher", "timm + teacher")
             record["results"][-1]["cached_ratio"] = ratio(measured["times"], "ours + cache", "timm + teacher")
-            print(f"{'distilled step, teacher cached':34s} ours + cache / timm + teacher: "
-                  f"{record['results'][-1]['cached_ratio']:.2f}x")  # fmt: skip
+            print(
+                f"{'distilled step, teacher cached':34s} ours + cache / timm + teacher: "
+                f"{record['results'][-1]['cached_ratio']:.2f}x"
+            )
 
     if "data" in parts or "e2e" in parts:
         from timm.data import create_transform
@@ -267,8 +304,16 @@ def run_benchmark(
         jpegs = jpeg_dataset(data_images, cfg["in_chans"], cfg["jpeg_size"])
         mean, std = (0.5,) * cfg["in_chans"], (0.25,) * cfg["in_chans"]
         ours_tf = build_transform(True, img_size=size, mean=mean, std=std)
-        timm_tf = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
-                                   color_jitter=0.3, interpolation="bicubic", mean=mean, std=std)  # fmt: skip
+        timm_tf = create_transform(
+            size,
+            is_training=True,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            re_prob=0.25,
+            color_jitter=0.3,
+            interpolation="bicubic",
+            mean=mean,
+            std=std,
+        )
         _keep_posterize_bits(timm_tf)  # as ours: this Pillow refuses timm's 0-bit posterize
 
         # --batch-aug: the loader decodes, crops and flips; RandAugment, erasing and normalisation run on the batch,
@@ -280,8 +325,13 @@ def run_benchmark(
             """The JPEGs through `transform`: ours seeded per sample (replayable), timm's plainly shuffled."""
             dataset = type(jpegs)()  # the same JPEGs, its own transform
             dataset.transform = transform
-            kwargs = dict(batch_size=bs, num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
-                          pin_memory=dev.type == "cuda")  # fmt: skip
+            kwargs = dict(
+                batch_size=bs,
+                num_workers=num_workers,
+                drop_last=True,
+                persistent_workers=num_workers > 0,
+                pin_memory=dev.type == "cuda",
+            )
             if seeded:
                 sampler = train_sampler(dataset, seed=0, rank=0, world_size=1, repeated_aug=False)
                 return torch.utils.data.DataLoader(SeededDataset(dataset), sampler=sampler, **kwargs)
@@ -296,13 +346,22 @@ def run_benchmark(
                     if augment is not None:
                         augment(images, step)
                 sync()
+
             return run
 
         images = (data_images // bs) * bs
         if "data" in parts:
-            measured = paired_rates({"ours": loader_pass(ours_tf, True), "timm": loader_pass(timm_tf, False),
-                                     "ours, batch aug": loader_pass(crop_tf, True, batch_tf)}, images, rounds, 1,
-                                    lambda: None)  # fmt: skip
+            measured = paired_rates(
+                {
+                    "ours": loader_pass(ours_tf, True),
+                    "timm": loader_pass(timm_tf, False),
+                    "ours, batch aug": loader_pass(crop_tf, True, batch_tf),
+                },
+                images,
+                rounds,
+                1,
+                lambda: None,
+            )
             report(f"data pipeline ({num_workers} workers)", measured, "ours", "timm")
             report(f"data pipeline, batch aug on {dev.type}", measured, "ours, batch aug", "timm")
 
@@ -338,19 +397,32 @@ def run_benchmark(
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                     sync()
+
                 return run
 
-            measured = paired_rates({
-                "official loop": pass_over("timm", timm_tf, False),
-                "ours": pass_over("ours" + best, crop_tf, True, batch_tf, cached=True),
-            }, images, rounds, 1, lambda: None)  # fmt: skip
+            measured = paired_rates(
+                {
+                    "official loop": pass_over("timm", timm_tf, False),
+                    "ours": pass_over("ours" + best, crop_tf, True, batch_tf, cached=True),
+                },
+                images,
+                rounds,
+                1,
+                lambda: None,
+            )
             report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop")
     return record
 
 
 def _bench_spec(cfg: dict, bs: int, steps: int) -> dict:
     """A cache description for the benchmark's synthetic cache."""
-    return {"data": {"data_set": "random", "size": bs * steps}, "views": {"seed": 0, "mixup": None,
-            "repeated_aug": False, "batch_size": bs, "world_size": 1}, "teacher": {"name": cfg["teacher"]},
-            "attention": None, "epochs": 1, "topk": min(10, cfg["num_classes"]), "dtype": "float16",
-            "distillation_type": "hard"}  # fmt: skip
+    return {
+        "data": {"data_set": "random", "size": bs * steps},
+        "views": {"seed": 0, "mixup": None, "repeated_aug": False, "batch_size": bs, "world_size": 1},
+        "teacher": {"name": cfg["teacher"]},
+        "attention": None,
+        "epochs": 1,
+        "topk": min(10, cfg["num_classes"]),
+        "dtype": "float16",
+        "distillation_type": "hard",
+    }

@@ -36,11 +36,15 @@ class RunFolder:
     def open(self, resume: Path | None) -> RunFolder:
         ours = self.path / CHECKPOINT
         if ours.exists() and resume is None:
-            raise ValueError(f"{self.path} already holds a run ({CHECKPOINT}); --resume {self.path} to continue it, "
-                             "or pick another --output_dir")  # fmt: skip
+            raise ValueError(
+                f"{self.path} already holds a run ({CHECKPOINT}); --resume {self.path} to continue it, "
+                "or pick another --output_dir"
+            )
         if ours.exists() and not _same_file(ours, resume):
-            raise ValueError(f"{self.path} holds another run than {resume}; to continue that run in its own folder "
-                             "leave out --output_dir, or give an --output_dir without a run")  # fmt: skip
+            raise ValueError(
+                f"{self.path} holds another run than {resume}; to continue that run in its own folder "
+                "leave out --output_dir, or give an --output_dir without a run"
+            )
         self.lock.acquire()
         return self
 
@@ -112,8 +116,9 @@ def load_training_state(path: Path) -> dict:
     except WeightsError as e:
         raise ValueError(f"cannot resume from {path}: {e}") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "config", "deit_config"} <= set(state):
-        raise ValueError(f"{path} is not a checkpoint written by `deit train`; to start from its weights use "
-                         "--finetune")  # fmt: skip
+        raise ValueError(
+            f"{path} is not a checkpoint written by `deit train`; to start from its weights use --finetune"
+        )
     for key in ("epoch", "num_updates"):
         if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
             raise ValueError(f"{path} is damaged: its {key} is {state.get(key)!r}, not a count")

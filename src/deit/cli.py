@@ -60,9 +60,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             model(x)
         params = sum(p.numel() for p in model.parameters())
         table.add_row(
-            name, f"{params / 1e6:.2f}M", f"{counter.get_total_flops() / 2e9:.3g}", f"{spec.img_size} px",
-            "yes" if spec.distilled else "no", spec.description,
-        )  # fmt: skip
+            name,
+            f"{params / 1e6:.2f}M",
+            f"{counter.get_total_flops() / 2e9:.3g}",
+            f"{spec.img_size} px",
+            "yes" if spec.distilled else "no",
+            spec.description,
+        )
     Console(width=None if sys.stdout.isatty() else 120).print(table)
     return 0
 
@@ -79,8 +83,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_output(args.src, dst, SAVED_MODEL if folder else None)
     model = create_model(args.model, pretrained=args.src)
     out = export_weights(model, args.dst, args.to)
-    print(f"wrote {out} ({args.to} format, {model.model_name or type(model).__name__}, "
-          f"{model.num_classes} classes, {model.hparams['img_size']} px)")  # fmt: skip
+    print(
+        f"wrote {out} ({args.to} format, {model.model_name or type(model).__name__}, "
+        f"{model.num_classes} classes, {model.hparams['img_size']} px)"
+    )
     return 0
 
 
@@ -150,8 +156,16 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(data_set=args.data_set, data_path=args.data_path, output_dir=args.output_dir, quick=args.quick,
-             seed=args.seed, vit_teacher=args.vit_teacher, num_workers=args.num_workers, lanes=args.lanes)  # fmt: skip
+    run_demo(
+        data_set=args.data_set,
+        data_path=args.data_path,
+        output_dir=args.output_dir,
+        quick=args.quick,
+        seed=args.seed,
+        vit_teacher=args.vit_teacher,
+        num_workers=args.num_workers,
+        lanes=args.lanes,
+    )
     return 0
 
 
@@ -160,12 +174,21 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from .benchmark import run_benchmark, save_record
 
-    record = run_benchmark(preset=args.preset, device=args.device, batch_size=args.batch_size, rounds=args.rounds,
-                           steps=args.steps, compile_models=args.compile, num_workers=args.num_workers,
-                           parts=tuple(args.parts))  # fmt: skip
+    record = run_benchmark(
+        preset=args.preset,
+        device=args.device,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        steps=args.steps,
+        compile_models=args.compile,
+        num_workers=args.num_workers,
+        parts=tuple(args.parts),
+    )
     if args.out:
-        save_record({"benchmark": f"deit_benchmark_{args.preset}", "date": datetime.date.today().isoformat(), **record},
-                    args.out)  # fmt: skip
+        save_record(
+            {"benchmark": f"deit_benchmark_{args.preset}", "date": datetime.date.today().isoformat(), **record},
+            args.out,
+        )
     return 0
 
 
@@ -178,8 +201,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output(args.weights, args.output, SAVED_MODEL if folder else None)
     model = create_model(args.model, pretrained=args.weights)
     result = export_model(model, args.output, args.format)
-    checked = (f", matches PyTorch within {result['max_abs_diff']:.1e} in onnxruntime at batch "
-               f"{' and '.join(map(str, result['checked_batches']))}" if args.format == "onnx" else "")  # fmt: skip
+    checked = (
+        f", matches PyTorch within {result['max_abs_diff']:.1e} in onnxruntime at batch "
+        f"{' and '.join(map(str, result['checked_batches']))}"
+        if args.format == "onnx"
+        else ""
+    )
     print(f"wrote {result['path']} ({args.format}, {model.model_name or 'deit'}, {model.num_classes} classes{checked})")
     return 0
 
@@ -187,16 +214,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from .models import create_model
     from .data.images import image_files
+    from .models import create_model
     from .predict import predict
 
     model = create_model(args.model, pretrained=args.weights)
     files = image_files(args.images)
     if not files:
         raise ValueError(f"no images ({', '.join(args.images)}) to predict")
-    predictions, errors = predict(model, files, topk=args.topk, batch_size=args.batch_size,
-                                  show_progress=len(files) > args.batch_size and sys.stderr.isatty())  # fmt: skip
+    predictions, errors = predict(
+        model,
+        files,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        show_progress=len(files) > args.batch_size and sys.stderr.isatty(),
+    )
     for line in errors:
         say_error("predict", line)
     if args.json:
@@ -214,12 +246,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .models import create_model
 
     model = create_model(args.model, pretrained=args.weights)
-    report = evaluation_report(model, args.data_set, args.data_path, batch_size=args.batch_size,
-                               num_workers=args.num_workers)  # fmt: skip
+    report = evaluation_report(
+        model, args.data_set, args.data_path, batch_size=args.batch_size, num_workers=args.num_workers
+    )
     worst = sorted(report["per_class_acc1"].items(), key=lambda kv: kv[1])[:3]
     unreadable = f" ({report['unreadable']} unreadable images left out)" if report["unreadable"] else ""
-    print(f"{report['images']} images of {args.data_set}{unreadable}: top-1 {report['acc1']:.2f}%  top-5 "
-          f"{report['acc5']:.2f}%; weakest classes: {', '.join(f'{printable(k)} {v:.1f}%' for k, v in worst)}")
+    print(
+        f"{report['images']} images of {args.data_set}{unreadable}: top-1 {report['acc1']:.2f}%  top-5 "
+        f"{report['acc5']:.2f}%; weakest classes: {', '.join(f'{printable(k)} {v:.1f}%' for k, v in worst)}"
+    )
     if args.output_dir:
         written = write_report(report, args.output_dir)
         print(f"wrote {', '.join(map(str, written))}")
@@ -227,9 +262,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
+    from .data.images import image_files
     from .explain import attention_pictures
     from .models import create_model
-    from .data.images import image_files
 
     model = create_model(args.model, pretrained=args.weights)
     written, errors = attention_pictures(model, image_files(args.images), Path(args.output))
@@ -260,15 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--data-set", default="mnist5k", help="a built-in (mnist5k, digits, fashion-mnist, ...) or folder")
-    p.add_argument("--data-path", default=None, help="the folder for --data-set folder (train/ and val/), or of "
-                   "Fashion-MNIST's files")
+    p.add_argument(
+        "--data-path",
+        default=None,
+        help="the folder for --data-set folder (train/ and val/), or of Fashion-MNIST's files",
+    )
     p.add_argument("--output_dir", default="demo_output", help="where runs, report and pictures go")
     p.add_argument("--quick", action="store_true", help="a minute-long smoke test of the whole pipeline")
     p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--vit-teacher", action="store_true", help="add a row distilled from a transformer teacher")
     p.add_argument("--num_workers", type=count(0), default=2, help="data loader processes per run (folder data)")
-    p.add_argument("--lanes", type=count(1), default=None,
-                   help="runs trained at once, each lane a process of its own (default: one per core, at most 4)")
+    p.add_argument(
+        "--lanes",
+        type=count(1),
+        default=None,
+        help="runs trained at once, each lane a process of its own (default: one per core, at most 4)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
@@ -276,15 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     for name, func, short, long in (
-        ("train", cmd_train, "train a DeiT (or a CNN teacher), with or without distillation",
-         "Train as the DeiT paper does. Flags follow the official DeiT main.py; --config loads a YAML preset "
-         "(configs/) and flags override it. Under torchrun, one process per GPU (DDP)."),
-        ("cache-teacher", cmd_cache_teacher,
-         "run the teacher once over a training run's views and store its outputs for students to read",
-         "Takes the flags of `deit train` (the student's run: data, augmentation, seed, epochs, batch, distillation) "
-         "plus --teacher-path and --teacher-cache DIR. Students trained with the same flags and --teacher-cache DIR "
-         "read the teacher's outputs instead of running it. An unfinished cache is completed."),
-    ):  # fmt: skip
+        (
+            "train",
+            cmd_train,
+            "train a DeiT (or a CNN teacher), with or without distillation",
+            "Train as the DeiT paper does. Flags follow the official DeiT main.py; --config loads a YAML preset "
+            "(configs/) and flags override it. Under torchrun, one process per GPU (DDP).",
+        ),
+        (
+            "cache-teacher",
+            cmd_cache_teacher,
+            "run the teacher once over a training run's views and store its outputs for students to read",
+            "Takes the flags of `deit train` (the student's run: data, augmentation, seed, epochs, batch, "
+            "distillation) plus --teacher-path and --teacher-cache DIR. Students trained with the same flags and "
+            "--teacher-cache DIR read the teacher's outputs instead of running it. An unfinished cache is completed.",
+        ),
+    ):
         p = sub.add_parser(name, help=short, description=long, allow_abbrev=False)
         p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
         add_config_flags(p)
@@ -296,16 +345,24 @@ def build_parser() -> argparse.ArgumentParser:
         "against timm, in one run",
         allow_abbrev=False,
     )
-    p.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
-                   help="cpu: the demo's student and teacher; gpu: DeiT-S distilled from RegNetY-16GF, batch 256")
+    p.add_argument(
+        "--preset",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: the demo's student and teacher; gpu: DeiT-S distilled from RegNetY-16GF, batch 256",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=count(1), default=None, help="the preset's unless given")
     p.add_argument("--rounds", type=count(1), default=5, help="timed rounds per implementation (median reported)")
     p.add_argument("--steps", type=count(1), default=5, help="steps per round")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--num_workers", type=count(0), default=2, help="data loader processes for the data pipeline part")
-    p.add_argument("--parts", nargs="+", default=["inference", "train", "distilled", "data", "e2e"],
-                   choices=("inference", "train", "distilled", "data", "e2e"))
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["inference", "train", "distilled", "data", "e2e"],
+        choices=("inference", "train", "distilled", "data", "e2e"),
+    )
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
 

@@ -102,8 +102,10 @@ def check_policy(aa: str | None, batch_aug: bool) -> None:
         else:
             auto_augment.auto_augment_transform(aa, {"translate_const": 100})
     except Exception:
-        raise ValueError(f"aug.aa={_show(aa)} is not a timm augmentation policy; e.g. rand-m9-mstd0.5-inc1 "
-                         "(RandAugment), augmix-m5-w4-d2 or original (AutoAugment), or none") from None  # fmt: skip
+        raise ValueError(
+            f"aug.aa={_show(aa)} is not a timm augmentation policy; e.g. rand-m9-mstd0.5-inc1 "
+            "(RandAugment), augmix-m5-w4-d2 or original (AutoAugment), or none"
+        ) from None
     if batch_aug and not aa.startswith("rand"):
         raise ValueError(f"aug.aa={_show(aa)}: batch augmentation takes RandAugment policies ('rand-m9-...')")
 
@@ -120,12 +122,19 @@ class ModelConfig:
     """Weights to start from: pos_embed resized to the input size, a head of another class count replaced."""
 
     def __post_init__(self):
-        _check("model", self, lambda c: [
-            ("drop_path", 0.0 <= c.drop_path < 1.0, "must be in [0, 1)"),
-            ("input_size", _in(8, c.input_size, 4096), "must be between 8 and 4096 px"),
-            ("model", known_architecture(c.model), "is not a deit model (`deit models` lists them), small_cnn, "
-             "nor a timm or torchvision architecture"),
-        ])  # fmt: skip
+        _check(
+            "model",
+            self,
+            lambda c: [
+                ("drop_path", 0.0 <= c.drop_path < 1.0, "must be in [0, 1)"),
+                ("input_size", _in(8, c.input_size, 4096), "must be between 8 and 4096 px"),
+                (
+                    "model",
+                    known_architecture(c.model),
+                    "is not a deit model (`deit models` lists them), small_cnn, nor a timm or torchvision architecture",
+                ),
+            ],
+        )
 
 
 @dataclass
@@ -163,13 +172,21 @@ class DataConfig:
             except ValueError:
                 return False
 
-        _check("data", self, lambda c: [
-            ("data_set", known(c.data_set), f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}"),
-            ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
-            ("repeat", 1 <= c.repeat <= 10**6, "must be >= 1"),
-            ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
-            ("intensity", c.intensity in INTENSITIES, f"must be one of {', '.join(INTENSITIES)}"),
-        ])  # fmt: skip
+        _check(
+            "data",
+            self,
+            lambda c: [
+                (
+                    "data_set",
+                    known(c.data_set),
+                    f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}",
+                ),
+                ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
+                ("repeat", 1 <= c.repeat <= 10**6, "must be >= 1"),
+                ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
+                ("intensity", c.intensity in INTENSITIES, f"must be one of {', '.join(INTENSITIES)}"),
+            ],
+        )
 
 
 @dataclass
@@ -211,23 +228,31 @@ class AugConfig:
     rest runs on the batch. Same recipe; a batch replays from (seed, epoch, process, step)."""
 
     def __post_init__(self):
-        _check("aug", self, lambda c: [
-            ("crop_scale", 0.0 < c.crop_scale <= 1.0, "must be in (0, 1]"),
-            ("hflip", 0.0 <= c.hflip <= 1.0, "must be in [0, 1]"),
-            ("color_jitter", 0.0 <= c.color_jitter <= 10.0, "must be in [0, 10]"),
-            ("smoothing", 0.0 <= c.smoothing < 1.0, "must be in [0, 1)"),
-            ("train_interpolation", c.train_interpolation in INTERPOLATIONS, f"must be one of {', '.join(INTERPOLATIONS)}"),
-            ("reprob", 0.0 <= c.reprob <= 1.0, "must be in [0, 1]"),
-            ("remode", c.remode in ("pixel", "rand", "const"), "must be pixel, rand or const"),
-            ("recount", 1 <= c.recount <= 64, "must be between 1 and 64"),
-            ("mixup", 0.0 <= c.mixup <= 1e3, "must be >= 0 (0 disables it)"),
-            ("cutmix", 0.0 <= c.cutmix <= 1e3, "must be >= 0 (0 disables it)"),
-            ("mixup_prob", 0.0 <= c.mixup_prob <= 1.0, "must be in [0, 1]"),
-            ("mixup_switch_prob", 0.0 <= c.mixup_switch_prob <= 1.0, "must be in [0, 1]"),
-            ("mixup_mode", c.mixup_mode in ("batch", "pair", "elem"), "must be batch, pair or elem"),
-            ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
-            ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
-        ])  # fmt: skip
+        _check(
+            "aug",
+            self,
+            lambda c: [
+                ("crop_scale", 0.0 < c.crop_scale <= 1.0, "must be in (0, 1]"),
+                ("hflip", 0.0 <= c.hflip <= 1.0, "must be in [0, 1]"),
+                ("color_jitter", 0.0 <= c.color_jitter <= 10.0, "must be in [0, 10]"),
+                ("smoothing", 0.0 <= c.smoothing < 1.0, "must be in [0, 1)"),
+                (
+                    "train_interpolation",
+                    c.train_interpolation in INTERPOLATIONS,
+                    f"must be one of {', '.join(INTERPOLATIONS)}",
+                ),
+                ("reprob", 0.0 <= c.reprob <= 1.0, "must be in [0, 1]"),
+                ("remode", c.remode in ("pixel", "rand", "const"), "must be pixel, rand or const"),
+                ("recount", 1 <= c.recount <= 64, "must be between 1 and 64"),
+                ("mixup", 0.0 <= c.mixup <= 1e3, "must be >= 0 (0 disables it)"),
+                ("cutmix", 0.0 <= c.cutmix <= 1e3, "must be >= 0 (0 disables it)"),
+                ("mixup_prob", 0.0 <= c.mixup_prob <= 1.0, "must be in [0, 1]"),
+                ("mixup_switch_prob", 0.0 <= c.mixup_switch_prob <= 1.0, "must be in [0, 1]"),
+                ("mixup_mode", c.mixup_mode in ("batch", "pair", "elem"), "must be batch, pair or elem"),
+                ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
+                ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
+            ],
+        )
         check_policy(self.aa, self.batch_aug)
 
     @property
@@ -261,20 +286,27 @@ class OptimConfig:
     def __post_init__(self):
         from timm.optim import list_optimizers
 
-        _check("optim", self, lambda c: [
-            ("opt", c.opt.lower().removeprefix("lookahead_") in list_optimizers(), "is not an optimizer of timm's "
-             "factory (adamw, sgd, lamb, ...)"),
-            ("lr", 0.0 < c.lr <= 1e3, "must be > 0"),
-            ("weight_decay", 0.0 <= c.weight_decay <= 1e3, "must be >= 0"),
-            ("opt_eps", 0.0 < c.opt_eps <= 1.0, "must be in (0, 1]"),
-            ("momentum", 0.0 <= c.momentum <= 1.0, "must be in [0, 1]"),
-            ("clip_grad", c.clip_grad is None or c.clip_grad > 0, "must be > 0 (or null for none)"),
-            ("warmup_epochs", 0.0 <= c.warmup_epochs <= 10**6, "must be >= 0"),
-            ("warmup_lr", 0.0 <= c.warmup_lr <= 1e3, "must be >= 0"),
-            ("min_lr", 0.0 <= c.min_lr <= 1e3, "must be >= 0"),
-            ("accum_iter", 1 <= c.accum_iter <= 10**6, "must be >= 1"),
-            ("model_ema_decay", 0.0 < c.model_ema_decay < 1.0, "must be in (0, 1)"),
-        ])  # fmt: skip
+        _check(
+            "optim",
+            self,
+            lambda c: [
+                (
+                    "opt",
+                    c.opt.lower().removeprefix("lookahead_") in list_optimizers(),
+                    "is not an optimizer of timm's factory (adamw, sgd, lamb, ...)",
+                ),
+                ("lr", 0.0 < c.lr <= 1e3, "must be > 0"),
+                ("weight_decay", 0.0 <= c.weight_decay <= 1e3, "must be >= 0"),
+                ("opt_eps", 0.0 < c.opt_eps <= 1.0, "must be in (0, 1]"),
+                ("momentum", 0.0 <= c.momentum <= 1.0, "must be in [0, 1]"),
+                ("clip_grad", c.clip_grad is None or c.clip_grad > 0, "must be > 0 (or null for none)"),
+                ("warmup_epochs", 0.0 <= c.warmup_epochs <= 10**6, "must be >= 0"),
+                ("warmup_lr", 0.0 <= c.warmup_lr <= 1e3, "must be >= 0"),
+                ("min_lr", 0.0 <= c.min_lr <= 1e3, "must be >= 0"),
+                ("accum_iter", 1 <= c.accum_iter <= 10**6, "must be >= 1"),
+                ("model_ema_decay", 0.0 < c.model_ema_decay < 1.0, "must be in (0, 1)"),
+            ],
+        )
 
 
 @dataclass
@@ -310,17 +342,24 @@ class DistillConfig:
             self.attn_distillation_layers = ",".join(map(str, layers))
         elif isinstance(layers, int) and not isinstance(layers, bool):
             self.attn_distillation_layers = str(layers)
-        _check("distill", self, lambda c: [
-            ("distillation_type", c.distillation_type in ("none", "soft", "hard"), "must be none, soft or hard"),
-            ("teacher_model", known_architecture(c.teacher_model), "is not small_cnn, a deit model, nor a timm or "
-             "torchvision architecture"),
-            ("distillation_alpha", 0.0 <= c.distillation_alpha <= 1.0, "must be in [0, 1]"),
-            ("distillation_tau", 0.0 < c.distillation_tau <= 1e3, "must be > 0"),
-            ("attn_distillation_weight", 0.0 <= c.attn_distillation_weight <= 1e3, "must be >= 0"),
-            ("attn_distillation_loss", c.attn_distillation_loss in ("kl", "mse"), "must be kl or mse"),
-            ("teacher_cache_topk", 1 <= c.teacher_cache_topk <= 10**6, "must be >= 1"),
-            ("teacher_cache_dtype", c.teacher_cache_dtype in ("float16", "float32"), "must be float16 or float32"),
-        ])  # fmt: skip
+        _check(
+            "distill",
+            self,
+            lambda c: [
+                ("distillation_type", c.distillation_type in ("none", "soft", "hard"), "must be none, soft or hard"),
+                (
+                    "teacher_model",
+                    known_architecture(c.teacher_model),
+                    "is not small_cnn, a deit model, nor a timm or torchvision architecture",
+                ),
+                ("distillation_alpha", 0.0 <= c.distillation_alpha <= 1.0, "must be in [0, 1]"),
+                ("distillation_tau", 0.0 < c.distillation_tau <= 1e3, "must be > 0"),
+                ("attn_distillation_weight", 0.0 <= c.attn_distillation_weight <= 1e3, "must be >= 0"),
+                ("attn_distillation_loss", c.attn_distillation_loss in ("kl", "mse"), "must be kl or mse"),
+                ("teacher_cache_topk", 1 <= c.teacher_cache_topk <= 10**6, "must be >= 1"),
+                ("teacher_cache_dtype", c.teacher_cache_dtype in ("float16", "float32"), "must be float16 or float32"),
+            ],
+        )
         from .distill.attention import parse_layers
 
         parse_layers(self.attn_distillation_layers)
@@ -354,13 +393,21 @@ class RunConfig:
     def __post_init__(self):
         import re
 
-        _check("run", self, lambda c: [
-            ("epochs", 1 <= c.epochs <= 10**6, "must be between 1 and 1000000"),
-            ("batch_size", 1 <= c.batch_size <= 10**7, "must be >= 1"),
-            ("seed", 0 <= c.seed < 2**63, "must be a whole number >= 0"),
-            ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None, "must be auto, cpu, cuda or cuda:N"),
-            ("precision", c.precision in ("auto", "bf16", "fp32"), "must be auto, bf16 or fp32"),
-        ])  # fmt: skip
+        _check(
+            "run",
+            self,
+            lambda c: [
+                ("epochs", 1 <= c.epochs <= 10**6, "must be between 1 and 1000000"),
+                ("batch_size", 1 <= c.batch_size <= 10**7, "must be >= 1"),
+                ("seed", 0 <= c.seed < 2**63, "must be a whole number >= 0"),
+                (
+                    "device",
+                    re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None,
+                    "must be auto, cpu, cuda or cuda:N",
+                ),
+                ("precision", c.precision in ("auto", "bf16", "fp32"), "must be auto, bf16 or fp32"),
+            ],
+        )
 
 
 SECTIONS = {
@@ -386,8 +433,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.data.unlabelled and self.data.labels_per_class is None:
-            raise ValueError("data.unlabelled needs data.labels_per_class (which images keep their labels); "
-                             "add --labels-per-class N")  # fmt: skip
+            raise ValueError(
+                "data.unlabelled needs data.labels_per_class (which images keep their labels); add --labels-per-class N"
+            )
         if self.data.unlabelled and not self.distill.needs_teacher:
             raise ValueError(
                 "data.unlabelled: images without labels teach only through a teacher; give --distillation-type "
@@ -467,7 +515,7 @@ def merge(base: dict, overrides: dict[str, object]) -> tuple[dict, set[str]]:
     return merged, explicit
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(section_cls) -> dict[str, str]:
     """Field docstrings (the string literal after each field), for --help texts (read once per process: finding a
     class's source parses its whole module)."""

@@ -47,28 +47,56 @@ LABELS = (10, 100, None)
 QUICK_LABELS = (10, None)
 
 TEACHER = {  # trained at the students' size, on the views they will see (digits: 8 px upscaled; folders: 28 px)
-    "model.model": TEACHER_MODEL, "model.input_size": MODELS[STUDENT].img_size, "run.epochs": 6, "run.batch_size": 64,
-    "optim.lr": 0.024, "optim.warmup_epochs": 0.3, "optim.model_ema": False, "aug.aa": "rand-m5-mstd0.5-inc1",
-    "aug.crop_scale": 0.6, "aug.reprob": 0.0, "aug.mixup": 0.0,
-}  # fmt: skip
+    "model.model": TEACHER_MODEL,
+    "model.input_size": MODELS[STUDENT].img_size,
+    "run.epochs": 6,
+    "run.batch_size": 64,
+    "optim.lr": 0.024,
+    "optim.warmup_epochs": 0.3,
+    "optim.model_ema": False,
+    "aug.aa": "rand-m5-mstd0.5-inc1",
+    "aug.crop_scale": 0.6,
+    "aug.reprob": 0.0,
+    "aug.mixup": 0.0,
+}
 TEACHER_EPOCH_IMAGES = 2400
 """A teacher's epoch passes over its labelled images often enough to hold at least this many views."""
 STUDENTS = {
-    "run.epochs": 13, "run.batch_size": 32, "optim.lr": 0.032, "optim.warmup_epochs": 1.0, "optim.model_ema": False,
-    "aug.aa": None, "aug.crop_scale": 0.75, "aug.reprob": 0.1, "aug.mixup": 0.0, "model.drop_path": 0.0,
-}  # fmt: skip
+    "run.epochs": 13,
+    "run.batch_size": 32,
+    "optim.lr": 0.032,
+    "optim.warmup_epochs": 1.0,
+    "optim.model_ema": False,
+    "aug.aa": None,
+    "aug.crop_scale": 0.75,
+    "aug.reprob": 0.1,
+    "aug.mixup": 0.0,
+    "model.drop_path": 0.0,
+}
 ATTENTION_WEIGHT = 1.0
 # (label, model, settings): the rows of the Table-3 report, in the paper's order
 METHODS = [
     ("none", STUDENT, {}),
-    ("soft (tau 3, alpha 0.1)", DISTILLED_STUDENT,
-     {"distill.distillation_type": "soft", "distill.distillation_tau": 3.0, "distill.distillation_alpha": 0.1}),
-    ("hard, distillation token", DISTILLED_STUDENT,
-     {"distill.distillation_type": "hard", "distill.distillation_alpha": 0.5}),
-    (f"hard + attention (beta {ATTENTION_WEIGHT:g})", DISTILLED_STUDENT,
-     {"distill.distillation_type": "hard", "distill.distillation_alpha": 0.5,
-      "distill.attn_distillation_weight": ATTENTION_WEIGHT}),
-]  # fmt: skip
+    (
+        "soft (tau 3, alpha 0.1)",
+        DISTILLED_STUDENT,
+        {"distill.distillation_type": "soft", "distill.distillation_tau": 3.0, "distill.distillation_alpha": 0.1},
+    ),
+    (
+        "hard, distillation token",
+        DISTILLED_STUDENT,
+        {"distill.distillation_type": "hard", "distill.distillation_alpha": 0.5},
+    ),
+    (
+        f"hard + attention (beta {ATTENTION_WEIGHT:g})",
+        DISTILLED_STUDENT,
+        {
+            "distill.distillation_type": "hard",
+            "distill.distillation_alpha": 0.5,
+            "distill.attn_distillation_weight": ATTENTION_WEIGHT,
+        },
+    ),
+]
 STUDY = {"none": METHODS[0], "hard": METHODS[2], "hard + attention": METHODS[3]}
 """The methods at every label count, by their name on the curve."""
 STUDY_ORDER = ("teacher", *STUDY)
@@ -108,27 +136,61 @@ def run_demo(
     out = Path(output_dir)
     with FolderLock(out, "deit demo", owns=DEMO_FILES):
         _prepare(out)
-        return _demo(out, data_set=data_set, data_path=data_path, quick=quick, seed=seed, vit_teacher=vit_teacher,
-                     num_workers=num_workers, lanes=lanes)  # fmt: skip
+        return _demo(
+            out,
+            data_set=data_set,
+            data_path=data_path,
+            quick=quick,
+            seed=seed,
+            vit_teacher=vit_teacher,
+            num_workers=num_workers,
+            lanes=lanes,
+        )
 
 
-def _demo(out: Path, *, data_set: str, data_path: str | None, quick: bool, seed: int, vit_teacher: bool,
-          num_workers: int, lanes: int | None) -> dict:  # fmt: skip
+def _demo(
+    out: Path,
+    *,
+    data_set: str,
+    data_path: str | None,
+    quick: bool,
+    seed: int,
+    vit_teacher: bool,
+    num_workers: int,
+    lanes: int | None,
+) -> dict:
     start = time.perf_counter()
     in_memory = canonical_name(data_set) in BUILTINS  # augmented a batch at a time, without loader processes
-    common = {"data.data_set": data_set, "data.data_path": data_path, "run.seed": seed, "aug.batch_aug": in_memory,
-              "data.num_workers": num_workers, **(QUICK if quick else {})}  # fmt: skip
+    common = {
+        "data.data_set": data_set,
+        "data.data_path": data_path,
+        "run.seed": seed,
+        "aug.batch_aug": in_memory,
+        "data.num_workers": num_workers,
+        **(QUICK if quick else {}),
+    }
     train_set, info = build_dataset(data_set, data_path, True)
     jobs = study_jobs(out, common, train_set.targets, QUICK_LABELS if quick else LABELS)
     if vit_teacher:  # the paper's other teacher: a transformer (the student trained without one), run online
         label = "hard, ViT teacher"
-        settings = {**STUDENTS, "model.model": DISTILLED_STUDENT, "distill.distillation_type": "hard",
-                    "distill.teacher_path": str(out / "none_all")}  # fmt: skip
-        jobs.append(Job("hard_vit_teacher_all", _config(out, "hard_vit_teacher_all", settings, common),
-                        {"method": label, "model": DISTILLED_STUDENT, "teacher": STUDENT, "labels": None},
-                        after=("none_all",)))  # fmt: skip
-    print(f"deit demo: {len(jobs)} runs on {canonical_name(data_set)} ({len(train_set)} training images), "
-          "side by side: teachers, their cached outputs, then the students")
+        settings = {
+            **STUDENTS,
+            "model.model": DISTILLED_STUDENT,
+            "distill.distillation_type": "hard",
+            "distill.teacher_path": str(out / "none_all"),
+        }
+        jobs.append(
+            Job(
+                "hard_vit_teacher_all",
+                _config(out, "hard_vit_teacher_all", settings, common),
+                {"method": label, "model": DISTILLED_STUDENT, "teacher": STUDENT, "labels": None},
+                after=("none_all",),
+            )
+        )
+    print(
+        f"deit demo: {len(jobs)} runs on {canonical_name(data_set)} ({len(train_set)} training images), "
+        "side by side: teachers, their cached outputs, then the students"
+    )
     done = train_side_by_side(jobs, out, lanes=lanes)
 
     per_class = round(len(train_set) / info.num_classes)  # "all": the curve's x for every label kept
@@ -138,30 +200,54 @@ def _demo(out: Path, *, data_set: str, data_path: str | None, quick: bool, seed:
         if method is None:
             continue
         n = job.row["labels"] or per_class
-        curve.append({"labels_per_class": n, "method": method, "acc1": done[job.name]["acc1"],
-                      "train_seconds": done[job.name]["train_seconds"]})  # fmt: skip
+        curve.append(
+            {
+                "labels_per_class": n,
+                "method": method,
+                "acc1": done[job.name]["acc1"],
+                "train_seconds": done[job.name]["train_seconds"],
+            }
+        )
         if job.row["model"] == DISTILLED_STUDENT:
             heads.append({"labels_per_class": n, "method": method, **head_accuracy(out / job.name, test)})
     order = [label for label, _, _ in METHODS] + ["hard, ViT teacher"]
-    table3 = sorted((j for j in jobs if j.row.get("labels", 0) is None and j.row["method"] in order),
-                    key=lambda j: order.index(j.row["method"]))  # fmt: skip
+    table3 = sorted(
+        (j for j in jobs if j.row.get("labels", 0) is None and j.row["method"] in order),
+        key=lambda j: order.index(j.row["method"]),
+    )
     teacher = done["teacher_all"]
     results = {
-        "data_set": canonical_name(data_set), "seed": seed, "quick": quick, "machine": machine(),
-        "teacher": {"model": TEACHER_MODEL, "acc1": teacher["acc1"], "train_seconds": teacher["train_seconds"],
-                    "n_parameters": teacher["n_parameters"]},
+        "data_set": canonical_name(data_set),
+        "seed": seed,
+        "quick": quick,
+        "machine": machine(),
+        "teacher": {
+            "model": TEACHER_MODEL,
+            "acc1": teacher["acc1"],
+            "train_seconds": teacher["train_seconds"],
+            "n_parameters": teacher["n_parameters"],
+        },
         "teacher_cache_seconds": done["cache_all"]["train_seconds"],
-        "students": [{**{k: v for k, v in done[j.name].items() if k not in ("log", "curve")},
-                      "acc1_by_epoch": [e["test_acc1"] for e in done[j.name]["log"]]} for j in table3],
+        "students": [
+            {
+                **{k: v for k, v in done[j.name].items() if k not in ("log", "curve")},
+                "acc1_by_epoch": [e["test_acc1"] for e in done[j.name]["log"]],
+            }
+            for j in table3
+        ],
         "curve": sorted(curve, key=lambda p: (p["labels_per_class"], STUDY_ORDER.index(p["method"]))),
         "heads": sorted(heads, key=lambda p: (p["labels_per_class"], STUDY_ORDER.index(p["method"]))),
-    }  # fmt: skip
+    }
     from .viz import plot_curves, plot_label_curve
 
-    plot_label_curve([{**p, "method": curve_label(p["method"])} for p in results["curve"]], out / "curve.png",
-                     title=f"{results['data_set']}, seed {seed}")  # fmt: skip
-    plot_curves({"teacher (CNN)": teacher["log"], **{j.row["method"]: done[j.name]["log"] for j in table3}},
-                out / "curves.png")
+    plot_label_curve(
+        [{**p, "method": curve_label(p["method"])} for p in results["curve"]],
+        out / "curve.png",
+        title=f"{results['data_set']}, seed {seed}",
+    )
+    plot_curves(
+        {"teacher (CNN)": teacher["log"], **{j.row["method"]: done[j.name]["log"] for j in table3}}, out / "curves.png"
+    )
     heat_maps(out, results["students"], data_set, data_path)
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
@@ -190,20 +276,40 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
         unlabelled = {} if n is None else {**few, "data.unlabelled": True}
         teacher, cache = f"teacher_{tag}", f"cache_{tag}"
         repeat = max(1, math.ceil(TEACHER_EPOCH_IMAGES / labelled))
-        teachers.append(Job(teacher, _config(out, teacher, {**TEACHER, **few, "data.repeat": repeat}, common),
-                            {"method": "teacher", "model": TEACHER_MODEL, "labels": n, "curve": "teacher"}))  # fmt: skip
+        teachers.append(
+            Job(
+                teacher,
+                _config(out, teacher, {**TEACHER, **few, "data.repeat": repeat}, common),
+                {"method": "teacher", "model": TEACHER_MODEL, "labels": n, "curve": "teacher"},
+            )
+        )
         # one pass of the teacher serves every distilled student: the hard + attention settings ask for all
         # that any of them reads, logits and maps
         reads = {"distill.teacher_path": str(out / teacher), "distill.teacher_cache": str(out / cache / CACHE)}
-        caches.append(Job(cache, _config(out, cache, {**STUDENTS, "model.model": DISTILLED_STUDENT, **METHODS[-1][2],
-                                                      **reads, **unlabelled}, common),
-                          after=(teacher,), cache_only=True))  # fmt: skip
+        caches.append(
+            Job(
+                cache,
+                _config(
+                    out,
+                    cache,
+                    {**STUDENTS, "model.model": DISTILLED_STUDENT, **METHODS[-1][2], **reads, **unlabelled},
+                    common,
+                ),
+                after=(teacher,),
+                cache_only=True,
+            )
+        )
         for label, model, settings in METHODS:
             if n is not None and (label, model, settings) not in STUDY.values():
                 continue
             name = f"{_slug(label)}_{tag}"
-            row = {"method": label, "model": model, "teacher": TEACHER_MODEL if settings else None, "labels": n,
-                   "curve": next((k for k, (m, _, _) in STUDY.items() if m == label), None)}  # fmt: skip
+            row = {
+                "method": label,
+                "model": model,
+                "teacher": TEACHER_MODEL if settings else None,
+                "labels": n,
+                "curve": next((k for k, (m, _, _) in STUDY.items() if m == label), None),
+            }
             if settings:
                 cfg = _config(out, name, {**STUDENTS, "model.model": model, **settings, **reads, **unlabelled}, common)
                 distilled.append(Job(name, cfg, row, after=(cache,)))
@@ -230,8 +336,13 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
     cores = os.cpu_count() or 1
     lanes = max(1, min(lanes or min(cores, 4), len(jobs)))
     threads = max(1, cores // lanes)
-    columns = [TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn()]  # fmt: skip
+    columns = [
+        TextColumn("{task.description:<36}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ]
     pending, running, seconds, free, workers, told = list(jobs), {}, {}, [], [], False
     try:
         # one process per lane, each taking up job after job: torch is imported once per lane, not once per run
@@ -397,11 +508,15 @@ def report_table(results: dict) -> str:
         f"| {teacher['train_seconds']:.0f} s |",
     ]
     if "teacher_cache_seconds" in results:
-        rows.append(f"| teacher outputs on the students' views, cached once | - | - | - "
-                    f"| {results['teacher_cache_seconds']:.0f} s |")  # fmt: skip
+        rows.append(
+            f"| teacher outputs on the students' views, cached once | - | - | - "
+            f"| {results['teacher_cache_seconds']:.0f} s |"
+        )
     for s in results["students"]:
-        rows.append(f"| {s['method']} | {s['teacher'] or '-'} | {s['acc1']:.1f}% | {s['n_parameters'] / 1e6:.2f}M "
-                    f"| {s['train_seconds']:.0f} s |")  # fmt: skip
+        rows.append(
+            f"| {s['method']} | {s['teacher'] or '-'} | {s['acc1']:.1f}% | {s['n_parameters'] / 1e6:.2f}M "
+            f"| {s['train_seconds']:.0f} s |"
+        )
     return "\n".join(rows)
 
 
@@ -409,8 +524,10 @@ def curve_table(results: dict) -> str:
     """Top-1 of each method (rows) at each count of labels per class (columns)."""
     counts = sorted({p["labels_per_class"] for p in results["curve"]})
     at = {(p["method"], p["labels_per_class"]): p["acc1"] for p in results["curve"]}
-    rows = ["| labelled images per class | " + " | ".join(str(n) for n in counts) + " |",
-            "|---|" + "---|" * len(counts)]  # fmt: skip
+    rows = [
+        "| labelled images per class | " + " | ".join(str(n) for n in counts) + " |",
+        "|---|" + "---|" * len(counts),
+    ]
     for method in ("teacher", *STUDY):
         cells = [f"{at[method, n]:.1f}%" if (method, n) in at else "-" for n in counts]
         rows.append(f"| {curve_label(method)} | " + " | ".join(cells) + " |")
@@ -418,9 +535,12 @@ def curve_table(results: dict) -> str:
 
 
 def curve_label(method: str) -> str:
-    return {"teacher": "teacher (small_cnn), labelled images", "none": "DeiT alone, labelled images",
-            "hard": "DeiT, hard distillation, + unlabelled", "hard + attention": "DeiT, hard + attention, + unlabelled",
-            }[method]  # fmt: skip
+    return {
+        "teacher": "teacher (small_cnn), labelled images",
+        "none": "DeiT alone, labelled images",
+        "hard": "DeiT, hard distillation, + unlabelled",
+        "hard + attention": "DeiT, hard + attention, + unlabelled",
+    }[method]
 
 
 def curve_findings(results: dict) -> list[str]:
@@ -432,19 +552,29 @@ def curve_findings(results: dict) -> list[str]:
         teacher, none, hard, both = (at.get((m, n)) for m in ("teacher", *STUDY))
         if None in (teacher, none, hard, both):
             continue
-        lines.append(f"{n} labels per class: hard distillation {hard:.1f}% against {none:.1f}% for the student alone "
-                     f"({hard - none:+.1f} points), hard + attention {both:.1f}% ({both - none:+.1f}); the teacher "
-                     f"{teacher:.1f}% (hard {hard - teacher:+.1f}, hard + attention {both - teacher:+.1f} against it).")
+        lines.append(
+            f"{n} labels per class: hard distillation {hard:.1f}% against {none:.1f}% for the student alone "
+            f"({hard - none:+.1f} points), hard + attention {both:.1f}% ({both - none:+.1f}); the teacher "
+            f"{teacher:.1f}% (hard {hard - teacher:+.1f}, hard + attention {both - teacher:+.1f} against it)."
+        )
     margins = [at[("hard", n)] - at[("none", n)] for n in counts if ("hard", n) in at and ("none", n) in at]
     if len(margins) > 1:
-        trend = ("narrows as labels grow" if all(a > b for a, b in zip(margins, margins[1:])) else
-                 "does not narrow at every step as labels grow")  # fmt: skip
-        lines.append(f"The distilled student's margin over the student alone {trend}: "
-                     + ", ".join(f"{m:+.1f}" for m in margins) + f" points at {', '.join(map(str, counts))} labels.")
+        trend = (
+            "narrows as labels grow"
+            if all(a > b for a, b in zip(margins, margins[1:]))
+            else "does not narrow at every step as labels grow"
+        )
+        lines.append(
+            f"The distilled student's margin over the student alone {trend}: "
+            + ", ".join(f"{m:+.1f}" for m in margins)
+            + f" points at {', '.join(map(str, counts))} labels."
+        )
     for h in results.get("heads", []):
         if h["labels_per_class"] == counts[0]:
-            lines.append(f"Heads of the {h['method']} student at {counts[0]} labels: class token {h['class']:.1f}%, "
-                         f"distillation token {h['distillation']:.1f}%, their average {h['average']:.1f}% (used).")
+            lines.append(
+                f"Heads of the {h['method']} student at {counts[0]} labels: class token {h['class']:.1f}%, "
+                f"distillation token {h['distillation']:.1f}%, their average {h['average']:.1f}% (used)."
+            )
     return lines
 
 
@@ -465,56 +595,65 @@ def findings(results: dict) -> list[str]:
     hard_curve = curves.get("hard, distillation token")
     if with_attention and hard_curve and len(with_attention) > 2:
         mid = len(with_attention) // 4
-        lines.append(f"After {mid + 1} of {len(hard_curve)} epochs: {with_attention[mid]:.1f}% with the attention "
-                     f"term, {hard_curve[mid]:.1f}% for hard alone, {curves['none'][mid]:.1f}% without a teacher.")
+        lines.append(
+            f"After {mid + 1} of {len(hard_curve)} epochs: {with_attention[mid]:.1f}% with the attention "
+            f"term, {hard_curve[mid]:.1f}% for hard alone, {curves['none'][mid]:.1f}% without a teacher."
+        )
     vit = by.get("hard, ViT teacher")
     if vit is not None:
-        lines.append(f"A transformer teacher (the student trained without one) gives {vit:.1f}%, the CNN teacher "
-                     f"{hard:.1f}%.")  # fmt: skip
+        lines.append(
+            f"A transformer teacher (the student trained without one) gives {vit:.1f}%, the CNN teacher {hard:.1f}%."
+        )
     return lines
 
 
 def heads_table(results: dict) -> str:
-    rows = ["| labelled images per class | method | class token | distillation token | average (used) |",
-            "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| labelled images per class | method | class token | distillation token | average (used) |",
+        "|---|---|---|---|---|",
+    ]
     for h in results["heads"]:
-        rows.append(f"| {h['labels_per_class']} | {h['method']} | {h['class']:.1f}% | {h['distillation']:.1f}% "
-                    f"| {h['average']:.1f}% |")  # fmt: skip
+        rows.append(
+            f"| {h['labels_per_class']} | {h['method']} | {h['class']:.1f}% | {h['distillation']:.1f}% "
+            f"| {h['average']:.1f}% |"
+        )
     return "\n".join(rows)
 
 
 def report(results: dict) -> str:
     quick = " (quick mode: a smoke test, not a result)" if results["quick"] else ""
     minutes, rest = divmod(round(results.get("seconds", 0)), 60)
-    return "\n".join([
-        f"# deit demo: few labels and distillation on {results['data_set']}{quick}",
-        "",
-        f"Machine: {results['machine']}. Seed {results['seed']}. {minutes} min {rest} s in all. The teacher trains "
-        f"on the labelled images; the student (`{STUDENT}`, with a distillation token when distilled) alone on the "
-        "labelled images, distilled on those and the unlabelled rest, the same steps either way; top-1 on the "
-        "held-out test set.",
-        "",
-        curve_table(results),
-        "",
-        *[f"- {line}" for line in curve_findings(results)],
-        "",
-        "![top-1 against labelled images per class](curve.png)",
-        "",
-        "## Every label kept: the paper's Table 3",
-        "",
-        report_table(results),
-        "",
-        *[f"- {line}" for line in findings(results)],
-        "",
-        "## The two heads of each distilled student",
-        "",
-        heads_table(results),
-        "",
-        "![training curves, every label kept](curves.png)",
-        "",
-        "![where each model looks](attention.png)",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# deit demo: few labels and distillation on {results['data_set']}{quick}",
+            "",
+            f"Machine: {results['machine']}. Seed {results['seed']}. {minutes} min {rest} s in all. The teacher trains "
+            f"on the labelled images; the student (`{STUDENT}`, with a distillation token when distilled) alone on the "
+            "labelled images, distilled on those and the unlabelled rest, the same steps either way; top-1 on the "
+            "held-out test set.",
+            "",
+            curve_table(results),
+            "",
+            *[f"- {line}" for line in curve_findings(results)],
+            "",
+            "![top-1 against labelled images per class](curve.png)",
+            "",
+            "## Every label kept: the paper's Table 3",
+            "",
+            report_table(results),
+            "",
+            *[f"- {line}" for line in findings(results)],
+            "",
+            "## The two heads of each distilled student",
+            "",
+            heads_table(results),
+            "",
+            "![training curves, every label kept](curves.png)",
+            "",
+            "![where each model looks](attention.png)",
+            "",
+        ]
+    )
 
 
 def test_batches(data_set: str, data_path: str | None, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -573,6 +712,7 @@ def heat_maps(out: Path, students: list[dict], data_set: str, data_path: str | N
         for student in students:
             model = create_model(pretrained=out / f"{_slug(student['method'])}_all" / "checkpoint.pth").eval()
             _, rows = model.forward_attention(x, blocks=-1, form="cls")
-            columns[_short(student["method"])] = patch_attention(rows[len(model.blocks) - 1],
-                                                                        model.num_prefix_tokens, per_head=False)
+            columns[_short(student["method"])] = patch_attention(
+                rows[len(model.blocks) - 1], model.num_prefix_tokens, per_head=False
+            )
     attention_grid(shown, columns, out / "attention.png", [info.class_names[val.targets[i]] for i in picked])

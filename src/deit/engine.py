@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,12 +27,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def progress(description: str, total: int, enabled: bool):
     """A rich progress bar with free-text fields (loss, img/s); a silent stand-in when disabled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), disable=not enabled, transient=False,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+    )
     task = bar.add_task(description, total=total, info="")
     return bar, task
 
@@ -89,8 +102,9 @@ def train_one_epoch(
                 with autocast(device, amp_dtype):
                     if attention is not None:  # the student's class-token rows at the distilled blocks, too
                         outputs, maps = model(images, attn_blocks=list(attention.layers), attn_form="cls")
-                        parts = criterion.parts(images, outputs, targets, student_maps=maps, labelled=labelled,
-                                                **cached)  # fmt: skip
+                        parts = criterion.parts(
+                            images, outputs, targets, student_maps=maps, labelled=labelled, **cached
+                        )
                     else:
                         outputs = model(images)
                         parts = criterion.parts(images, outputs, targets, labelled=labelled, **cached)
@@ -115,8 +129,7 @@ def train_one_epoch(
             images_seen += images.shape[0] * world_size
             if show_progress and (step % 10 == 0 or step + 1 == len(loader)):
                 rate = images_seen / (time.perf_counter() - start)
-                bar.update(task, completed=step + 1,
-                           info=f"loss {sums['loss'].item() / steps:.4f}  {rate:,.0f} img/s")  # fmt: skip
+                bar.update(task, completed=step + 1, info=f"loss {sums['loss'].item() / steps:.4f}  {rate:,.0f} img/s")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -131,8 +144,14 @@ def train_one_epoch(
     return stats, num_updates
 
 
-def prepare_batch(batch, device: torch.device, mixup_fn: Callable | None, mix_seed: Callable[[int], int] | None,
-                  step: int, augment: Callable | None = None):  # fmt: skip
+def prepare_batch(
+    batch,
+    device: torch.device,
+    mixup_fn: Callable | None,
+    mix_seed: Callable[[int], int] | None,
+    step: int,
+    augment: Callable | None = None,
+):
     """(images, targets, *rest) from the loader -> (images, targets, labelled, rest): images and targets on the
     device, augmented (batch augmentation) and mixed under the step's seed.
 
@@ -219,10 +238,14 @@ def evaluate(
             logits = logits.float()
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top5 == targets[:, None]
-            totals += torch.stack([
-                hits[:, 0].sum(), hits.any(dim=1).sum(),
-                nn.functional.cross_entropy(logits, targets, reduction="sum"), torch.tensor(len(targets), device=device),
-            ]).double()  # fmt: skip
+            totals += torch.stack(
+                [
+                    hits[:, 0].sum(),
+                    hits.any(dim=1).sum(),
+                    nn.functional.cross_entropy(logits, targets, reduction="sum"),
+                    torch.tensor(len(targets), device=device),
+                ]
+            ).double()
     correct1, correct5, loss, count = all_reduce_sum(totals).tolist()
     count = max(count, 1)
     return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss / count}

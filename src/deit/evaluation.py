@@ -8,34 +8,44 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .files import write_text
-from .failures import loader_worker_init
-
 from .data import build_dataset, canonical_name
 from .data.datasets import collate_readable
+from .failures import loader_worker_init
+from .files import write_text
 from .predict import preprocessing
 
 
 @torch.inference_mode()
-def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | None, *, batch_size: int = 128,
-                      num_workers: int = 2) -> dict:  # fmt: skip
+def evaluation_report(
+    model: torch.nn.Module, data_set: str, data_path: str | None, *, batch_size: int = 128, num_workers: int = 2
+) -> dict:
     """Evaluate on the validation split of a data set, preprocessed as the model's training data was."""
     model = model.eval()
     prep = preprocessing(model)
-    val, info = build_dataset(canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1,
-                              intensity=prep.intensity)  # fmt: skip
+    val, info = build_dataset(
+        canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1, intensity=prep.intensity
+    )
     names = prep.class_names
     if info.num_classes != model.num_classes:
-        raise ValueError(f"the model predicts {model.num_classes} classes but {data_set} has {info.num_classes}; "
-                         "evaluate on the data it was trained for")  # fmt: skip
+        raise ValueError(
+            f"the model predicts {model.num_classes} classes but {data_set} has {info.num_classes}; "
+            "evaluate on the data it was trained for"
+        )
     saved = getattr(model, "data_config", None) or {}
     if saved.get("class_names") and list(saved["class_names"]) != list(info.class_names):
-        raise ValueError(f"the model was trained on classes {saved['class_names'][:5]}..., {data_set} has "
-                         f"{info.class_names[:5]}...; evaluate on the data it was trained for")  # fmt: skip
+        raise ValueError(
+            f"the model was trained on classes {saved['class_names'][:5]}..., {data_set} has "
+            f"{info.class_names[:5]}...; evaluate on the data it was trained for"
+        )
     val.transform = prep.transform
     # an unreadable file is left out and counted, never replaced by another image
-    loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_readable,
-                        worker_init_fn=loader_worker_init)  # fmt: skip
+    loader = DataLoader(
+        val,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_readable,
+        worker_init_fn=loader_worker_init,
+    )
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)
     top5_hits = unreadable = 0
@@ -53,11 +63,15 @@ def evaluation_report(model: torch.nn.Module, data_set: str, data_path: str | No
         raise ValueError(f"none of the {unreadable} images of {data_set} could be read")
     per_class = confusion.diag().float() / confusion.sum(1).clamp_min(1)
     return {
-        "data_set": data_set, "images": count, "unreadable": unreadable, "acc1": 100.0 * float(confusion.diag().sum()) / count,
+        "data_set": data_set,
+        "images": count,
+        "unreadable": unreadable,
+        "acc1": 100.0 * float(confusion.diag().sum()) / count,
         "acc5": 100.0 * top5_hits / count,
         "per_class_acc1": {names[i]: round(100.0 * float(per_class[i]), 3) for i in range(n)},
-        "confusion": confusion.tolist(), "class_names": names,
-    }  # fmt: skip
+        "confusion": confusion.tolist(),
+        "class_names": names,
+    }
 
 
 def write_report(report: dict, out: str | Path) -> list[Path]:

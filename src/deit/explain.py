@@ -39,7 +39,10 @@ def _logits_and_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Ten
     ordered = [maps[i] for i in sorted(maps)]
     prefix = model.num_prefix_tokens
     last = ordered[-1].float().mean(dim=1)  # (B, N, N)
-    out = {"rollout": normalise(attention_rollout(ordered)[:, 0, prefix:]), "class token": normalise(last[:, 0, prefix:])}
+    out = {
+        "rollout": normalise(attention_rollout(ordered)[:, 0, prefix:]),
+        "class token": normalise(last[:, 0, prefix:]),
+    }
     if prefix == 2:
         out["distillation token"] = normalise(last[:, 1, prefix:])
     return logits, out
@@ -54,8 +57,10 @@ def picture_names(files: list[Path]) -> list[str]:
     depth = [1] * len(files)
     while True:  # one folder more for a name shared with another folder's file
         names = ["_".join(p[-d:]) for p, d in zip(parts, depth)]
-        deeper = [d + 1 if d < len(p) and any(m == n and k != key for m, k in zip(names, keys)) else d
-                  for n, key, p, d in zip(names, keys, parts, depth)]  # fmt: skip
+        deeper = [
+            d + 1 if d < len(p) and any(m == n and k != key for m, k in zip(names, keys)) else d
+            for n, key, p, d in zip(names, keys, parts, depth)
+        ]
         if deeper == depth:
             break
         depth = deeper

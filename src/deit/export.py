@@ -18,8 +18,14 @@ from .models.weights import save_weights
 FORMATS = ("onnx", "safetensors")
 
 
-def export_model(model: torch.nn.Module, path: str | os.PathLike, fmt: str, *, inputs: torch.Tensor | None = None,
-                 tolerance: float = 1e-4) -> dict:  # fmt: skip
+def export_model(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    *,
+    inputs: torch.Tensor | None = None,
+    tolerance: float = 1e-4,
+) -> dict:
     """Write `model` as `fmt` to `path`; returns what was written and, for ONNX, the largest difference found."""
     path = Path(path)
     if fmt == "safetensors":
@@ -29,8 +35,9 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, fmt: str, *, i
     return export_onnx(model, path, inputs=inputs, tolerance=tolerance)
 
 
-def export_onnx(model: torch.nn.Module, path: Path, *, inputs: torch.Tensor | None = None,
-                tolerance: float = 1e-4, opset: int = 17) -> dict:  # fmt: skip
+def export_onnx(
+    model: torch.nn.Module, path: Path, *, inputs: torch.Tensor | None = None, tolerance: float = 1e-4, opset: int = 17
+) -> dict:
     """ONNX with a dynamic batch axis, verified in onnxruntime (random inputs at batch 1 and 7, and `inputs`)."""
     try:
         import onnxruntime as ort
@@ -50,9 +57,16 @@ def export_onnx(model: torch.nn.Module, path: Path, *, inputs: torch.Tensor | No
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # the tracer notes the input-size check it cannot keep: the size is fixed
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (checks[0],), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+            torch.onnx.export(
+                model,
+                (checks[0],),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         for x in checks:
             with torch.inference_mode():
@@ -61,9 +75,16 @@ def export_onnx(model: torch.nn.Module, path: Path, *, inputs: torch.Tensor | No
             worst = (got - expected).abs().max().item()
             diffs.append(worst)
             if not worst <= tolerance:
-                raise ValueError(f"the ONNX model differs from PyTorch by {worst:.2e} at batch {len(x)} (tolerance "
-                                 f"{tolerance:g}); nothing written. Try another --opset")  # fmt: skip
+                raise ValueError(
+                    f"the ONNX model differs from PyTorch by {worst:.2e} at batch {len(x)} (tolerance "
+                    f"{tolerance:g}); nothing written. Try another --opset"
+                )
 
     diffs: list[float] = []
     atomic_write(path, write)
-    return {"path": str(path), "format": "onnx", "max_abs_diff": max(diffs), "checked_batches": [len(x) for x in checks]}
+    return {
+        "path": str(path),
+        "format": "onnx",
+        "max_abs_diff": max(diffs),
+        "checked_batches": [len(x) for x in checks],
+    }

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 

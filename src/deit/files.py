@@ -17,8 +17,8 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger("deit")
 
@@ -144,11 +144,14 @@ class FolderLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise FolderBusy(f"{self.folder} is in use by {_holder(path)}; wait for it to finish, or choose "
-                                 "another folder") from None  # fmt: skip
+                raise FolderBusy(
+                    f"{self.folder} is in use by {_holder(path)}; wait for it to finish, or choose another folder"
+                ) from None
             except OSError as e:  # a file system without locks (some network mounts): write unlocked, say so
-                log.warning(f"{self.folder}: this file system does not lock files ({e.strerror}); nothing stops "
-                            "another run from writing here at the same time")  # fmt: skip
+                log.warning(
+                    f"{self.folder}: this file system does not lock files ({e.strerror}); nothing stops "
+                    "another run from writing here at the same time"
+                )
                 break
             # the previous holder removes the file as it leaves: make sure the file locked is the one in place
             try:
@@ -157,8 +160,12 @@ class FolderLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        holder = {"command": self.purpose, "pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        holder = {
+            "command": self.purpose,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(holder) + "\n").encode())
         self._fd = fd

@@ -25,8 +25,10 @@ class Prediction:
     probabilities: list[float]
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "topk": [{"label": label, "probability": round(p, 6)}
-                                            for label, p in zip(self.labels, self.probabilities)]}  # fmt: skip
+        return {
+            "path": self.path,
+            "topk": [{"label": label, "probability": round(p, 6)} for label, p in zip(self.labels, self.probabilities)],
+        }
 
 
 @dataclass
@@ -54,16 +56,22 @@ def preprocessing(model: torch.nn.Module) -> Preprocessing:
     gray = hp["in_chans"] == 1
     mean = tuple(data.get("mean") or (GRAY_MEAN if gray else IMAGENET_MEAN))
     std = tuple(data.get("std") or (GRAY_STD if gray else IMAGENET_STD))
-    transform = build_transform(False, img_size=hp["img_size"], mean=mean, std=std,
-                                interpolation=data.get("interpolation", "bicubic"),
-                                eval_crop_ratio=data.get("eval_crop_ratio", 0.875))  # fmt: skip
+    transform = build_transform(
+        False,
+        img_size=hp["img_size"],
+        mean=mean,
+        std=std,
+        interpolation=data.get("interpolation", "bicubic"),
+        eval_crop_ratio=data.get("eval_crop_ratio", 0.875),
+    )
     names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
     return Preprocessing(transform, names, "L" if gray else "RGB", mean, std, data.get("intensity") or "minmax")
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_size: int = 64,
-            show_progress: bool = False) -> tuple[list[Prediction], list[str]]:  # fmt: skip
+def predict(
+    model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_size: int = 64, show_progress: bool = False
+) -> tuple[list[Prediction], list[str]]:
     """Predictions for the readable files, and one error line for each file that could not be read."""
     from .engine import progress
 
@@ -92,8 +100,10 @@ def predict(model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_s
             if not bool(finite.all()):  # inputs are normalised images: the weights overflow
                 largest = max(float(p.abs().max()) for p in model.parameters())
                 first = paths[int((~finite).nonzero()[0])]
-                raise ValueError(f"the model's outputs are not finite (NaN or inf) for {first}: its weights are "
-                                 f"damaged (the largest is {largest:.3g}); use another checkpoint")  # fmt: skip
+                raise ValueError(
+                    f"the model's outputs are not finite (NaN or inf) for {first}: its weights are "
+                    f"damaged (the largest is {largest:.3g}); use another checkpoint"
+                )
             for path, v, i in zip(paths, values.tolist(), indices.tolist()):
                 predictions.append(Prediction(str(path), [names[j] for j in i], v))
     return predictions, errors

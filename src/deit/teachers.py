@@ -36,7 +36,9 @@ class SmallCNN(nn.Module):
 
     @staticmethod
     def _conv(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
@@ -68,8 +70,12 @@ def create_cnn(name: str, *, num_classes: int, in_chans: int) -> nn.Module:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     else:
         raise ValueError(f"unknown architecture {name!r}: not a deit model, small_cnn, nor a timm or torchvision model")
-    model.arch_config = {"format": "deit", "family": CNN_FAMILY, "model": name,
-                         "hparams": {"num_classes": num_classes, "in_chans": in_chans}}  # fmt: skip
+    model.arch_config = {
+        "format": "deit",
+        "family": CNN_FAMILY,
+        "model": name,
+        "hparams": {"num_classes": num_classes, "in_chans": in_chans},
+    }
     return model
 
 

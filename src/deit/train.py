@@ -20,8 +20,16 @@ from .config import TrainConfig
 from .data import build_dataset, build_transform, canonical_name, dataset_defaults
 from .data.batch_aug import BatchAugment
 from .data.datasets import ArrayDataset, collate_readable
-from .data.sampling import (EvalBatches, SeededDataset, ShardSampler, TensorBatches, batch_seed, process_seed,
-                            seed_everything, train_sampler)  # fmt: skip
+from .data.sampling import (
+    EvalBatches,
+    SeededDataset,
+    ShardSampler,
+    TensorBatches,
+    batch_seed,
+    process_seed,
+    seed_everything,
+    train_sampler,
+)
 from .data.transforms import crop_transform
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
@@ -47,8 +55,10 @@ def run(cfg: TrainConfig, cache_only: bool = False) -> dict:
     try:
         resume = resume_path(cfg.run.resume)
         if cache_only and not (cfg.distill.teacher_cache and cfg.distill.needs_teacher):
-            raise ValueError("a teacher cache needs --teacher-cache DIR, --teacher-path and a distillation type "
-                             "(--distillation-type hard/soft or --attn-distillation-weight)")  # fmt: skip
+            raise ValueError(
+                "a teacher cache needs --teacher-cache DIR, --teacher-path and a distillation type "
+                "(--distillation-type hard/soft or --attn-distillation-weight)"
+            )
         # a resumed run writes into the folder of its checkpoint unless told otherwise; the folder is the run's
         # own from here on (locked), before any work starts
         out = cfg.run.output_dir or (resume.parent if resume else None)
@@ -62,23 +72,41 @@ def run(cfg: TrainConfig, cache_only: bool = False) -> dict:
         distributed.cleanup()
 
 
-def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache_only: bool,
-         folder: RunFolder | None, resume: Path | None) -> dict:  # fmt: skip
+def _run(
+    cfg: TrainConfig,
+    env: distributed.DistEnv,
+    device: torch.device,
+    cache_only: bool,
+    folder: RunFolder | None,
+    resume: Path | None,
+) -> dict:
     cfg = cfg.with_defaults(dataset_defaults(cfg.data.data_set))
-    amp_dtype = torch.bfloat16 if cfg.run.precision == "bf16" or (
-        cfg.run.precision == "auto" and device.type == "cuda") else None  # fmt: skip
+    amp_dtype = (
+        torch.bfloat16
+        if cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
+        else None
+    )
 
     # data
     data_set = canonical_name(cfg.data.data_set)
-    train_set, info = build_dataset(data_set, cfg.data.data_path, True, grayscale=cfg.data.grayscale,
-                                    labels_per_class=cfg.data.labels_per_class, unlabelled=cfg.data.unlabelled,
-                                    intensity=cfg.data.intensity)  # fmt: skip
-    val_set, _ = build_dataset(data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale,
-                               intensity=cfg.data.intensity)  # fmt: skip
+    train_set, info = build_dataset(
+        data_set,
+        cfg.data.data_path,
+        True,
+        grayscale=cfg.data.grayscale,
+        labels_per_class=cfg.data.labels_per_class,
+        unlabelled=cfg.data.unlabelled,
+        intensity=cfg.data.intensity,
+    )
+    val_set, _ = build_dataset(
+        data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale, intensity=cfg.data.intensity
+    )
     world_batch = cfg.run.batch_size * env.world_size
     if len(train_set) * cfg.data.repeat < world_batch:
-        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
-                         "lower --batch-size or raise --repeat")  # fmt: skip
+        raise ValueError(
+            f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
+            "lower --batch-size or raise --repeat"
+        )
 
     aug = cfg.aug
     in_memory = isinstance(train_set, ArrayDataset)
@@ -88,79 +116,154 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         distributed.share_cpu_cores(num_workers)
     # model: the same initial weights for a seed (and in every process)
     seed_everything(cfg.run.seed, cuda=device.type == "cuda")
-    model, img_size = build_student(cfg.model.model, num_classes=info.num_classes, in_chans=info.in_chans,
-                                    input_size=cfg.model.input_size, drop_path=cfg.model.drop_path,
-                                    native_size=info.native_size)  # fmt: skip
+    model, img_size = build_student(
+        cfg.model.model,
+        num_classes=info.num_classes,
+        in_chans=info.in_chans,
+        input_size=cfg.model.input_size,
+        drop_path=cfg.model.drop_path,
+        native_size=info.native_size,
+    )
     if cfg.model.finetune:
         _finetune(model, cfg.model.finetune)
     augment = None
     if aug.batch_aug:
         # images in memory: the whole recipe on the batch. Image files: the loader processes decode, crop and flip
         # each image (under its own seed) to one size, and the batch gets the rest (RandAugment, erasing, ...).
-        geometry = {"crop_scale": aug.crop_scale, "hflip": aug.hflip} if in_memory else {
-            "crop_scale": 1.0, "ratio": (1.0, 1.0), "hflip": 0.0}  # fmt: skip
+        geometry = (
+            {"crop_scale": aug.crop_scale, "hflip": aug.hflip}
+            if in_memory
+            else {"crop_scale": 1.0, "ratio": (1.0, 1.0), "hflip": 0.0}
+        )
         augment = BatchAugment(
-            img_size, mean=info.mean, std=info.std, color_jitter=aug.color_jitter, aa=aug.aa,
-            interpolation=aug.train_interpolation, reprob=aug.reprob, remode=aug.remode, recount=aug.recount, **geometry,
-        )  # fmt: skip
+            img_size,
+            mean=info.mean,
+            std=info.std,
+            color_jitter=aug.color_jitter,
+            aa=aug.aa,
+            interpolation=aug.train_interpolation,
+            reprob=aug.reprob,
+            remode=aug.remode,
+            recount=aug.recount,
+            **geometry,
+        )
         if not in_memory:
-            train_set.transform = crop_transform(img_size, crop_scale=aug.crop_scale, hflip=aug.hflip,
-                                                 interpolation=aug.train_interpolation)  # fmt: skip
+            train_set.transform = crop_transform(
+                img_size, crop_scale=aug.crop_scale, hflip=aug.hflip, interpolation=aug.train_interpolation
+            )
     else:
         train_set.transform = build_transform(
-            True, img_size=img_size, mean=info.mean, std=info.std, crop_scale=aug.crop_scale, hflip=aug.hflip,
-            color_jitter=aug.color_jitter, aa=aug.aa, three_augment=aug.three_augment,
-            interpolation=aug.train_interpolation, reprob=aug.reprob, remode=aug.remode, recount=aug.recount,
-        )  # fmt: skip
-    val_set.transform = build_transform(False, img_size=img_size, mean=info.mean, std=info.std,
-                                        interpolation=aug.train_interpolation, eval_crop_ratio=aug.eval_crop_ratio)
-    sampler = train_sampler(train_set, seed=cfg.run.seed, rank=env.rank, world_size=env.world_size,
-                            repeated_aug=aug.repeated_aug, repeat=cfg.data.repeat)  # fmt: skip
-    loader_args = dict(num_workers=num_workers, pin_memory=cfg.data.pin_mem and device.type == "cuda",
-                       persistent_workers=num_workers > 0, worker_init_fn=loader_worker_init)  # fmt: skip
+            True,
+            img_size=img_size,
+            mean=info.mean,
+            std=info.std,
+            crop_scale=aug.crop_scale,
+            hflip=aug.hflip,
+            color_jitter=aug.color_jitter,
+            aa=aug.aa,
+            three_augment=aug.three_augment,
+            interpolation=aug.train_interpolation,
+            reprob=aug.reprob,
+            remode=aug.remode,
+            recount=aug.recount,
+        )
+    val_set.transform = build_transform(
+        False,
+        img_size=img_size,
+        mean=info.mean,
+        std=info.std,
+        interpolation=aug.train_interpolation,
+        eval_crop_ratio=aug.eval_crop_ratio,
+    )
+    sampler = train_sampler(
+        train_set,
+        seed=cfg.run.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        repeated_aug=aug.repeated_aug,
+        repeat=cfg.data.repeat,
+    )
+    loader_args = dict(
+        num_workers=num_workers,
+        pin_memory=cfg.data.pin_mem and device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        worker_init_fn=loader_worker_init,
+    )
     if augment is not None and in_memory:
         train_loader = TensorBatches(train_set.tensor(), train_set.targets, sampler, cfg.run.batch_size)
     else:
-        train_loader = DataLoader(SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler,
-                                  drop_last=True, **loader_args)  # fmt: skip
+        train_loader = DataLoader(
+            SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler, drop_last=True, **loader_args
+        )
     eval_batch = max(2 * cfg.run.batch_size, 128)
     if in_memory and aug.eval_crop_ratio == 1.0 and val_set.images.shape[1:3] == (img_size, img_size):
         # already at the model's size: evaluation only converts and normalises, a batch at a time
-        val_loader = EvalBatches(val_set.tensor(), val_set.targets, mean=info.mean, std=info.std,
-                                 batch_size=eval_batch, rank=env.rank, world_size=env.world_size)  # fmt: skip
+        val_loader = EvalBatches(
+            val_set.tensor(),
+            val_set.targets,
+            mean=info.mean,
+            std=info.std,
+            batch_size=eval_batch,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
     else:
-        val_loader = DataLoader(val_set, batch_size=eval_batch, sampler=ShardSampler(len(val_set), env.rank,
-                                env.world_size), collate_fn=collate_readable, **loader_args)  # fmt: skip
+        val_loader = DataLoader(
+            val_set,
+            batch_size=eval_batch,
+            sampler=ShardSampler(len(val_set), env.rank, env.world_size),
+            collate_fn=collate_readable,
+            **loader_args,
+        )
 
     # teacher and loss
     distill = cfg.distill
     teacher = attention = None
     if distill.needs_teacher and (distill.teacher_path or not distill.teacher_cache):
-        teacher = load_teacher(distill.teacher_model, distill.teacher_path, num_classes=info.num_classes,
-                               in_chans=info.in_chans).to(device)  # fmt: skip
+        teacher = load_teacher(
+            distill.teacher_model, distill.teacher_path, num_classes=info.num_classes, in_chans=info.in_chans
+        ).to(device)
     if distill.attn_distillation_weight > 0:
-        attention = AttentionDistillation.for_student(model, distill.attn_distillation_weight,
-                                                      parse_layers(distill.attn_distillation_layers),
-                                                      distill.attn_distillation_loss)  # fmt: skip
+        attention = AttentionDistillation.for_student(
+            model,
+            distill.attn_distillation_weight,
+            parse_layers(distill.attn_distillation_layers),
+            distill.attn_distillation_loss,
+        )
     if distill.distillation_type == "none" and getattr(model, "num_prefix_tokens", 1) == 2:
-        raise ValueError(f"{cfg.model.model} has a distillation head that learns only from a teacher: give "
-                         "--distillation-type hard (or soft) with --teacher-path, or train the model without "
-                         "'_distilled'")  # fmt: skip
+        raise ValueError(
+            f"{cfg.model.model} has a distillation head that learns only from a teacher: give "
+            "--distillation-type hard (or soft) with --teacher-path, or train the model without "
+            "'_distilled'"
+        )
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     mixup_fn = None
     if aug.mixup_active:
-        mixup_fn = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
-                         switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode, label_smoothing=aug.smoothing,
-                         num_classes=info.num_classes)  # fmt: skip
+        mixup_fn = Mixup(
+            mixup_alpha=aug.mixup,
+            cutmix_alpha=aug.cutmix,
+            prob=aug.mixup_prob,
+            switch_prob=aug.mixup_switch_prob,
+            mode=aug.mixup_mode,
+            label_smoothing=aug.smoothing,
+            num_classes=info.num_classes,
+        )
         base = SoftTargetCrossEntropy()
     elif aug.smoothing > 0:
         base = LabelSmoothingCrossEntropy(aug.smoothing)
     else:
         base = nn.CrossEntropyLoss()
-    criterion = DistillationLoss(base, teacher, distill.distillation_type, distill.distillation_alpha,
-                                 distill.distillation_tau, attention, cached=bool(distill.teacher_cache))  # fmt: skip
+    criterion = DistillationLoss(
+        base,
+        teacher,
+        distill.distillation_type,
+        distill.distillation_alpha,
+        distill.distillation_tau,
+        attention,
+        cached=bool(distill.teacher_cache),
+    )
 
     def mix_seed(epoch: int):
         return lambda step: batch_seed(cfg.run.seed, epoch, env.rank, step)
@@ -170,18 +273,35 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size, augment, img_size)
         cache = _open_cache(distill.teacher_cache, spec, env, can_fill=teacher is not None)
         # Mixup and batch augmentation draw per batch: then the teacher sees the training batches; else larger ones
-        fill_loader = train_loader if mixup_fn or augment else DataLoader(
-            SeededDataset(train_set), batch_size=max(cfg.run.batch_size, 256), sampler=sampler, **loader_args)
+        fill_loader = (
+            train_loader
+            if mixup_fn or augment
+            else DataLoader(
+                SeededDataset(train_set), batch_size=max(cfg.run.batch_size, 256), sampler=sampler, **loader_args
+            )
+        )
         missing = cache.missing_epochs(env.rank, cfg.run.epochs)
         # the main process owns the cache folder while the epochs are made (each process writes its own files)
         owns = ("epoch_*.safetensors", "meta.json")
-        with FolderLock(cache.root, "deit cache-teacher", owns) if missing and env.is_main else contextlib.nullcontext():
+        with (
+            FolderLock(cache.root, "deit cache-teacher", owns) if missing and env.is_main else contextlib.nullcontext()
+        ):
             for epoch in missing:
                 seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
                 sampler.set_epoch(epoch)
-                fill_teacher_cache(criterion, fill_loader, cache, epoch=epoch, rank=env.rank, device=device,
-                                   mixup_fn=mixup_fn, mix_seed=mix_seed(epoch), amp_dtype=amp_dtype,
-                                   show_progress=env.is_main, augment=augment)  # fmt: skip
+                fill_teacher_cache(
+                    criterion,
+                    fill_loader,
+                    cache,
+                    epoch=epoch,
+                    rank=env.rank,
+                    device=device,
+                    mixup_fn=mixup_fn,
+                    mix_seed=mix_seed(epoch),
+                    amp_dtype=amp_dtype,
+                    show_progress=env.is_main,
+                    augment=augment,
+                )
         del fill_loader
         distributed.barrier()
         if cache_only:
@@ -200,16 +320,29 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     lr = optim.lr if optim.unscale_lr else optim.lr * total_batch / 512  # the paper's linear scaling rule
     # torch's fused Adam/AdamW kernel: one pass over all tensors (on this CPU, 6x faster than the per-tensor loop)
     fused = {"fused": True} if optim.opt.lower() in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
-    optimizer = create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay,
-                                    momentum=optim.momentum, eps=optim.opt_eps, **fused)  # fmt: skip
+    optimizer = create_optimizer_v2(
+        model,
+        opt=optim.opt,
+        lr=lr,
+        weight_decay=optim.weight_decay,
+        momentum=optim.momentum,
+        eps=optim.opt_eps,
+        **fused,
+    )
     steps_per_epoch = math.ceil(len(train_loader) / optim.accum_iter)
-    lr_schedule = CosineLRScheduler(optimizer, t_initial=cfg.run.epochs * steps_per_epoch, lr_min=optim.min_lr,
-                                    warmup_t=round(optim.warmup_epochs * steps_per_epoch),
-                                    warmup_lr_init=optim.warmup_lr, t_in_epochs=False)  # fmt: skip
+    lr_schedule = CosineLRScheduler(
+        optimizer,
+        t_initial=cfg.run.epochs * steps_per_epoch,
+        lr_min=optim.min_lr,
+        warmup_t=round(optim.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=optim.warmup_lr,
+        t_in_epochs=False,
+    )
     ema = ModelEmaV3(model, decay=optim.model_ema_decay) if optim.model_ema else None
 
-    description = model_description(model, info, img_size, aug.eval_crop_ratio, aug.train_interpolation,
-                                    cfg.data.intensity)  # fmt: skip
+    description = model_description(
+        model, info, img_size, aug.eval_crop_ratio, aug.train_interpolation, cfg.data.intensity
+    )
     start_epoch, num_updates = 0, 0
     if resume is not None:
         start_epoch, num_updates = _load_resume(resume, model, optimizer, ema, description)
@@ -217,7 +350,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
 
     train_model = model
     if env.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.run.compile:
         train_model = torch.compile(train_model)
     show = env.is_main
@@ -225,7 +360,10 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
     if cfg.run.eval:
         stats = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype, show_progress=show)
         if show:
-            print(f"{len(val_set)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")
+            print(
+                f"{len(val_set)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  "
+                f"loss {stats['loss']:.4f}"
+            )
         return stats
 
     if folder is not None:
@@ -244,9 +382,11 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         labelled = sum(t >= 0 for t in train_set.targets)
         images = f"{len(train_set)} images" + (f" ({labelled} labelled)" if labelled < len(train_set) else "")
         images += f", each {cfg.data.repeat} times an epoch" if cfg.data.repeat > 1 else ""
-        print(f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {images}, "
-              f"{info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
-              f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}{teacher_note}")  # fmt: skip
+        print(
+            f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {images}, "
+            f"{info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
+            f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}{teacher_note}"
+        )
 
     summary = {}
     for epoch in range(start_epoch, cfg.run.epochs):
@@ -255,16 +395,38 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         sampler.set_epoch(epoch)
         try:
             stats, num_updates = train_one_epoch(
-                train_model, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
-                mixup_fn=mixup_fn, lr_schedule=lr_schedule, ema=ema, amp_dtype=amp_dtype, accum_iter=optim.accum_iter,
-                clip_grad=optim.clip_grad, show_progress=show, world_size=env.world_size, mix_seed=mix_seed(epoch),
-                teacher_cache=cache, num_classes=info.num_classes, augment=augment,
-            )  # fmt: skip
+                train_model,
+                criterion,
+                train_loader,
+                optimizer,
+                device=device,
+                epoch=epoch,
+                num_updates=num_updates,
+                mixup_fn=mixup_fn,
+                lr_schedule=lr_schedule,
+                ema=ema,
+                amp_dtype=amp_dtype,
+                accum_iter=optim.accum_iter,
+                clip_grad=optim.clip_grad,
+                show_progress=show,
+                world_size=env.world_size,
+                mix_seed=mix_seed(epoch),
+                teacher_cache=cache,
+                num_classes=info.num_classes,
+                augment=augment,
+            )
         except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e}: training stopped; {_what_is_kept(folder, epoch)}; lower --lr, or set "
-                                "--clip-grad 1.0") from None  # fmt: skip
+            raise NonFiniteLoss(
+                f"{e}: training stopped; {_what_is_kept(folder, epoch)}; lower --lr, or set --clip-grad 1.0"
+            ) from None
         test = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype)
-        line = {"epoch": epoch, **stats, "test_acc1": test["acc1"], "test_acc5": test["acc5"], "test_loss": test["loss"]}
+        line = {
+            "epoch": epoch,
+            **stats,
+            "test_acc1": test["acc1"],
+            "test_acc5": test["acc5"],
+            "test_loss": test["loss"],
+        }
         if ema is not None:
             line["ema_acc1"] = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype)["acc1"]
         line["n_parameters"] = n_parameters
@@ -278,16 +440,26 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device, cache
         if show:
             ema_note = f"  ema top-1 {line['ema_acc1']:.2f}%" if ema is not None else ""
             skipped = f"  ({stats['skipped_images']} unreadable images skipped)" if stats["skipped_images"] else ""
-            print(f"epoch {epoch}: loss {stats['train_loss']:.4f}  top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%"
-                  f"{ema_note}  {stats['images_per_s']:,.0f} img/s{skipped}")  # fmt: skip
+            print(
+                f"epoch {epoch}: loss {stats['train_loss']:.4f}  top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%"
+                f"{ema_note}  {stats['images_per_s']:,.0f} img/s{skipped}"
+            )
         summary = line
     if writer is not None:
         writer.close()
     return summary
 
 
-def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention, world_size: int,
-               augment=None, img_size: int | None = None) -> dict:  # fmt: skip
+def cache_spec(
+    cfg: TrainConfig,
+    train_set,
+    num_classes: int,
+    teacher,
+    attention,
+    world_size: int,
+    augment=None,
+    img_size: int | None = None,
+) -> dict:
     """What a teacher cache must have been made for to serve this run (see `distill/cache.py`)."""
     aug = cfg.aug
     teacher_spec = {"weights": None}  # no teacher weights given: the cache's are trusted
@@ -299,24 +471,39 @@ def cache_spec(cfg: TrainConfig, train_set, num_classes: int, teacher, attention
     transform = [t for t in (train_set.transform, augment) if t is not None]
     mixup = None
     if aug.mixup_active:
-        mixup = {"mixup": aug.mixup, "cutmix": aug.cutmix, "prob": aug.mixup_prob, "switch_prob": aug.mixup_switch_prob,
-                 "mode": aug.mixup_mode}  # fmt: skip
+        mixup = {
+            "mixup": aug.mixup,
+            "cutmix": aug.cutmix,
+            "prob": aug.mixup_prob,
+            "switch_prob": aug.mixup_switch_prob,
+            "mode": aug.mixup_mode,
+        }
     return {
-        "data": {"data_set": canonical_name(cfg.data.data_set), "size": len(train_set), "num_classes": num_classes,
-                 "targets": targets_digest(train_set.targets),
-                 **({"repeat": cfg.data.repeat} if cfg.data.repeat > 1 else {})},
-        "views": {"seed": cfg.run.seed, "transform": [line.strip() for t in transform for line in repr(t).splitlines()], "mixup": mixup,
-                  "batch_aug": augment is not None,
-                  "repeated_aug": aug.repeated_aug and world_size > 1, "batch_size": cfg.run.batch_size,
-                  "world_size": world_size},
+        "data": {
+            "data_set": canonical_name(cfg.data.data_set),
+            "size": len(train_set),
+            "num_classes": num_classes,
+            "targets": targets_digest(train_set.targets),
+            **({"repeat": cfg.data.repeat} if cfg.data.repeat > 1 else {}),
+        },
+        "views": {
+            "seed": cfg.run.seed,
+            "transform": [line.strip() for t in transform for line in repr(t).splitlines()],
+            "mixup": mixup,
+            "batch_aug": augment is not None,
+            "repeated_aug": aug.repeated_aug and world_size > 1,
+            "batch_size": cfg.run.batch_size,
+            "world_size": world_size,
+        },
         "teacher": teacher_spec,
         "attention": {"layers": list(attention.layers), "grid": attention.grid, "heads": attention.heads}
-        if attention else None,
+        if attention
+        else None,
         "epochs": cfg.run.epochs,
         "topk": min(cfg.distill.teacher_cache_topk, num_classes),
         "dtype": cfg.distill.teacher_cache_dtype,
         "distillation_type": cfg.distill.distillation_type,
-    }  # fmt: skip
+    }
 
 
 def _open_cache(folder: str, spec: dict, env: distributed.DistEnv, can_fill: bool) -> TeacherCache:
@@ -347,14 +534,20 @@ def build_student(
     return create_cnn(name, num_classes=num_classes, in_chans=in_chans), input_size or native_size or 224
 
 
-def model_description(model: nn.Module, info, img_size: int, crop_ratio: float, interpolation: str,
-                      intensity: str = "minmax") -> dict:  # fmt: skip
+def model_description(
+    model: nn.Module, info, img_size: int, crop_ratio: float, interpolation: str, intensity: str = "minmax"
+) -> dict:
     """What rebuilds the model and prepares its inputs: saved in every checkpoint."""
     description = dict(getattr(model, "arch_config", None) or deit_config(model))
     description["data"] = {
-        "class_names": list(info.class_names), "mean": list(info.mean), "std": list(info.std),
-        "input_size": img_size, "eval_crop_ratio": crop_ratio, "interpolation": interpolation, "intensity": intensity,
-    }  # fmt: skip
+        "class_names": list(info.class_names),
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "input_size": img_size,
+        "eval_crop_ratio": crop_ratio,
+        "interpolation": interpolation,
+        "intensity": intensity,
+    }
     return description
 
 
@@ -411,8 +604,10 @@ def _load_resume(path: Path, model, optimizer, ema, description: dict) -> tuple[
         if ema is not None:
             ema.module.load_state_dict(state["model_ema"] if state.get("model_ema") is not None else state["model"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} does not fit this run ({first_line(e)}); "
-                         "resume with the run's own settings, or start from its weights with --finetune") from None
+        raise ValueError(
+            f"{path} does not fit this run ({first_line(e)}); "
+            "resume with the run's own settings, or start from its weights with --finetune"
+        ) from None
     log.info(f"resuming after epoch {state['epoch']} from {path}")
     return state["epoch"] + 1, state["num_updates"]
 

@@ -111,8 +111,15 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: str | Pat
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        int(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")

@@ -23,8 +23,17 @@ def digits():
 
 
 def _plain(**kwargs) -> BatchAugment:
-    settings = dict(mean=(0.0,), std=(1.0,), crop_scale=1.0, ratio=(1.0, 1.0), hflip=0.0, aa=None, color_jitter=0,
-                    reprob=0.0, interpolation="bilinear")  # fmt: skip
+    settings = dict(
+        mean=(0.0,),
+        std=(1.0,),
+        crop_scale=1.0,
+        ratio=(1.0, 1.0),
+        hflip=0.0,
+        aa=None,
+        color_jitter=0,
+        reprob=0.0,
+        interpolation="bilinear",
+    )
     return BatchAugment(28, **{**settings, **kwargs})
 
 
@@ -42,10 +51,17 @@ def _geometric(name: str, level: float, x: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x.float() / 255, grid, mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("name, pil_op, level", [
-    ("Rotate", A.rotate, 25.0), ("Rotate", A.rotate, -12.0), ("ShearX", A.shear_x, 0.3), ("ShearY", A.shear_y, -0.2),
-    ("TranslateXRel", A.translate_x_rel, 0.3), ("TranslateYRel", A.translate_y_rel, -0.25),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, pil_op, level",
+    [
+        ("Rotate", A.rotate, 25.0),
+        ("Rotate", A.rotate, -12.0),
+        ("ShearX", A.shear_x, 0.3),
+        ("ShearY", A.shear_y, -0.2),
+        ("TranslateXRel", A.translate_x_rel, 0.3),
+        ("TranslateYRel", A.translate_y_rel, -0.25),
+    ],
+)
 def test_geometric_ops_match_pil(digits, name, pil_op, level):
     """Same pixel map as PIL's affine transforms (timm's ops): differences only from PIL's 8-bit rounding."""
     x = torch.from_numpy(digits).unsqueeze(1)
@@ -56,13 +72,23 @@ def test_geometric_ops_match_pil(digits, name, pil_op, level):
     assert (ours - x.float() / 255).abs().mean() > 0.02  # the op did move the digit
 
 
-@pytest.mark.parametrize("name, pil_op, level", [
-    ("AutoContrast", A.auto_contrast, None), ("Equalize", A.equalize, None), ("Invert", A.invert, None),
-    ("PosterizeIncreasing", A.posterize, 2), ("SolarizeIncreasing", A.solarize, 100), ("SolarizeAdd", A.solarize_add, 60),
-    ("ContrastIncreasing", A.contrast, 1.6), ("ContrastIncreasing", A.contrast, 0.3),
-    ("BrightnessIncreasing", A.brightness, 1.5), ("SharpnessIncreasing", A.sharpness, 1.8),
-    ("SharpnessIncreasing", A.sharpness, 0.2), ("ColorIncreasing", A.color, 0.4),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, pil_op, level",
+    [
+        ("AutoContrast", A.auto_contrast, None),
+        ("Equalize", A.equalize, None),
+        ("Invert", A.invert, None),
+        ("PosterizeIncreasing", A.posterize, 2),
+        ("SolarizeIncreasing", A.solarize, 100),
+        ("SolarizeAdd", A.solarize_add, 60),
+        ("ContrastIncreasing", A.contrast, 1.6),
+        ("ContrastIncreasing", A.contrast, 0.3),
+        ("BrightnessIncreasing", A.brightness, 1.5),
+        ("SharpnessIncreasing", A.sharpness, 1.8),
+        ("SharpnessIncreasing", A.sharpness, 0.2),
+        ("ColorIncreasing", A.color, 0.4),
+    ],
+)
 @pytest.mark.parametrize("rgb", [False, True])
 def test_colour_ops_match_pil(digits, name, pil_op, level, rgb):
     images = np.stack([digits, np.roll(digits, 3, axis=0) // 2, 255 - digits], axis=-1) if rgb else digits

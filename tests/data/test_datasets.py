@@ -36,9 +36,9 @@ def test_mnist5k_is_a_fixed_stratified_4000_1000_split():
 
 
 def test_digits_and_labels_per_class():
-    train, info = build_dataset("digits", None, True, labels_per_class=5)
+    train, _ = build_dataset("digits", None, True, labels_per_class=5)
     assert len(train) == 50 and np.bincount(train.targets).tolist() == [5] * 10
-    image, target, skipped = train[0]
+    image, _, skipped = train[0]
     assert image.mode == "L" and image.size == (8, 8) and skipped == 0
 
 
@@ -158,7 +158,7 @@ def test_repeated_augmentation_gives_each_copy_its_own_seed():
 
 def test_shard_sampler_covers_each_sample_once():
     shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(10))
+    assert sorted(i for shard in shards for i in shard) == list(range(10))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -172,8 +172,9 @@ def test_eval_batches_equal_the_per_image_eval_transform(channels):
     mean, std = (0.5,) * channels if channels == 1 else (0.485, 0.456, 0.406), (0.5,) * channels
     data.transform = build_transform(False, img_size=12, mean=mean, std=std, eval_crop_ratio=1.0)
     for rank, world in [(0, 1), (1, 2)]:
-        batches = list(EvalBatches(data.tensor(), data.targets, mean=mean, std=std, batch_size=8, rank=rank,
-                                   world_size=world))  # fmt: skip
+        batches = list(
+            EvalBatches(data.tensor(), data.targets, mean=mean, std=std, batch_size=8, rank=rank, world_size=world)
+        )
         loader = torch.utils.data.DataLoader(data, batch_size=8, sampler=ShardSampler(37, rank, world))
         expected = list(loader)
         assert len(batches) == len(expected) == -(-len(range(rank, 37, world)) // 8)

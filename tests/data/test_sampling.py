@@ -1,7 +1,6 @@
 """The training sampler: which images an epoch holds, in which order, under which seeds."""
 
 
-
 def test_repeat_passes_over_the_set_r_times_an_epoch_each_copy_its_own_view():
     """--repeat R: an epoch holds every index R times, shuffled; positions (the view seeds) run over all R x N."""
     from deit.data.sampling import train_sampler

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import deit
-from deit.distill import AttentionDistillation, DistillationLoss, activation_map, attention_loss, patch_attention, resize_map
+from deit.distill import (
+    AttentionDistillation,
+    DistillationLoss,
+    activation_map,
+    attention_loss,
+    patch_attention,
+    resize_map,
+)
 from deit.distill.attention import teacher_logits_and_maps
 from deit.teachers import SmallCNN, Teacher
 

@@ -102,7 +102,9 @@ def test_given_teacher_logits_are_used_instead_of_running_the_teacher(tensors):
     given = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"], tensors["teacher"])
     assert teacher.seen is None
     direct = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", 0.5, 1.0)
-    assert torch.allclose(given["loss"], direct(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"]))
+    assert torch.allclose(
+        given["loss"], direct(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"])
+    )
 
 
 def test_bad_arguments():
@@ -171,9 +173,14 @@ class SoftTarget(torch.nn.Module):
 
 def test_a_batch_without_labels_learns_from_the_teacher_alone(tensors):
     loss = DistillationLoss(torch.nn.CrossEntropyLoss(), RecordingTeacher(tensors["teacher"]), "hard", 0.5, 1.0)
-    parts = loss.parts(tensors["inputs"], (tensors["cls"], tensors["dist"]), tensors["labels"],
-                       labelled=torch.zeros(B, dtype=torch.bool))  # fmt: skip
+    parts = loss.parts(
+        tensors["inputs"],
+        (tensors["cls"], tensors["dist"]),
+        tensors["labels"],
+        labelled=torch.zeros(B, dtype=torch.bool),
+    )
     decided = tensors["teacher"].argmax(1)
     assert torch.allclose(parts["base_loss"], cross_entropy(tensors["cls"], decided))
-    assert torch.allclose(parts["loss"], 0.5 * cross_entropy(tensors["cls"], decided)
-                          + 0.5 * cross_entropy(tensors["dist"], decided))  # fmt: skip
+    assert torch.allclose(
+        parts["loss"], 0.5 * cross_entropy(tensors["cls"], decided) + 0.5 * cross_entropy(tensors["dist"], decided)
+    )

@@ -20,8 +20,15 @@ NAME = "deit_pico_patch4_28"
 @pytest.fixture(scope="module")
 def model():
     model = deit.create_model(NAME, num_classes=10, in_chans=1)
-    model.data_config = {"class_names": [str(i) for i in range(10)], "mean": [0.13], "std": [0.31], "input_size": 28,
-                         "eval_crop_ratio": 1.0, "interpolation": "bicubic", "intensity": "minmax"}  # fmt: skip
+    model.data_config = {
+        "class_names": [str(i) for i in range(10)],
+        "mean": [0.13],
+        "std": [0.31],
+        "input_size": 28,
+        "eval_crop_ratio": 1.0,
+        "interpolation": "bicubic",
+        "intensity": "minmax",
+    }
     return model
 
 
@@ -78,8 +85,10 @@ def test_the_same_checks_for_a_folders_config_json(model, tmp_path, capsys):
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(tmp_path / "saved" / "model.safetensors"), metadata={"format": "pt"})
     assert deit.create_model(pretrained=tmp_path / "saved").model_name == NAME
-    for edit, message in [(lambda c: c["hparams"].update(depth=10**6, embed_dim=8192), "must be between"),
-                          (lambda c: c["data"].update(class_names=["a", "b"]), "2 class names for 10 classes")]:  # fmt: skip
+    for edit, message in [
+        (lambda c: c["hparams"].update(depth=10**6, embed_dim=8192), "must be between"),
+        (lambda c: c["data"].update(class_names=["a", "b"]), "2 class names for 10 classes"),
+    ]:
         bad = json.loads(json.dumps(config))
         edit(bad)
         (tmp_path / "saved" / "config.json").write_text(json.dumps(bad))
@@ -100,8 +109,11 @@ def test_an_hf_config_with_a_bad_head_count_is_refused(model, tmp_path):
 
     export_weights(deit.create_model("deit_pico_patch4_28"), tmp_path / "hf", "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    for heads, message in ((0, "num_attention_heads=0 must be between"), (3, "not divisible by num_heads=3"),
-                           ("4", "must be a number")):  # fmt: skip
+    for heads, message in (
+        (0, "num_attention_heads=0 must be between"),
+        (3, "not divisible by num_heads=3"),
+        ("4", "must be a number"),
+    ):
         (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_attention_heads": heads}))
         with pytest.raises(WeightsError, match=message):
             deit.create_model(pretrained=tmp_path / "hf")

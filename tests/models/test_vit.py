@@ -3,8 +3,8 @@
 import pytest
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.deit import VisionTransformerDistilled as TimmDistilled
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import deit
 from deit.models import MODELS
@@ -26,8 +26,14 @@ def timm_model(name: str, in_chans: int = 3):
         return timm.create_model(name, in_chans=in_chans)
     spec = MODELS[name]
     cls = TimmDistilled if spec.distilled else TimmViT
-    return cls(img_size=spec.img_size, patch_size=spec.patch_size, in_chans=in_chans, embed_dim=spec.embed_dim,
-               depth=spec.depth, num_heads=spec.num_heads)  # fmt: skip
+    return cls(
+        img_size=spec.img_size,
+        patch_size=spec.patch_size,
+        in_chans=in_chans,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+    )
 
 
 @pytest.mark.parametrize("name", deit.list_models())
@@ -65,7 +71,10 @@ def test_distilled_returns_both_heads_in_training_and_their_mean_in_eval():
     assert isinstance(out, tuple) and len(out) == 2 and all(o.shape == (3, 10) for o in out)
     model.eval()
     with torch.no_grad():
-        cls_logits, dist_logits = model.head(model.forward_features(x)[:, 0]), model.head_dist(model.forward_features(x)[:, 1])
+        cls_logits, dist_logits = (
+            model.head(model.forward_features(x)[:, 0]),
+            model.head_dist(model.forward_features(x)[:, 1]),
+        )
         assert torch.allclose(model(x), (cls_logits + dist_logits) / 2, atol=1e-6)
     plain = deit.create_model("deit_pico_patch4_28", num_classes=10, in_chans=1).train()
     assert plain(x).shape == (3, 10)

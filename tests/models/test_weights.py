@@ -13,8 +13,15 @@ import deit
 from deit.models import WeightsError, export_weights, read_checkpoint, save_weights
 from deit.models.weights import resize_pos_embed
 
-TINY_HF = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, image_size=224,
-               patch_size=16, layer_norm_eps=1e-6)  # fmt: skip
+TINY_HF = dict(
+    hidden_size=192,
+    num_hidden_layers=12,
+    num_attention_heads=3,
+    intermediate_size=768,
+    image_size=224,
+    patch_size=16,
+    layer_norm_eps=1e-6,
+)
 
 
 def same_state(a, b):
@@ -206,7 +213,9 @@ def test_plain_weights_into_a_distilled_model_and_back(tmp_path):
     plain = deit.create_model("deit_pico_patch4_28", num_classes=10).eval()
     save_weights(plain, tmp_path / "plain")
     distilled = deit.create_model("deit_pico_distilled_patch4_28", pretrained=tmp_path / "plain").eval()
-    assert torch.equal(distilled.dist_token, plain.cls_token) and torch.equal(distilled.head_dist.weight, plain.head.weight)
+    assert torch.equal(distilled.dist_token, plain.cls_token) and torch.equal(
+        distilled.head_dist.weight, plain.head.weight
+    )
     assert torch.equal(distilled.pos_embed[:, 1], plain.pos_embed[:, 0])
     save_weights(distilled, tmp_path / "distilled")
     back = deit.create_model("deit_pico_patch4_28", pretrained=tmp_path / "distilled").eval()

@@ -30,9 +30,22 @@ _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Transla
 _BLENDS = {"Color": "color", "Contrast": "contrast", "Brightness": "brightness", "Sharpness": "sharpness"}
 _INCREASING_BLENDS = {f"{name}Increasing" for name in _BLENDS}
 _SIGNED = _GEOMETRIC | _INCREASING_BLENDS
-_KNOWN = _GEOMETRIC | set(_BLENDS) | _INCREASING_BLENDS | {
-    "AutoContrast", "Equalize", "Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal", "Solarize",
-    "SolarizeIncreasing", "SolarizeAdd"}  # fmt: skip
+_KNOWN = (
+    _GEOMETRIC
+    | set(_BLENDS)
+    | _INCREASING_BLENDS
+    | {
+        "AutoContrast",
+        "Equalize",
+        "Invert",
+        "Posterize",
+        "PosterizeIncreasing",
+        "PosterizeOriginal",
+        "Solarize",
+        "SolarizeIncreasing",
+        "SolarizeAdd",
+    }
+)
 
 
 def _level(name: str, m: torch.Tensor, translate_const: float) -> torch.Tensor:
@@ -112,14 +125,18 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         ops = ",".join(name for name, *_ in self.ops)
-        return (f"BatchAugment(size={self.img_size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
-                f"randaugment={self.policy} {self.num_layers}x[{ops}], jitter={self.jitter}, "
-                f"mode={self.mode}, reprob={self.reprob}, remode={self.remode}, recount={self.recount}, "
-                f"mean={self.mean.tolist()}, std={self.std.tolist()})")  # fmt: skip
+        return (
+            f"BatchAugment(size={self.img_size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
+            f"randaugment={self.policy} {self.num_layers}x[{ops}], jitter={self.jitter}, "
+            f"mode={self.mode}, reprob={self.reprob}, remode={self.remode}, recount={self.recount}, "
+            f"mean={self.mean.tolist()}, std={self.std.tolist()})"
+        )
 
     def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"batch augmentation takes uint8 (B, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"batch augmentation takes uint8 (B, C, H, W) images, got {images.dtype} {tuple(images.shape)}"
+            )
         g = torch.Generator().manual_seed(seed)  # every parameter is drawn on the CPU: the same on any device
         b, c, h, w = images.shape
         device = images.device
@@ -194,8 +211,11 @@ class BatchAugment:
         first = fits.float().argmax(dim=1, keepdim=True)
         cw, ch, any_fit = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1), fits.any(dim=1)
         in_ratio = w / h
-        fw, fh = (w, round(w / min(self.ratio))) if in_ratio < min(self.ratio) else (
-            (round(h * max(self.ratio)), h) if in_ratio > max(self.ratio) else (w, h))  # fmt: skip
+        fw, fh = (
+            (w, round(w / min(self.ratio)))
+            if in_ratio < min(self.ratio)
+            else ((round(h * max(self.ratio)), h) if in_ratio > max(self.ratio) else (w, h))
+        )
         cw, ch = torch.where(any_fit, cw, float(fw)), torch.where(any_fit, ch, float(fh))
         top = torch.floor(torch.rand(b, generator=g) * (h - ch + 1))
         left = torch.floor(torch.rand(b, generator=g) * (w - cw + 1))

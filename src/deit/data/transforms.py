@@ -30,24 +30,35 @@ def build_transform(
     """PIL image -> normalised tensor (C, img_size, img_size), with the DeiT training augmentation or for eval."""
     if not train:
         # resize the short side to img_size / ratio, then center-crop img_size (224 / 0.875 = 256 for ImageNet)
-        return create_transform(img_size, is_training=False, interpolation=interpolation, mean=mean, std=std,
-                                crop_pct=eval_crop_ratio)  # fmt: skip
+        return create_transform(
+            img_size, is_training=False, interpolation=interpolation, mean=mean, std=std, crop_pct=eval_crop_ratio
+        )
     transform = create_transform(
-        img_size, is_training=True, scale=(crop_scale, 1.0), hflip=hflip,
+        img_size,
+        is_training=True,
+        scale=(crop_scale, 1.0),
+        hflip=hflip,
         color_jitter=None if three_augment or not color_jitter else color_jitter,
-        auto_augment=None if three_augment or not aa or aa == "none" else aa, interpolation=interpolation,
-        mean=mean, std=std, re_prob=reprob, re_mode=remode, re_count=recount,
-    )  # fmt: skip
+        auto_augment=None if three_augment or not aa or aa == "none" else aa,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
+        re_prob=reprob,
+        re_mode=remode,
+        re_count=recount,
+    )
     _keep_posterize_bits(transform)
     if three_augment:
         # after crop and flip: one of grayscale / solarize / blur on every image, then colour jitter
         steps = list(transform.transforms)
         to_tensor = next(i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__)
-        three = T.RandomChoice([
-            T.Grayscale(num_output_channels=len(mean)),
-            T.RandomSolarize(threshold=128, p=1.0),
-            T.GaussianBlur(kernel_size=max(3, (img_size // 10) | 1), sigma=(0.1, 2.0)),
-        ])  # fmt: skip
+        three = T.RandomChoice(
+            [
+                T.Grayscale(num_output_channels=len(mean)),
+                T.RandomSolarize(threshold=128, p=1.0),
+                T.GaussianBlur(kernel_size=max(3, (img_size // 10) | 1), sigma=(0.1, 2.0)),
+            ]
+        )
         jitter = [T.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
         transform = T.Compose(steps[:to_tensor] + [three] + jitter + steps[to_tensor:])
     return transform
@@ -58,11 +69,13 @@ def crop_transform(img_size: int, *, crop_scale: float, hflip: float, interpolat
     read from files whose other augmentation is done a batch at a time (`batch_aug.BatchAugment`)."""
     from timm.data.transforms import RandomResizedCropAndInterpolation
 
-    return T.Compose([
-        RandomResizedCropAndInterpolation(img_size, scale=(crop_scale, 1.0), interpolation=interpolation),
-        T.RandomHorizontalFlip(hflip),
-        T.PILToTensor(),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            RandomResizedCropAndInterpolation(img_size, scale=(crop_scale, 1.0), interpolation=interpolation),
+            T.RandomHorizontalFlip(hflip),
+            T.PILToTensor(),
+        ]
+    )
 
 
 def _keep_posterize_bits(transform) -> None:

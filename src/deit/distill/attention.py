@@ -22,7 +22,7 @@ EPS = 1e-8
 
 
 def parse_layers(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """"-1" or "2,3" (or a list) -> block indices."""
+    """ "-1" or "2,3" (or a list) -> block indices."""
     if isinstance(text, (list, tuple)):
         return tuple(int(i) for i in text)
     try:
@@ -101,8 +101,10 @@ def teacher_logits_and_maps(
         if hasattr(model, "forward_attention"):  # a ViT
             logits, rows = model.forward_attention(x, blocks=list(layers), form="cls")
             per_head = model.num_heads == student_heads
-            maps = [resize_map(patch_attention(rows[i % len(model.blocks)], model.num_prefix_tokens, per_head), grid)
-                    for i in layers]  # fmt: skip
+            maps = [
+                resize_map(patch_attention(rows[i % len(model.blocks)], model.num_prefix_tokens, per_head), grid)
+                for i in layers
+            ]
             return logits, maps
         if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
             raise ValueError(

@@ -92,8 +92,10 @@ class TeacherCache:
         if root.exists() and any(root.iterdir()):
             raise ValueError(f"{root} is not empty and holds no teacher cache ({META}); pick another --teacher-cache")
         if not create:
-            raise ValueError(f"no teacher cache in {root}: make it with `deit cache-teacher` and the run's flags, or "
-                             "give --teacher-path so this run makes it first")  # fmt: skip
+            raise ValueError(
+                f"no teacher cache in {root}: make it with `deit cache-teacher` and the run's flags, or "
+                "give --teacher-path so this run makes it first"
+            )
         root.mkdir(parents=True, exist_ok=True)
         meta = {"version": VERSION, **spec}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
@@ -134,16 +136,22 @@ class TeacherCache:
         self._load(epoch)
         positions = torch.as_tensor(positions).long().cpu()
         if int(positions.max()) >= len(self._rows) or bool((self._rows[positions] < 0).any()):
-            raise ValueError(f"teacher cache {self.root} has no outputs for some positions of epoch {epoch}: it was made "
-                             "for fewer samples or another process layout; make a new one for this run")  # fmt: skip
+            raise ValueError(
+                f"teacher cache {self.root} has no outputs for some positions of epoch {epoch}: it was made "
+                "for fewer samples or another process layout; make a new one for this run"
+            )
         rows = self._rows[positions]
         if not torch.equal(self._data["indices"][rows].long(), torch.as_tensor(indices).long().cpu()):
-            raise ValueError(f"teacher cache {self.root} was made for another sample order (seed or data); make a new "
-                             "one for this run")  # fmt: skip
+            raise ValueError(
+                f"teacher cache {self.root} was made for another sample order (seed or data); make a new "
+                "one for this run"
+            )
         stored = self._data["checksums"][rows].to(views.device)
         if not torch.allclose(view_checksum(views), stored, rtol=1e-3, atol=1e-3):
-            raise ValueError(f"teacher cache {self.root}: this run's augmented images differ from those the teacher saw "
-                             "(other augmentation settings or library versions); make a new cache")  # fmt: skip
+            raise ValueError(
+                f"teacher cache {self.root}: this run's augmented images differ from those the teacher saw "
+                "(other augmentation settings or library versions); make a new cache"
+            )
         values = self._data["values"][rows].float()
         classes = self._data["classes"][rows].long()
         logits = (values[:, -1:] - FILL).expand(-1, num_classes).clone()
@@ -160,8 +168,10 @@ class TeacherCache:
         files = [self.root / epoch_file(epoch, r) for r in range(self.meta["views"]["world_size"])]
         absent = [f.name for f in files if not f.exists()]
         if absent:
-            raise ValueError(f"teacher cache {self.root} lacks epoch {epoch} ({absent[0]}): it was made for fewer "
-                             "epochs or interrupted; run `deit cache-teacher` with the same flags to finish it")  # fmt: skip
+            raise ValueError(
+                f"teacher cache {self.root} lacks epoch {epoch} ({absent[0]}): it was made for fewer "
+                "epochs or interrupted; run `deit cache-teacher` with the same flags to finish it"
+            )
         parts = [load_file(str(f)) for f in files]
         self._data = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         positions = self._data["positions"].long()
@@ -193,14 +203,20 @@ def _check(meta: dict, spec: dict, root: Path) -> None:
             want = (ours or {}).get(diff) if keys else ours
             if isinstance(got, list) and isinstance(want, list):  # e.g. the transform's steps: the first that differs
                 got, want = next(((a, b) for a, b in zip(got, want) if a != b), (len(got), len(want)))
-            raise ValueError(f"teacher cache {root} was made for {section} {diff}={_short(got)}, but this run has "
-                             f"{_short(want)}; make a new cache (another --teacher-cache folder)")  # fmt: skip
+            raise ValueError(
+                f"teacher cache {root} was made for {section} {diff}={_short(got)}, but this run has "
+                f"{_short(want)}; make a new cache (another --teacher-cache folder)"
+            )
     if meta["epochs"] < spec["epochs"]:
-        raise ValueError(f"teacher cache {root} holds {meta['epochs']} epochs, this run needs {spec['epochs']}; make a "
-                         "new cache with --epochs")  # fmt: skip
+        raise ValueError(
+            f"teacher cache {root} holds {meta['epochs']} epochs, this run needs {spec['epochs']}; make a "
+            "new cache with --epochs"
+        )
     if spec["distillation_type"] == "soft" and meta["topk"] < spec["topk"]:
-        raise ValueError(f"teacher cache {root} keeps the top {meta['topk']} logits, soft distillation here asks for "
-                         f"{spec['topk']}; make a new cache with --teacher-cache-topk {spec['topk']}")  # fmt: skip
+        raise ValueError(
+            f"teacher cache {root} keeps the top {meta['topk']} logits, soft distillation here asks for "
+            f"{spec['topk']}; make a new cache with --teacher-cache-topk {spec['topk']}"
+        )
 
 
 def _short(value) -> str:

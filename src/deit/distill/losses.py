@@ -56,8 +56,15 @@ class AttentionDistillation:
     def for_student(cls, student: nn.Module, weight: float, layers: tuple[int, ...], loss: str):
         if not hasattr(student, "forward_attention"):
             raise ValueError(f"attention distillation needs a DeiT student, not {type(student).__name__}")
-        return cls(weight, tuple(layers), loss, len(student.blocks), student.num_prefix_tokens,
-                   student.patch_embed.grid_size, student.num_heads)  # fmt: skip
+        return cls(
+            weight,
+            tuple(layers),
+            loss,
+            len(student.blocks),
+            student.num_prefix_tokens,
+            student.patch_embed.grid_size,
+            student.num_heads,
+        )
 
 
 class DistillationLoss(nn.Module):
@@ -129,10 +136,12 @@ class DistillationLoss(nn.Module):
                 raise ValueError("attention distillation needs the student's attention maps (student_maps)")
             attn = sum(
                 attention_loss(
-                    patch_attention(student_maps[i % self.attention.depth], self.attention.num_prefix,
-                                    per_head=target.ndim == 3),
-                    target, self.attention.loss,
-                )  # fmt: skip
+                    patch_attention(
+                        student_maps[i % self.attention.depth], self.attention.num_prefix, per_head=target.ndim == 3
+                    ),
+                    target,
+                    self.attention.loss,
+                )
                 for i, target in zip(self.attention.layers, teacher_maps)
             ) / len(teacher_maps)
             result["attn_loss"] = attn
@@ -144,18 +153,27 @@ class DistillationLoss(nn.Module):
         if self.attention is None:
             with torch.no_grad():
                 return self.teacher(inputs), None
-        return teacher_logits_and_maps(self.teacher, inputs, layers=self.attention.layers, grid=self.attention.grid,
-                                       student_heads=self.attention.heads)  # fmt: skip
+        return teacher_logits_and_maps(
+            self.teacher,
+            inputs,
+            layers=self.attention.layers,
+            grid=self.attention.grid,
+            student_heads=self.attention.heads,
+        )
 
     def _distill(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if self.distillation_type == "soft":
             T = self.tau
-            return F.kl_div(
-                F.log_softmax(dist_logits / T, dim=1),
-                F.log_softmax(teacher_logits / T, dim=1),
-                reduction="sum",
-                log_target=True,
-            ) * (T * T) / dist_logits.numel()
+            return (
+                F.kl_div(
+                    F.log_softmax(dist_logits / T, dim=1),
+                    F.log_softmax(teacher_logits / T, dim=1),
+                    reduction="sum",
+                    log_target=True,
+                )
+                * (T * T)
+                / dist_logits.numel()
+            )
         return F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
 
 

@@ -65,8 +65,9 @@ def check_hparams(hparams, where: str, *, required=tuple(HPARAM_BOUNDS)) -> dict
         raise WeightsError(f"{where}: hparams must be a mapping, not {show_value(hparams)}")
     unknown = sorted(set(hparams) - set(HPARAM_BOUNDS), key=str)
     if unknown:
-        raise WeightsError(f"{where}: unknown hparams {', '.join(map(show_value, unknown[:4]))}; known: "
-                           f"{', '.join(HPARAM_BOUNDS)}")  # fmt: skip
+        raise WeightsError(
+            f"{where}: unknown hparams {', '.join(map(show_value, unknown[:4]))}; known: {', '.join(HPARAM_BOUNDS)}"
+        )
     missing = [k for k in required if k not in hparams and k not in OPTIONAL_HPARAMS]
     if missing:
         raise WeightsError(f"{where}: hparams lack {', '.join(missing)}")
@@ -154,7 +155,13 @@ def check_hf_config(config, where: str) -> dict:
 def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
     """What the tensors of a DeiT/ViT state dict say of its architecture (all but the head count, which they do
     not show); WeightsError when they are not a DeiT's."""
-    needed = ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
+    needed = (
+        "patch_embed.proj.weight",
+        "cls_token",
+        "pos_embed",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.mlp.fc1.weight",
+    )
     if any(k not in sd for k in needed):
         raise WeightsError(
             f"{where} is not a DeiT/ViT checkpoint (it lacks {', '.join(k for k in needed if k not in sd)}); "
@@ -162,11 +169,15 @@ def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
         )
     proj, cls, pos, fc1 = sd["patch_embed.proj.weight"], sd["cls_token"], sd["pos_embed"], sd["blocks.0.mlp.fc1.weight"]
     if proj.dim() != 4 or proj.shape[2] != proj.shape[3] or cls.dim() != 3 or pos.dim() != 3 or fc1.dim() != 2:
-        raise WeightsError(f"{where}: its patch embedding, tokens or MLP have the wrong number of dimensions for a DeiT")
+        raise WeightsError(
+            f"{where}: its patch embedding, tokens or MLP have the wrong number of dimensions for a DeiT"
+        )
     embed_dim = cls.shape[-1]
     if proj.shape[0] != embed_dim or pos.shape[-1] != embed_dim or fc1.shape[1] != embed_dim or embed_dim == 0:
-        raise WeightsError(f"{where}: its tensors disagree on the width (cls_token {tuple(cls.shape)}, patch "
-                           f"embedding {tuple(proj.shape)}, pos_embed {tuple(pos.shape)})")  # fmt: skip
+        raise WeightsError(
+            f"{where}: its tensors disagree on the width (cls_token {tuple(cls.shape)}, patch "
+            f"embedding {tuple(proj.shape)}, pos_embed {tuple(pos.shape)})"
+        )
     indices = set()
     for key in sd:
         if key.startswith("blocks."):
@@ -176,12 +187,21 @@ def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
             indices.add(int(index))
     depth = len(indices)
     if indices != set(range(depth)):
-        raise WeightsError(f"{where}: its blocks are numbered {min(indices)}..{max(indices)} with gaps ({depth} blocks)")
+        raise WeightsError(
+            f"{where}: its blocks are numbered {min(indices)}..{max(indices)} with gaps ({depth} blocks)"
+        )
     distilled = "dist_token" in sd
     patch_size = proj.shape[-1]
     grid = math.isqrt(max(pos.shape[1] - (2 if distilled else 1), 0))
-    out = dict(img_size=grid * patch_size, patch_size=patch_size, in_chans=proj.shape[1], embed_dim=embed_dim,
-               depth=depth, mlp_ratio=fc1.shape[0] / embed_dim, qkv_bias="blocks.0.attn.qkv.bias" in sd)  # fmt: skip
+    out = dict(
+        img_size=grid * patch_size,
+        patch_size=patch_size,
+        in_chans=proj.shape[1],
+        embed_dim=embed_dim,
+        depth=depth,
+        mlp_ratio=fc1.shape[0] / embed_dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+    )
     if "head.weight" in sd and sd["head.weight"].dim() == 2:
         out["num_classes"] = sd["head.weight"].shape[0]
     return out
@@ -194,8 +214,10 @@ def check_matches_tensors(config: dict, sd: dict[str, torch.Tensor], where: str)
         return
     seen = tensor_hparams(sd, where)
     if bool(config.get("distilled")) != ("dist_token" in sd):
-        raise WeightsError(f"{where}: its config says distilled={config.get('distilled')}, its tensors "
-                           f"{'have' if 'dist_token' in sd else 'lack'} a distillation token; the file is inconsistent")
+        raise WeightsError(
+            f"{where}: its config says distilled={config.get('distilled')}, its tensors "
+            f"{'have' if 'dist_token' in sd else 'lack'} a distillation token; the file is inconsistent"
+        )
     hp = config["hparams"]
     for key, value in seen.items():
         claimed = hp.get(key, OPTIONAL_HPARAMS.get(key))
@@ -204,8 +226,10 @@ def check_matches_tensors(config: dict, sd: dict[str, torch.Tensor], where: str)
         else:
             same = claimed == value
         if not same:
-            raise WeightsError(f"{where}: its config says {key}={show_value(claimed)} but its tensors have {show_value(value)}; "
-                               "the file is inconsistent (save the model again)")  # fmt: skip
+            raise WeightsError(
+                f"{where}: its config says {key}={show_value(claimed)} but its tensors have {show_value(value)}; "
+                "the file is inconsistent (save the model again)"
+            )
 
 
 def parameter_count(kwargs: dict, distilled: bool) -> int:
@@ -248,8 +272,10 @@ def check_fits(kwargs: dict, distilled: bool, where: str) -> None:
     count = parameter_count(kwargs, distilled)
     free = available_memory()
     if free is not None and 4 * count > free:
-        raise WeightsError(f"{where}: the model would have {count / 1e6:,.1f}M parameters ({4 * count / 2**30:,.1f} GB "
-                           f"in float32), more than the {free / 2**30:.1f} GB of memory available")  # fmt: skip
+        raise WeightsError(
+            f"{where}: the model would have {count / 1e6:,.1f}M parameters ({4 * count / 2**30:,.1f} GB "
+            f"in float32), more than the {free / 2**30:.1f} GB of memory available"
+        )
 
 
 def show_value(value) -> str:

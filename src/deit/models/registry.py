@@ -62,9 +62,12 @@ def model_kwargs(name: str) -> dict:
         raise ValueError(f"unknown model {name!r}; `deit models` lists the names: {', '.join(MODELS)}")
     spec = MODELS[name]
     return dict(
-        patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
+        patch_size=spec.patch_size,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
         img_size=spec.img_size,
-    )  # fmt: skip
+    )
 
 
 def build(kwargs: dict, distilled: bool) -> VisionTransformer:

@@ -31,8 +31,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        if C != self.in_chans or H != self.img_size or W != self.img_size:
+        _, C, H, W = x.shape
+        if self.in_chans != C or self.img_size != H or self.img_size != W:
             raise ValueError(
                 f"input is {C}x{H}x{W} (channels x height x width) but the model takes "
                 f"{self.in_chans}x{self.img_size}x{self.img_size}; resize the images or create the model "
@@ -141,10 +141,17 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
         # Everything needed to build this network again: saved beside its weights (see weights.save_weights).
         self.hparams = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
             drop_path_rate=drop_path_rate,
-        )  # fmt: skip
+        )
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)

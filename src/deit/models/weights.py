@@ -103,7 +103,7 @@ def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
 
         try:
             with safe_open(str(file), framework="pt") as f:
-                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118 (not a dict)
         except Exception as e:
             raise WeightsError(f"cannot read {file} as safetensors ({first_line(e)}); is the file complete?") from None
         if not meta.get(CONFIG_KEY):
@@ -356,8 +356,10 @@ def check_finite(ckpt: Checkpoint) -> None:
     """Weights holding NaN or inf come from a run that diverged: every output would be NaN."""
     bad = [k for k, v in ckpt.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise WeightsError(f"{ckpt.path} holds NaN or infinite values in {len(bad)} tensors ({', '.join(bad[:3])}): "
-                           "the training that wrote it diverged; use an earlier checkpoint")  # fmt: skip
+        raise WeightsError(
+            f"{ckpt.path} holds NaN or infinite values in {len(bad)} tensors ({', '.join(bad[:3])}): "
+            "the training that wrote it diverged; use an earlier checkpoint"
+        )
 
 
 def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[str]]:
@@ -391,12 +393,19 @@ def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[st
         sd["patch_embed.proj.weight"] = theirs.sum(dim=1, keepdim=True)
         notes.append("RGB patch-embedding filters summed for a 1-channel input")
     ours, theirs = expected.get("head.weight"), sd.get("head.weight")
-    if ours is not None and theirs is not None and ours.shape[0] != theirs.shape[0] and ours.shape[1] == theirs.shape[1]:
+    if (
+        ours is not None
+        and theirs is not None
+        and ours.shape[0] != theirs.shape[0]
+        and ours.shape[1] == theirs.shape[1]
+    ):
         dropped = {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
         for key in dropped:
             sd.pop(key, None)
-        notes.append(f"head dropped: the checkpoint has {theirs.shape[0]} classes, the model {ours.shape[0]}; "
-                     "the new head starts untrained")  # fmt: skip
+        notes.append(
+            f"head dropped: the checkpoint has {theirs.shape[0]} classes, the model {ours.shape[0]}; "
+            "the new head starts untrained"
+        )
     return notes, dropped
 
 
@@ -476,7 +485,9 @@ def save_weights(model: VisionTransformer, path: str | os.PathLike) -> Path:
         _write_safetensors(_cpu_state_dict(model), path, {"format": "pt", CONFIG_KEY: json.dumps(config)})
     else:
         path.mkdir(parents=True, exist_ok=True)
-        _write_safetensors(_cpu_state_dict(model), path / WEIGHTS_FILE, {"format": "pt", CONFIG_KEY: json.dumps(config)})
+        _write_safetensors(
+            _cpu_state_dict(model), path / WEIGHTS_FILE, {"format": "pt", CONFIG_KEY: json.dumps(config)}
+        )
         _write_json(config, path / CONFIG_FILE)
     return path
 
@@ -504,4 +515,3 @@ def export_weights(model: VisionTransformer, path: str | os.PathLike, to: str) -
         _write_json(config, path / CONFIG_FILE)
         return path
     raise WeightsError(f"unknown weights format {to!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-
