@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record
 from deit.config import TrainConfig, merge
-from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, _slug, machine, train_side_by_side
-from deit.train import run
+from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, machine, run_name, train_side_by_side
+from deit.train import make_teacher_cache, run
 
 
 def main() -> None:
@@ -51,13 +51,17 @@ def main() -> None:
         }
         cache = {"distill.teacher_cache": str(root / "cache")}
         start = time.perf_counter()  # the demo's cache: everything any of its students needs (logits and maps)
-        run(config(root / "cache_run", {**students, **METHODS[-1][2], **cache}), cache_only=True)
+        make_teacher_cache(config(root / "cache_run", {**students, **METHODS[-1][2], **cache}))
         cache_seconds = time.perf_counter() - start
         walls, rows = {}, {}
         for phase, extra in [("online", {}), ("cached", cache)]:
             # the distilled students ("none" has no teacher to run or read)
             jobs = [
-                Job(_slug(label), config(root / phase / _slug(label), {**students, **how, **extra}), {"method": label})
+                Job(
+                    run_name(label),
+                    config(root / phase / run_name(label), {**students, **how, **extra}),
+                    {"method": label},
+                )
                 for label, _, how in METHODS[1:]
             ]
             start = time.perf_counter()

@@ -6,7 +6,7 @@ from PIL import Image
 
 import deit
 from deit.cli import main
-from deit.data import build_dataset, build_transform
+from deit.data import build_dataset, eval_transform
 from deit.explain import attention_maps, attention_rollout
 
 
@@ -21,7 +21,7 @@ def test_rollout_of_identity_attention_stays_on_each_token():
 def test_maps_of_a_trained_model_are_not_uniform_and_differ_between_digits(trained):
     model = deit.create_model(pretrained=trained)
     val, info = build_dataset("mnist5k", None, False)
-    val.transform = build_transform(False, img_size=28, mean=info.mean, std=info.std, eval_crop_ratio=1.0)
+    val.transform = eval_transform(28, mean=info.mean, std=info.std, crop_ratio=1.0)
     one, seven = val.targets.index(1), val.targets.index(7)
     maps = attention_maps(model, torch.stack([val[one][0], val[seven][0]]))
     assert set(maps) == {"rollout", "class token"}  # not distilled: no distillation-token map

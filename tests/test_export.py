@@ -7,13 +7,13 @@ import torch
 
 import deit
 from deit.cli import main
-from deit.data import build_dataset, build_transform
+from deit.data import build_dataset, eval_transform
 from deit.export import export_model
 
 
 def real_digits(count: int) -> torch.Tensor:
     val, info = build_dataset("mnist5k", None, False)
-    val.transform = build_transform(False, img_size=28, mean=info.mean, std=info.std, eval_crop_ratio=1.0)
+    val.transform = eval_transform(28, mean=info.mean, std=info.std, crop_ratio=1.0)
     return torch.stack([val[i][0] for i in range(count)])
 
 
@@ -31,8 +31,8 @@ def test_onnx_matches_pytorch_at_batch_1_and_7_on_random_and_real_digits(name, t
             assert np.abs(got - model(x).numpy()).max() <= 1e-4
 
 
-def test_export_from_a_training_checkpoint_keeps_class_names(trained, tmp_path, capsys):
-    assert main(["export", "--weights", str(trained), "--format", "safetensors", "-o", str(tmp_path / "s")]) == 0
+def test_a_training_checkpoint_saved_as_a_model_keeps_class_names(trained, tmp_path, capsys):
+    assert main(["convert", str(trained), str(tmp_path / "s"), "--to", "deit"]) == 0
     reloaded = deit.create_model(pretrained=tmp_path / "s")
     original = deit.create_model(pretrained=trained)
     assert reloaded.data_config["class_names"] == [str(d) for d in range(10)]

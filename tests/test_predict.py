@@ -8,7 +8,7 @@ from PIL import Image
 
 import deit
 from deit.cli import main
-from deit.data import build_dataset, build_transform
+from deit.data import build_dataset, eval_transform
 from deit.engine import evaluate
 
 
@@ -50,7 +50,7 @@ def test_predict_gives_evaluations_accuracy_and_reports_bad_files(trained, tmp_p
         assert min(picture.size) > 300
     # and the evaluation of training (the same preprocessing)
     model = deit.create_model(pretrained=trained)
-    val.transform = build_transform(False, img_size=28, mean=info.mean, std=info.std, eval_crop_ratio=1.0)
+    val.transform = eval_transform(28, mean=info.mean, std=info.std, crop_ratio=1.0)
     loader = torch.utils.data.DataLoader(val, batch_size=64)
     assert evaluate(model, loader, device=torch.device("cpu"))["acc1"] == pytest.approx(report["acc1"], abs=1e-9)
 

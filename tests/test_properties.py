@@ -108,12 +108,13 @@ def validated(monkeypatch):
     applied, as a run does)."""
     seen = []
 
-    def stop(cfg: TrainConfig, cache_only: bool = False) -> dict:
+    def stop(cfg: TrainConfig) -> dict:
         assert isinstance(cfg, TrainConfig)
         seen.append(cfg.with_defaults(dataset_defaults(cfg.data.data_set)))
-        return {"teacher_cache": "", "epochs": 0, "filled": 0}
+        return {}
 
     monkeypatch.setattr(deit.train, "run", stop)
+    monkeypatch.setattr(deit.train, "evaluate_only", stop)  # --eval
     return seen
 
 

@@ -8,10 +8,10 @@ from conftest import FAST, read_log
 from timm.data import Mixup
 
 from deit.cli import main
-from deit.data import build_dataset, build_transform
+from deit.data import Recipe, build_dataset, train_transform
 from deit.data.sampling import SeededDataset, batch_seed, sample_seed, train_sampler
 from deit.distill.cache import TeacherCache, epoch_file
-from deit.engine import prepare_batch
+from deit.engine import Views
 
 # A distilled student with every cached part in play: Mixup/CutMix pairs and lambdas, soft logits, attention maps.
 STUDENT = [
@@ -37,16 +37,8 @@ STUDENT = [
 
 def digits_view_set():
     train, info = build_dataset("mnist5k", None, True)
-    train.transform = build_transform(
-        True,
-        img_size=28,
-        mean=info.mean,
-        std=info.std,
-        crop_scale=0.5,
-        reprob=0.5,
-        aa="rand-m6-mstd0.5-inc1",
-        hflip=0.0,
-    )
+    recipe = Recipe(crop_scale=0.5, reprob=0.5, aa="rand-m6-mstd0.5-inc1", hflip=0.0)
+    train.transform = train_transform(28, mean=info.mean, std=info.std, recipe=recipe)
     return SeededDataset(train)
 
 
@@ -61,8 +53,8 @@ def test_a_view_replayed_from_its_seed_is_the_identical_tensor():
     mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
 
     def mixed(step: int) -> torch.Tensor:  # timm mixes in place: a fresh copy of the batch each time
-        batch = (a.clone(), torch.tensor([1, 2, 3, 1]))
-        return prepare_batch(batch, torch.device("cpu"), mixup, lambda s: batch_seed(3, 5, 0, s), step)[0]
+        views = Views(torch.device("cpu"), mixup=mixup, seed=lambda epoch, s: batch_seed(3, epoch, 0, s))
+        return views(a.clone(), torch.tensor([1, 2, 3, 1]), 5, step)[0]
 
     assert torch.equal(mixed(4), mixed(4))
     assert not torch.equal(mixed(4), mixed(5)) and not torch.equal(mixed(4), a)

@@ -5,6 +5,7 @@ import timm
 import torch
 
 import deit
+from deit.models.weights import deit_config
 from deit.teachers import SmallCNN, Teacher, create_cnn, load_teacher
 
 
@@ -14,7 +15,7 @@ def save_run_checkpoint(path, model, config):
 
 def test_cnn_trained_by_deit_train_loads_as_teacher(tmp_path):
     cnn = create_cnn("small_cnn", num_classes=10, in_chans=1)
-    save_run_checkpoint(tmp_path / "checkpoint.pth", cnn, cnn.arch_config)
+    save_run_checkpoint(tmp_path / "checkpoint.pth", cnn, deit_config(cnn))
     teacher = load_teacher("ignored", tmp_path, num_classes=10, in_chans=1)  # the run folder
     x = torch.randn(2, 1, 28, 28)
     cnn.eval()

@@ -14,7 +14,7 @@ import deit
 import deit.train as train_module
 from deit.cli import main
 from deit.config import TrainConfig, merge
-from deit.engine import NonFiniteLoss, prepare_batch
+from deit.engine import NonFiniteLoss, Views
 from deit.train import run
 
 
@@ -497,13 +497,14 @@ def test_images_without_labels_are_marked_through_mixup():
     from timm.data import Mixup
 
     images, cpu = torch.rand(6, 1, 8, 8), torch.device("cpu")
-    _, targets, labelled, _ = prepare_batch((images, torch.tensor([0, -1, 2, 3, 4, -1])), cpu, None, None, 0)
+    _, targets, labelled = Views(cpu)(images, torch.tensor([0, -1, 2, 3, 4, -1]), 0, 0)
     assert labelled.tolist() == [True, False, True, True, True, False] and targets.min() >= 0
     mixup = Mixup(mixup_alpha=1.0, num_classes=5, label_smoothing=0.0)
-    _, soft, labelled, _ = prepare_batch((images, torch.tensor([0, -1, 2, 3, 4, -1])), cpu, mixup, lambda s: 7, 0)
+    mixed = Views(cpu, mixup=mixup, seed=lambda epoch, step: 7)
+    _, soft, labelled = mixed(images, torch.tensor([0, -1, 2, 3, 4, -1]), 0, 0)
     assert soft.shape == (6, 5)
     assert labelled.tolist() == [False, False, True, True, False, False]  # image i is mixed with image 5 - i
-    assert prepare_batch((images, torch.tensor([0, 1, 2, 3, 4, 0])), cpu, mixup, lambda s: 7, 0)[2] is None
+    assert mixed(images, torch.tensor([0, 1, 2, 3, 4, 0]), 0, 0)[2] is None
 
 
 def test_unlabelled_images_teach_the_student_through_the_teacher(teacher, tmp_path, capsys):

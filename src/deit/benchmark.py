@@ -19,9 +19,10 @@ On CUDA: bf16 autocast. Random inputs; JPEGs are random-content images at ImageN
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import itertools
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import DistEnv, cpu_name, resolve_device
+from .files import slug
 
 PRESETS = {
     # the paper's DeiT-S distilled from a RegNetY-16GF (an H100/H200 does each part in seconds)
@@ -55,11 +57,6 @@ PRESETS = {
 }
 
 
-def slug(text: str) -> str:
-    """ "AMD EPYC, 2 cores" -> "amd-epyc-2-cores"."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def save_record(record: dict, out_dir: str | Path) -> Path:
     """Write `record` as <out_dir>/<benchmark>_<machine>_<date>.json and say where."""
     out = Path(out_dir) / f"{record['benchmark']}_{slug(record['machine'])}_{record['date']}.json"
@@ -75,7 +72,7 @@ def timm_twin(ours: torch.nn.Module) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     hp = dict(ours.hparams)
-    cls = VisionTransformerDistilled if ours.num_prefix_tokens == 2 else VisionTransformer
+    cls = VisionTransformerDistilled if ours.distilled else VisionTransformer
     twin = cls(**{k: v for k, v in hp.items() if k != "drop_path_rate"}, drop_path_rate=hp.get("drop_path_rate", 0.0))
     twin.load_state_dict(ours.state_dict(), strict=True)
     return twin
@@ -101,6 +98,22 @@ def ratio(times: dict, ours: str, baseline: str) -> float:
     return statistics.median(b / o for b, o in zip(times[baseline], times[ours]))
 
 
+class _Jpegs(torch.utils.data.Dataset):
+    """JPEG bytes decoded per sample through `transform`, as (image, target, skipped)."""
+
+    def __init__(self, blobs: list[bytes], mode: str, transform=None):
+        self.blobs, self.mode, self.transform = blobs, mode, transform
+
+    def __len__(self):
+        return len(self.blobs)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self.blobs[index])).convert(self.mode)
+        return self.transform(image), index % 10, 0
+
+
 def jpeg_dataset(count: int, in_chans: int, size: tuple[int, int] = (500, 375)):
     """`count` random-content JPEGs held as bytes, decoded per sample (the data a real run reads)."""
     import numpy as np
@@ -115,18 +128,312 @@ def jpeg_dataset(count: int, in_chans: int, size: tuple[int, int] = (500, 375)):
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         blobs.append(buffer.getvalue())
+    return _Jpegs(blobs, mode)
 
-    class Jpegs(torch.utils.data.Dataset):
-        transform = None
 
-        def __len__(self):
-            return len(blobs)
+# -- shared pieces --------------------------------------------------------------------------------------------------
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
-        def __getitem__(self, index):
-            image = Image.open(io.BytesIO(blobs[index])).convert(mode)
-            return self.transform(image), index % 10, 0
 
-    return Jpegs()
+def _no_sync() -> None:
+    """For passes that sync at their own end (a whole loader pass)."""
+
+
+def _repeated(fn: Callable[[], None], steps: int) -> None:
+    for _ in range(steps):
+        fn()
+
+
+def _repeat(fn: Callable[[], None], steps: int) -> Callable[[], None]:
+    """`fn` run `steps` times as one timed step."""
+    return functools.partial(_repeated, fn, steps)
+
+
+def _report(name: str, measured: dict, ours_key: str, base_key: str) -> dict:
+    """Print one measurement's line; its entry in the record's results."""
+    r = ratio(measured["times"], ours_key, base_key)
+    line = "  ".join(f"{k} {v:,.0f} img/s" for k, v in measured["img_s"].items())
+    print(f"{name:34s} {line}  | {ours_key} / {base_key}: {r:.2f}x")
+    return {"measurement": name, "img_s": measured["img_s"], "ratio": r, "ours": ours_key, "baseline": base_key}
+
+
+def _report_pairs(name: str, measured: dict, compiled: bool) -> list[dict]:
+    """Ours against timm, eager; with compiled models also compiled against compiled and against timm eager."""
+    results = [_report(name, measured, "ours", "timm")]
+    if compiled:
+        results.append(_report(name + ", compiled", measured, "ours compiled", "timm compiled"))
+        results.append(_report(name + ", ours compiled vs timm eager", measured, "ours compiled", "timm"))
+    return results
+
+
+def _models(ours: torch.nn.Module, twin: torch.nn.Module, compile_models: bool) -> dict[str, torch.nn.Module]:
+    models = {"ours": ours, "timm": twin}
+    if compile_models:  # eager and compiled side by side: the compiled baseline is the one to beat
+        models.update({"ours compiled": torch.compile(ours), "timm compiled": torch.compile(twin)})
+    return models
+
+
+def _optimizers(ours: torch.nn.Module, twin: torch.nn.Module, dev: torch.device) -> dict:
+    """AdamW for each model, keyed as `models` is without " compiled"; ours with the fused kernel."""
+    from timm.optim import create_optimizer_v2
+
+    fused = {"fused": True} if dev.type in ("cpu", "cuda") else {}
+    return {
+        "ours": create_optimizer_v2(ours, opt="adamw", lr=1e-4, weight_decay=0.05, **fused),
+        "timm": create_optimizer_v2(twin, opt="adamw", lr=1e-4, weight_decay=0.05),
+    }
+
+
+def _train_step(model: torch.nn.Module, opt, loss_fn: Callable, amp) -> None:
+    with amp:
+        loss = loss_fn(model)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _trainer(models: dict, optimizers: dict, key: str, loss_fn: Callable, amp) -> Callable[[], None]:
+    """One optimiser step of `models[key]` on `loss_fn(model)`."""
+    return functools.partial(_train_step, models[key], optimizers[key.split()[0]], loss_fn, amp)
+
+
+# -- inference ------------------------------------------------------------------------------------------------------
+def _infer(model: torch.nn.Module, x: torch.Tensor, amp) -> None:
+    with torch.inference_mode(), amp:
+        model(x)
+
+
+def _measure_inference(models: dict, x: torch.Tensor, amp, *, steps, rounds, sync, compiled) -> list[dict]:
+    for key in ("ours", "timm"):  # the compiled models share these modules
+        models[key].eval()
+    run = {k: _repeat(functools.partial(_infer, m, x, amp), steps) for k, m in models.items()}
+    measured = paired_rates(run, len(x) * steps, rounds, 1, sync)
+    return _report_pairs("inference", measured, compiled)
+
+
+# -- train step -----------------------------------------------------------------------------------------------------
+def _plain_loss(x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    out = model(x)
+    return sum(F.cross_entropy(o.float(), y) for o in (out if isinstance(out, tuple) else (out,)))
+
+
+def _measure_train(models: dict, optimizers: dict, x, y, amp, *, steps, rounds, sync, compiled) -> list[dict]:
+    loss_fn = functools.partial(_plain_loss, x, y)
+    run = {k: _repeat(_trainer(models, optimizers, k, loss_fn, amp), steps) for k in models}
+    measured = paired_rates(run, len(x) * steps, rounds, 1, sync)
+    return _report_pairs("train step", measured, compiled)
+
+
+# -- distilled step, teacher online and cached ----------------------------------------------------------------------
+def _distillation(cfg: dict, dev: torch.device):
+    """The preset's teacher, the distillation loss running it, and the loss taking its outputs from a cache."""
+    from .distill import DistillationLoss
+    from .teachers import Teacher, create_cnn
+
+    cnn = create_cnn(cfg["teacher"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
+    teacher = Teacher(cnn, cfg["teacher"], cfg["num_classes"]).to(dev)
+    if dev.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    loss = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, "hard", 0.5, 1.0)
+    cached_loss = DistillationLoss(torch.nn.CrossEntropyLoss(), None, "hard", 0.5, 1.0, cached=True)
+    return teacher, loss, cached_loss
+
+
+def _bench_spec(cfg: dict, bs: int, steps: int) -> dict:
+    """A cache description for the benchmark's synthetic cache."""
+    return {
+        "data": {"data_set": "random", "size": bs * steps, "num_classes": cfg["num_classes"]},
+        "views": {"seed": 0, "mixup": None, "repeated_aug": False, "batch_size": bs, "world_size": 1},
+        "teacher": {"name": cfg["teacher"]},
+        "attention": None,
+        "epochs": 1,
+        "topk": min(10, cfg["num_classes"]),
+        "dtype": "float16",
+        "distillation_type": "hard",
+    }
+
+
+def _synthetic_cache(folder: str, cfg: dict, teacher, x: torch.Tensor, batches: int, amp):
+    """A real cache on disk holding the teacher's outputs on `x` for `batches` batches of epoch 0; with each
+    batch's positions (which are also its indices)."""
+    from .distill.cache import TeacherCache
+
+    bs = len(x)
+    cache = TeacherCache.open_or_create(folder, _bench_spec(cfg, bs, batches), create=True)
+    positions = [torch.arange(i * bs, (i + 1) * bs) for i in range(batches)]
+    with torch.inference_mode(), amp:  # (the stored outputs are the stand-in batch's: timing is the point)
+        logits = teacher(x)
+    cache.write_epoch(0, 0, [cache.entries(p, p, x, logits, None) for p in positions])
+    return cache, positions
+
+
+def _online_loss(loss, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    return loss.parts(x, model(x), y)["loss"]
+
+
+def _cached_loss(loss, cache, positions: list, counter, x, y, model: torch.nn.Module) -> torch.Tensor:
+    """The distillation loss with the teacher's outputs read from `cache`, its batches in turn."""
+    i = next(counter) % len(positions)
+    teacher_logits, _ = cache.lookup(0, positions[i], positions[i], x)
+    return loss.parts(x, model(x), y, teacher_logits=teacher_logits)["loss"]
+
+
+def _measure_distilled(
+    models: dict, optimizers: dict, best: str, cfg: dict, distillation, x, y, amp, *, steps, rounds, sync
+) -> list[dict]:
+    """The official loop, ours with the teacher online and ours with it cached, in one set of rounds."""
+    teacher, loss, cached_loss = distillation
+    with tempfile.TemporaryDirectory() as folder:
+        cache, positions = _synthetic_cache(folder, cfg, teacher, x, steps, amp)
+        online = functools.partial(_online_loss, loss, x, y)
+        from_cache = functools.partial(_cached_loss, cached_loss, cache, positions, itertools.count(), x, y)
+        run = {
+            "timm + teacher": _trainer(models, optimizers, "timm" + best, online, amp),
+            "ours + teacher": _trainer(models, optimizers, "ours" + best, online, amp),
+            "ours + cache": _trainer(models, optimizers, "ours" + best, from_cache, amp),
+        }
+        measured = paired_rates({k: _repeat(fn, steps) for k, fn in run.items()}, len(x) * steps, rounds, 1, sync)
+    result = _report("distilled step, teacher online", measured, "ours + teacher", "timm + teacher")
+    result["cached_ratio"] = ratio(measured["times"], "ours + cache", "timm + teacher")
+    print(f"{'distilled step, teacher cached':34s} ours + cache / timm + teacher: {result['cached_ratio']:.2f}x")
+    return [result]
+
+
+# -- data pipeline --------------------------------------------------------------------------------------------------
+def _transforms(size: int, in_chans: int) -> dict:
+    """The training augmentation: ours and timm's per image; crop and flip per image with the rest per batch."""
+    from timm.data import create_transform
+
+    from .data.batch_aug import BatchAugment
+    from .data.transforms import Recipe, crop_transform, keep_posterize_bits, train_transform
+
+    mean, std = (0.5,) * in_chans, (0.25,) * in_chans
+    ours_tf = train_transform(size, mean=mean, std=std)
+    timm_tf = create_transform(
+        size,
+        is_training=True,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        re_prob=0.25,
+        color_jitter=0.3,
+        interpolation="bicubic",
+        mean=mean,
+        std=std,
+    )
+    keep_posterize_bits(timm_tf)  # as ours: this Pillow refuses timm's 0-bit posterize
+    return {
+        "ours": ours_tf,
+        "timm": timm_tf,
+        # --batch-aug: the loader decodes, crops and flips; RandAugment, erasing and normalisation run on the
+        # batch, on the training device
+        "crop": crop_transform(size, Recipe()),
+        "batch": BatchAugment(size, mean=mean, std=std, recipe=Recipe(crop_scale=1.0, hflip=0.0), ratio=(1.0, 1.0)),
+    }
+
+
+def _jpeg_loader(jpegs: _Jpegs, transform, seeded: bool, *, bs: int, num_workers: int, dev: torch.device):
+    """The JPEGs through `transform`: ours seeded per sample (replayable), timm's plainly shuffled."""
+    from .data.sampling import SeededDataset, collate_batch, train_sampler
+
+    dataset = _Jpegs(jpegs.blobs, jpegs.mode, transform)  # the same JPEGs, its own transform
+    kwargs = dict(
+        batch_size=bs,
+        num_workers=num_workers,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+        pin_memory=dev.type == "cuda",
+    )
+    if seeded:
+        sampler = train_sampler(dataset, seed=0, rank=0, world_size=1, repeated_aug=False)
+        return torch.utils.data.DataLoader(SeededDataset(dataset), sampler=sampler, collate_fn=collate_batch, **kwargs)
+    return torch.utils.data.DataLoader(dataset, shuffle=True, **kwargs)
+
+
+def _loader_pass(loader, dev: torch.device, augment) -> None:
+    for step, (images, *_) in enumerate(loader):
+        images = images.to(dev, non_blocking=True)
+        if augment is not None:
+            augment(images, step)
+    _sync(dev)
+
+
+def _measure_data(jpegs: _Jpegs, transforms: dict, *, bs, num_workers, rounds, dev) -> list[dict]:
+    loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=num_workers, dev=dev)
+    run = {
+        "ours": functools.partial(_loader_pass, loader(transforms["ours"], True), dev, None),
+        "timm": functools.partial(_loader_pass, loader(transforms["timm"], False), dev, None),
+        "ours, batch aug": functools.partial(_loader_pass, loader(transforms["crop"], True), dev, transforms["batch"]),
+    }
+    measured = paired_rates(run, (len(jpegs) // bs) * bs, rounds, 1, _no_sync)
+    return [
+        _report(f"data pipeline ({num_workers} workers)", measured, "ours", "timm"),
+        _report(f"data pipeline, batch aug on {dev.type}", measured, "ours, batch aug", "timm"),
+    ]
+
+
+# -- end to end -----------------------------------------------------------------------------------------------------
+def _distilled_pass(loader, model, opt, loss, amp, dev, augment=None, cache=None, spans=None, x=None) -> None:
+    """One pass over `loader` training `model`; with `cache`, the teacher's outputs read from it (batch i at
+    `spans[i]`, stored for the stand-in batch `x`)."""
+    for step, (images, targets, *_) in enumerate(loader):
+        images = images.to(dev, non_blocking=True)
+        targets = targets.to(dev, non_blocking=True)
+        if augment is not None:
+            images = augment(images, step)
+        with amp:
+            out = model(images)
+            if cache is not None:
+                teacher_logits, _ = cache.lookup(0, spans[step], spans[step], x)
+                total = loss.parts(images, out, targets, teacher_logits=teacher_logits)["loss"]
+            else:
+                total = loss.parts(images, out, targets)["loss"]
+        total.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync(dev)
+
+
+def _measure_e2e(
+    models, optimizers, best, cfg, distillation, jpegs, transforms, x, amp, *, bs, num_workers, rounds, dev
+) -> list[dict]:
+    """A whole distilled pass over the JPEGs: loader, augmentation, teacher (or its cache), student step. Ours:
+    batch augmentation on the device, the teacher cached. Baseline: the official loop."""
+    teacher, loss, cached_loss = distillation
+    batches = len(jpegs) // bs
+    loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=num_workers, dev=dev)
+    with tempfile.TemporaryDirectory() as folder:
+        cache, spans = _synthetic_cache(folder, cfg, teacher, x, batches, amp)
+        official = loader(transforms["timm"], False), models["timm"], optimizers["timm"], loss, amp, dev
+        ours = loader(transforms["crop"], True), models["ours" + best], optimizers["ours"], cached_loss, amp, dev
+        run = {
+            "official loop": functools.partial(_distilled_pass, *official),
+            "ours": functools.partial(_distilled_pass, *ours, transforms["batch"], cache, spans, x),
+        }
+        measured = paired_rates(run, batches * bs, rounds, 1, _no_sync)
+    return [_report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop")]
+
+
+# -- the whole run --------------------------------------------------------------------------------------------------
+def _start_record(cfg: dict, preset: str, dev: torch.device, bs: int, compiled: bool, rounds: int, steps: int):
+    """The record's settings, with no results yet; printed as one line."""
+    machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    print(
+        f"{machine} | torch {torch.__version__} | batch {bs} | {'bf16' if dev.type == 'cuda' else 'fp32'}"
+        f"{' | compiled' if compiled else ''} | {rounds} rounds of {steps} steps"
+    )
+    return {
+        "machine": machine,
+        "device": dev.type,
+        "preset": preset,
+        "student": cfg["student"],
+        "teacher": cfg["teacher"],
+        "batch_size": bs,
+        "compiled": compiled,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": [],
+    }
 
 
 def run_benchmark(
@@ -142,287 +449,42 @@ def run_benchmark(
     parts: tuple[str, ...] = ("inference", "train", "distilled", "data", "e2e"),
 ) -> dict:
     """Run the measurements; returns a record (machine, settings, one entry per measurement)."""
-    from timm.optim import create_optimizer_v2
-
-    from .data.batch_aug import BatchAugment
-    from .data.transforms import _keep_posterize_bits, build_transform, crop_transform
-    from .distill import DistillationLoss
-    from .distill.cache import TeacherCache
     from .models import create_model
-    from .teachers import Teacher, create_cnn
 
     cfg = PRESETS[preset]
     dev = resolve_device(device, DistEnv())  # one line naming the fix when the device is absent
     bs = batch_size or cfg["batch_size"]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     torch.manual_seed(0)
     ours = create_model(cfg["student"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"]).to(dev)
     twin = timm_twin(ours).to(dev)
     size = ours.hparams["img_size"]
     x = torch.randn(bs, cfg["in_chans"], size, size, device=dev)
     y = torch.randint(0, cfg["num_classes"], (bs,), device=dev)
-    machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-    record = {
-        "machine": machine,
-        "device": dev.type,
-        "preset": preset,
-        "student": cfg["student"],
-        "teacher": cfg["teacher"],
-        "batch_size": bs,
-        "compiled": compile_models,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "results": [],
-    }
-    print(
-        f"{machine} | torch {torch.__version__} | batch {bs} | {'bf16' if dev.type == 'cuda' else 'fp32'}"
-        f"{' | compiled' if compile_models else ''} | {rounds} rounds of {steps} steps"
-    )
+    record = _start_record(cfg, preset, dev, bs, compile_models, rounds, steps)
+    results = record["results"]
 
-    def report(name: str, measured: dict, ours_key: str, base_key: str) -> None:
-        r = ratio(measured["times"], ours_key, base_key)
-        line = "  ".join(f"{k} {v:,.0f} img/s" for k, v in measured["img_s"].items())
-        print(f"{name:34s} {line}  | {ours_key} / {base_key}: {r:.2f}x")
-        record["results"].append(
-            {"measurement": name, "img_s": measured["img_s"], "ratio": r, "ours": ours_key, "baseline": base_key}
-        )
-
-    def repeat(fn):
-        def run():
-            for _ in range(steps):
-                fn()
-
-        return run
-
-    models = {"ours": ours, "timm": twin}
-    if compile_models:  # eager and compiled side by side: the compiled baseline is the one to beat
-        models.update({"ours compiled": torch.compile(ours), "timm compiled": torch.compile(twin)})
-    best = " compiled" if compile_models else ""
-
-    def report_pairs(name: str, measured: dict) -> None:
-        report(name, measured, "ours", "timm")
-        if compile_models:
-            report(name + ", compiled", measured, "ours compiled", "timm compiled")
-            report(name + ", ours compiled vs timm eager", measured, "ours compiled", "timm")
-
+    models, best = _models(ours, twin, compile_models), " compiled" if compile_models else ""
+    timing = dict(steps=steps, rounds=rounds, sync=functools.partial(_sync, dev))
     if "inference" in parts:
-
-        def infer(model):
-            def step():
-                with torch.inference_mode(), amp:
-                    model(x)
-
-            return step
-
-        for m in (ours, twin):
-            m.eval()
-        measured = paired_rates({k: repeat(infer(m)) for k, m in models.items()}, bs * steps, rounds, 1, sync)
-        report_pairs("inference", measured)
-
+        results += _measure_inference(models, x, amp, **timing, compiled=compile_models)
     if "train" in parts or "distilled" in parts or "e2e" in parts:
         ours.train(), twin.train()
-        fused = {"fused": True} if dev.type in ("cpu", "cuda") else {}
-        optimizers = {
-            "ours": create_optimizer_v2(ours, opt="adamw", lr=1e-4, weight_decay=0.05, **fused),
-            "timm": create_optimizer_v2(twin, opt="adamw", lr=1e-4, weight_decay=0.05),
-        }
-
-        def train_step(key, loss_fn):
-            model, opt = models[key], optimizers[key.split()[0]]
-
-            def step():
-                with amp:
-                    loss = loss_fn(model)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            return step
-
-        def plain(model):
-            out = model(x)
-            return sum(F.cross_entropy(o.float(), y) for o in (out if isinstance(out, tuple) else (out,)))
-
-        if "train" in parts:
-            measured = paired_rates({k: repeat(train_step(k, plain)) for k in models}, bs * steps, rounds, 1, sync)
-            report_pairs("train step", measured)
-
+        optimizers = _optimizers(ours, twin, dev)
+    if "train" in parts:
+        results += _measure_train(models, optimizers, x, y, amp, **timing, compiled=compile_models)
     if "distilled" in parts or "e2e" in parts:
-        cnn = create_cnn(cfg["teacher"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
-        teacher = Teacher(cnn, cfg["teacher"], cfg["num_classes"]).to(dev)
-        if dev.type == "cuda":
-            teacher = teacher.to(memory_format=torch.channels_last)
-        loss = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, "hard", 0.5, 1.0)
-        cached_loss = DistillationLoss(torch.nn.CrossEntropyLoss(), None, "hard", 0.5, 1.0, cached=True)
-
+        distillation = _distillation(cfg, dev)
     if "distilled" in parts:
-        with tempfile.TemporaryDirectory() as folder:
-            # a real cache on disk: the teacher's outputs for `steps` batches of one epoch
-            cache = TeacherCache.open_or_create(folder, _bench_spec(cfg, bs, steps), create=True)
-            positions = [torch.arange(i * bs, (i + 1) * bs) for i in range(steps)]
-            with torch.inference_mode(), amp:
-                logits = teacher(x)
-            cache.write_epoch(0, 0, [cache.entries(p, p, x, logits, None) for p in positions])
-            counter = iter(range(10**9))
+        results += _measure_distilled(models, optimizers, best, cfg, distillation, x, y, amp, **timing)
 
-            def online(model):
-                return loss.parts(x, model(x), y)["loss"]
-
-            def from_cache(model):
-                i = next(counter) % steps
-                teacher_logits, _ = cache.lookup(0, positions[i], positions[i], x, cfg["num_classes"])
-                return cached_loss.parts(x, model(x), y, teacher_logits=teacher_logits)["loss"]
-
-            measured = paired_rates(
-                {
-                    "timm + teacher": repeat(train_step("timm" + best, online)),
-                    "ours + teacher": repeat(train_step("ours" + best, online)),
-                    "ours + cache": repeat(train_step("ours" + best, from_cache)),
-                },
-                bs * steps,
-                rounds,
-                1,
-                sync,
-            )
-            report("distilled step, teacher online", measured, "ours + teacher", "timm + teacher")
-            record["results"][-1]["cached_ratio"] = ratio(measured["times"], "ours + cache", "timm + teacher")
-            print(
-                f"{'distilled step, teacher cached':34s} ours + cache / timm + teacher: "
-                f"{record['results'][-1]['cached_ratio']:.2f}x"
-            )
-
+    loading = dict(bs=bs, num_workers=num_workers, rounds=rounds, dev=dev)
     if "data" in parts or "e2e" in parts:
-        from timm.data import create_transform
-
-        from .data.sampling import SeededDataset, train_sampler
-
         jpegs = jpeg_dataset(data_images, cfg["in_chans"], cfg["jpeg_size"])
-        mean, std = (0.5,) * cfg["in_chans"], (0.25,) * cfg["in_chans"]
-        ours_tf = build_transform(True, img_size=size, mean=mean, std=std)
-        timm_tf = create_transform(
-            size,
-            is_training=True,
-            auto_augment="rand-m9-mstd0.5-inc1",
-            re_prob=0.25,
-            color_jitter=0.3,
-            interpolation="bicubic",
-            mean=mean,
-            std=std,
-        )
-        _keep_posterize_bits(timm_tf)  # as ours: this Pillow refuses timm's 0-bit posterize
-
-        # --batch-aug: the loader decodes, crops and flips; RandAugment, erasing and normalisation run on the batch,
-        # on the training device
-        crop_tf = crop_transform(size, crop_scale=0.08, hflip=0.5, interpolation="bicubic")
-        batch_tf = BatchAugment(size, mean=mean, std=std, crop_scale=1.0, ratio=(1.0, 1.0), hflip=0.0)
-
-        def jpeg_loader(transform, seeded: bool):
-            """The JPEGs through `transform`: ours seeded per sample (replayable), timm's plainly shuffled."""
-            dataset = type(jpegs)()  # the same JPEGs, its own transform
-            dataset.transform = transform
-            kwargs = dict(
-                batch_size=bs,
-                num_workers=num_workers,
-                drop_last=True,
-                persistent_workers=num_workers > 0,
-                pin_memory=dev.type == "cuda",
-            )
-            if seeded:
-                sampler = train_sampler(dataset, seed=0, rank=0, world_size=1, repeated_aug=False)
-                return torch.utils.data.DataLoader(SeededDataset(dataset), sampler=sampler, **kwargs)
-            return torch.utils.data.DataLoader(dataset, shuffle=True, **kwargs)
-
-        def loader_pass(transform, seeded: bool, augment=None):
-            loader = jpeg_loader(transform, seeded)
-
-            def run():
-                for step, (images, *_) in enumerate(loader):
-                    images = images.to(dev, non_blocking=True)
-                    if augment is not None:
-                        augment(images, step)
-                sync()
-
-            return run
-
-        images = (data_images // bs) * bs
-        if "data" in parts:
-            measured = paired_rates(
-                {
-                    "ours": loader_pass(ours_tf, True),
-                    "timm": loader_pass(timm_tf, False),
-                    "ours, batch aug": loader_pass(crop_tf, True, batch_tf),
-                },
-                images,
-                rounds,
-                1,
-                lambda: None,
-            )
-            report(f"data pipeline ({num_workers} workers)", measured, "ours", "timm")
-            report(f"data pipeline, batch aug on {dev.type}", measured, "ours, batch aug", "timm")
-
+        transforms = _transforms(size, cfg["in_chans"])
+    if "data" in parts:
+        results += _measure_data(jpegs, transforms, **loading)
     if "e2e" in parts:
-        # a whole distilled pass over the JPEGs: loader, augmentation, teacher (or its cache), student step.
-        # Ours: batch augmentation on the device, the teacher cached. Baseline: the official loop.
-        batches = data_images // bs
-        with tempfile.TemporaryDirectory() as folder:
-            cache = TeacherCache.open_or_create(folder, _bench_spec(cfg, bs, batches), create=True)
-            spans = [torch.arange(i * bs, (i + 1) * bs) for i in range(batches)]
-            with torch.inference_mode(), amp:  # (the stored outputs are the stand-in batch's: timing is the point)
-                logits = teacher(x)
-            cache.write_epoch(0, 0, [cache.entries(p, p, x, logits, None) for p in spans])
-
-            def pass_over(key: str, transform, seeded: bool, augment=None, cached: bool = False):
-                loader = jpeg_loader(transform, seeded)
-                model, opt = models[key], optimizers[key.split()[0]]
-
-                def run():
-                    for step, (images, targets, *_) in enumerate(loader):
-                        images = images.to(dev, non_blocking=True)
-                        targets = targets.to(dev, non_blocking=True)
-                        if augment is not None:
-                            images = augment(images, step)
-                        with amp:
-                            out = model(images)
-                            if cached:
-                                teacher_logits, _ = cache.lookup(0, spans[step], spans[step], x, cfg["num_classes"])
-                                total = cached_loss.parts(images, out, targets, teacher_logits=teacher_logits)["loss"]
-                            else:
-                                total = loss.parts(images, out, targets)["loss"]
-                        total.backward()
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    sync()
-
-                return run
-
-            measured = paired_rates(
-                {
-                    "official loop": pass_over("timm", timm_tf, False),
-                    "ours": pass_over("ours" + best, crop_tf, True, batch_tf, cached=True),
-                },
-                images,
-                rounds,
-                1,
-                lambda: None,
-            )
-            report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop")
+        e2e = models, optimizers, best, cfg, distillation, jpegs, transforms, x, amp
+        results += _measure_e2e(*e2e, **loading)
     return record
-
-
-def _bench_spec(cfg: dict, bs: int, steps: int) -> dict:
-    """A cache description for the benchmark's synthetic cache."""
-    return {
-        "data": {"data_set": "random", "size": bs * steps},
-        "views": {"seed": 0, "mixup": None, "repeated_aug": False, "batch_size": bs, "world_size": 1},
-        "teacher": {"name": cfg["teacher"]},
-        "attention": None,
-        "epochs": 1,
-        "topk": min(10, cfg["num_classes"]),
-        "dtype": "float16",
-        "distillation_type": "hard",
-    }

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
+from .failures import first_line
 from .files import FolderLock, atomic_write, write_text
+
+log = logging.getLogger("deit")
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "log.jsonl"
@@ -126,6 +130,68 @@ def load_training_state(path: Path) -> dict:
         if not isinstance(state[key], dict):
             raise ValueError(f"{path} is damaged: its {key} is a {type(state[key]).__name__}, not a mapping")
     return state
+
+
+def training_state(model, updates, epoch: int, config: dict, deit_config: dict) -> dict:
+    """What checkpoint.pth holds after `epoch`: the weights, the optimizer and EMA, the step count, the run's
+    config and the model's `deit_config` (what rebuilds it and prepares its inputs)."""
+    from .distributed import unwrap
+
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": updates.optimizer.state_dict(),
+        "model_ema": updates.ema.module.state_dict() if updates.ema is not None else None,
+        "epoch": epoch,
+        "num_updates": updates.num_updates,
+        "config": config,
+        "deit_config": deit_config,
+    }
+
+
+def resume_training(path: Path, model, updates, deit_config: dict) -> int:
+    """Load a checkpoint's weights, optimizer, EMA and step count into this run; returns the epoch to start at.
+    Refuses a checkpoint of another model (its `deit_config` but for the data section differs)."""
+    state = load_training_state(path)
+    theirs = state["deit_config"]
+    if {k: v for k, v in theirs.items() if k != "data"} != {k: v for k, v in deit_config.items() if k != "data"}:
+        raise ValueError(
+            f"{path} was written by a run of {theirs.get('model')} {theirs.get('hparams')}, but this run trains "
+            f"{deit_config.get('model')} {deit_config.get('hparams')}; resume with the same model and data, or "
+            "start from its weights with --finetune"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        updates.optimizer.load_state_dict(state["optimizer"])
+        if updates.ema is not None:
+            ema = state["model_ema"] if state.get("model_ema") is not None else state["model"]
+            updates.ema.module.load_state_dict(ema)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path} does not fit this run ({first_line(e)}); "
+            "resume with the run's own settings, or start from its weights with --finetune"
+        ) from None
+    updates.resume(state["num_updates"])
+    log.info(f"resuming after epoch {state['epoch']} from {path}")
+    return state["epoch"] + 1
+
+
+def saved_config(resume: str) -> dict:
+    """The configuration a checkpoint's run was started with (where it wrote and what it resumed left out: a
+    resumed run writes into the folder it resumes)."""
+    config = load_training_state(resume_path(resume))["config"]
+    run = config.get("run")
+    if isinstance(run, dict):
+        config = {**config, "run": {k: v for k, v in run.items() if k not in ("output_dir", "resume")}}
+    return config
+
+
+def what_is_kept(folder: RunFolder | None, epoch: int) -> str:
+    """What a run stopped during `epoch` leaves behind, and how to continue it."""
+    if folder is None:
+        return "nothing was saved (no --output_dir)"
+    if not (folder.path / CHECKPOINT).exists():
+        return f"no checkpoint was written in {folder.path} yet"
+    return f"the checkpoint of epoch {epoch - 1} in {folder.path} is kept: --resume {folder.path} to continue"
 
 
 def check_output(source: str | os.PathLike, output: str | os.PathLike, files: list[str] | None = None) -> None:

@@ -71,7 +71,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-SAVED_MODEL = ["model.safetensors", "config.json"]  # what a folder output of convert and export receives
+SAVED_MODEL = ["model.safetensors", "config.json"]  # what a folder output of convert receives
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -130,9 +130,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(_flag(f.name), type=_parse_type(f.type), metavar=f.name.upper(), **kwargs)
 
 
-def cmd_train(args: argparse.Namespace, cache_only: bool = False) -> int:
+def _train_config(args: argparse.Namespace):
+    """The run's config: a preset (--config), or a resumed run's own, with the flags on top."""
+    from .checkpoint import saved_config
     from .config import TrainConfig, load_yaml, merge
-    from .train import run, saved_config
 
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     if args.config:
@@ -142,15 +143,24 @@ def cmd_train(args: argparse.Namespace, cache_only: bool = False) -> int:
     else:
         base = {}
     values, explicit = merge(base, overrides)
-    result = run(TrainConfig.from_dict(values, explicit), cache_only=cache_only)
-    if cache_only:
-        done = "made" if result["filled"] else "already complete"
-        print(f"teacher cache {result['teacher_cache']}: {result['epochs']} epochs, {done}")
+    return TrainConfig.from_dict(values, explicit)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    cfg = _train_config(args)
+    (train.evaluate_only if cfg.run.eval else train.run)(cfg)
     return 0
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
-    return cmd_train(args, cache_only=True)
+    from .train import make_teacher_cache
+
+    result = make_teacher_cache(_train_config(args))
+    done = "made" if result["filled"] else "already complete"
+    print(f"teacher cache {result['teacher_cache']}: {result['epochs']} epochs, {done}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -197,15 +207,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
     from .models import create_model
 
-    folder = args.format == "safetensors" and Path(args.output).suffix != ".safetensors"
-    check_output(args.weights, args.output, SAVED_MODEL if folder else None)
+    check_output(args.weights, args.output)
     model = create_model(args.model, pretrained=args.weights)
     result = export_model(model, args.output, args.format)
     checked = (
         f", matches PyTorch within {result['max_abs_diff']:.1e} in onnxruntime at batch "
         f"{' and '.join(map(str, result['checked_batches']))}"
-        if args.format == "onnx"
-        else ""
     )
     print(f"wrote {result['path']} ({args.format}, {model.model_name or 'deit'}, {model.num_classes} classes{checked})")
     return 0
@@ -283,6 +290,9 @@ def model_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export import FORMATS as EXPORT_FORMATS
+    from .models.weights import LAYOUTS as WEIGHTS_LAYOUTS
+
     parser = Parser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -386,15 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=count(0), default=2)
     p.set_defaults(func=cmd_eval)
 
-    p = model_command(sub, "export", "a trained model as ONNX (checked in onnxruntime) or safetensors + config")
-    p.add_argument("--format", required=True, choices=("onnx", "safetensors"))
-    p.add_argument("-o", "--output", required=True, help="the .onnx file, or a .safetensors file or folder")
+    p = model_command(
+        sub, "export", "a trained model as ONNX, checked in onnxruntime (safetensors: deit convert --to deit)"
+    )
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="convert weights between deit, timm and HF transformers layouts")
     p.add_argument("src", help="weights in any supported format (file or folder)")
     p.add_argument("dst", help="output: a folder (deit, hf) or a .safetensors/.pth file (timm; deit also)")
-    p.add_argument("--to", required=True, choices=("deit", "timm", "hf"), help="output layout")
+    p.add_argument("--to", required=True, choices=WEIGHTS_LAYOUTS, help="output layout")
     p.add_argument("--model", default=None, help="architecture name, when the checkpoint does not make it clear")
     p.set_defaults(func=cmd_convert)
     parser.commands = sub.choices  # name -> the command's parser

@@ -20,6 +20,11 @@ from pathlib import Path
 
 import yaml
 
+from .data.transforms import MIXUP_MODES, REMODES, Recipe
+from .distill.attention import ATTENTION_LOSSES, parse_layers
+from .distill.cache import DTYPES as CACHE_DTYPES
+from .distill.losses import DISTILLATION_TYPES
+from .engine import PRECISIONS
 from .models.metadata import INTENSITIES, INTERPOLATIONS
 from .models.metadata import show_value as _show
 
@@ -74,6 +79,12 @@ def _check(section: str, config, rules) -> None:
 
 def _in(low: float, value, high: float) -> bool:
     return value is None or low <= value <= high
+
+
+def _one_of(values) -> str:
+    """The rule for a field with a list of allowed values: "must be a, b or c"."""
+    values = list(values)
+    return f"must be {', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else f"must be {values[0]}"
 
 
 def known_architecture(name: str) -> bool:
@@ -184,7 +195,7 @@ class DataConfig:
                 ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
                 ("repeat", 1 <= c.repeat <= 10**6, "must be >= 1"),
                 ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
-                ("intensity", c.intensity in INTENSITIES, f"must be one of {', '.join(INTENSITIES)}"),
+                ("intensity", c.intensity in INTENSITIES, _one_of(INTENSITIES)),
             ],
         )
 
@@ -236,19 +247,15 @@ class AugConfig:
                 ("hflip", 0.0 <= c.hflip <= 1.0, "must be in [0, 1]"),
                 ("color_jitter", 0.0 <= c.color_jitter <= 10.0, "must be in [0, 10]"),
                 ("smoothing", 0.0 <= c.smoothing < 1.0, "must be in [0, 1)"),
-                (
-                    "train_interpolation",
-                    c.train_interpolation in INTERPOLATIONS,
-                    f"must be one of {', '.join(INTERPOLATIONS)}",
-                ),
+                ("train_interpolation", c.train_interpolation in INTERPOLATIONS, _one_of(INTERPOLATIONS)),
                 ("reprob", 0.0 <= c.reprob <= 1.0, "must be in [0, 1]"),
-                ("remode", c.remode in ("pixel", "rand", "const"), "must be pixel, rand or const"),
+                ("remode", c.remode in REMODES, _one_of(REMODES)),
                 ("recount", 1 <= c.recount <= 64, "must be between 1 and 64"),
                 ("mixup", 0.0 <= c.mixup <= 1e3, "must be >= 0 (0 disables it)"),
                 ("cutmix", 0.0 <= c.cutmix <= 1e3, "must be >= 0 (0 disables it)"),
                 ("mixup_prob", 0.0 <= c.mixup_prob <= 1.0, "must be in [0, 1]"),
                 ("mixup_switch_prob", 0.0 <= c.mixup_switch_prob <= 1.0, "must be in [0, 1]"),
-                ("mixup_mode", c.mixup_mode in ("batch", "pair", "elem"), "must be batch, pair or elem"),
+                ("mixup_mode", c.mixup_mode in MIXUP_MODES, _one_of(MIXUP_MODES)),
                 ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
                 ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
             ],
@@ -258,6 +265,20 @@ class AugConfig:
     @property
     def mixup_active(self) -> bool:
         return self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
+
+    def recipe(self) -> Recipe:
+        """The per-image augmentation these settings describe, for both pipelines."""
+        return Recipe(
+            crop_scale=self.crop_scale,
+            hflip=self.hflip,
+            color_jitter=self.color_jitter,
+            aa=self.aa,
+            three_augment=self.three_augment,
+            interpolation=self.train_interpolation,
+            reprob=self.reprob,
+            remode=self.remode,
+            recount=self.recount,
+        )
 
 
 @dataclass
@@ -346,7 +367,7 @@ class DistillConfig:
             "distill",
             self,
             lambda c: [
-                ("distillation_type", c.distillation_type in ("none", "soft", "hard"), "must be none, soft or hard"),
+                ("distillation_type", c.distillation_type in DISTILLATION_TYPES, _one_of(DISTILLATION_TYPES)),
                 (
                     "teacher_model",
                     known_architecture(c.teacher_model),
@@ -355,13 +376,11 @@ class DistillConfig:
                 ("distillation_alpha", 0.0 <= c.distillation_alpha <= 1.0, "must be in [0, 1]"),
                 ("distillation_tau", 0.0 < c.distillation_tau <= 1e3, "must be > 0"),
                 ("attn_distillation_weight", 0.0 <= c.attn_distillation_weight <= 1e3, "must be >= 0"),
-                ("attn_distillation_loss", c.attn_distillation_loss in ("kl", "mse"), "must be kl or mse"),
+                ("attn_distillation_loss", c.attn_distillation_loss in ATTENTION_LOSSES, _one_of(ATTENTION_LOSSES)),
                 ("teacher_cache_topk", 1 <= c.teacher_cache_topk <= 10**6, "must be >= 1"),
-                ("teacher_cache_dtype", c.teacher_cache_dtype in ("float16", "float32"), "must be float16 or float32"),
+                ("teacher_cache_dtype", c.teacher_cache_dtype in CACHE_DTYPES, _one_of(CACHE_DTYPES)),
             ],
         )
-        from .distill.attention import parse_layers
-
         parse_layers(self.attn_distillation_layers)
 
     @property
@@ -405,7 +424,7 @@ class RunConfig:
                     re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None,
                     "must be auto, cpu, cuda or cuda:N",
                 ),
-                ("precision", c.precision in ("auto", "bf16", "fp32"), "must be auto, bf16 or fp32"),
+                ("precision", c.precision in PRECISIONS, _one_of(PRECISIONS)),
             ],
         )
 

@@ -19,7 +19,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -33,9 +32,9 @@ from .config import TrainConfig, merge
 from .data.datasets import BUILTINS, build_dataset, canonical_name, first_per_class
 from .distributed import cpu_name
 from .failures import sigterm_as_interrupt
-from .files import LOCK, FolderLock, write_text
+from .files import LOCK, FolderLock, slug, write_text
 from .models.registry import MODELS
-from .train import run
+from .train import make_teacher_cache, run
 
 MARKER = ".deit-demo"
 DEMO_FILES = ("report.md", "results.json", "curve.png", "curves.png", "attention.png", MARKER)
@@ -302,7 +301,7 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
         for label, model, settings in METHODS:
             if n is not None and (label, model, settings) not in STUDY.values():
                 continue
-            name = f"{_slug(label)}_{tag}"
+            name = f"{run_name(label)}_{tag}"
             row = {
                 "method": label,
                 "model": model,
@@ -453,7 +452,7 @@ def _train_quietly(cfg: TrainConfig, cache_only: bool = False) -> tuple:
             # the file descriptors too: what torch or a loader process prints stays out of the demo's terminal
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
-            run(cfg, cache_only=cache_only)
+            (make_teacher_cache if cache_only else run)(cfg)
         return ("ok",)
     except KeyboardInterrupt:
         return ("error", "input", "interrupted")
@@ -490,33 +489,38 @@ def _short(label: str) -> str:
     return label.split(" (")[0]
 
 
-def _slug(label: str) -> str:
+def run_name(label: str) -> str:
     """The run folder of a method: "hard + attention (beta 1)" -> "hard_attention"."""
-    return re.sub(r"[^a-z0-9]+", "_", _short(label).lower()).strip("_")
+    return slug(_short(label), "_")
 
 
 def machine() -> str:
     return f"{cpu_name()}, torch {torch.__version__.split('+')[0]}"
 
 
+def _row(*cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def report_table(results: dict) -> str:
     teacher = results["teacher"]
     rows = [
-        "| method | teacher | student top-1 | parameters | training time |",
+        _row("method", "teacher", "student top-1", "parameters", "training time"),
         "|---|---|---|---|---|",
-        f"| teacher alone ({teacher['model']}) | - | {teacher['acc1']:.1f}% | {teacher['n_parameters'] / 1e6:.2f}M "
-        f"| {teacher['train_seconds']:.0f} s |",
+        _row(
+            f"teacher alone ({teacher['model']})",
+            "-",
+            f"{teacher['acc1']:.1f}%",
+            f"{teacher['n_parameters'] / 1e6:.2f}M",
+            f"{teacher['train_seconds']:.0f} s",
+        ),
     ]
     if "teacher_cache_seconds" in results:
-        rows.append(
-            f"| teacher outputs on the students' views, cached once | - | - | - "
-            f"| {results['teacher_cache_seconds']:.0f} s |"
-        )
+        cached = f"{results['teacher_cache_seconds']:.0f} s"
+        rows.append(_row("teacher outputs on the students' views, cached once", "-", "-", "-", cached))
     for s in results["students"]:
-        rows.append(
-            f"| {s['method']} | {s['teacher'] or '-'} | {s['acc1']:.1f}% | {s['n_parameters'] / 1e6:.2f}M "
-            f"| {s['train_seconds']:.0f} s |"
-        )
+        size, seconds = f"{s['n_parameters'] / 1e6:.2f}M", f"{s['train_seconds']:.0f} s"
+        rows.append(_row(s["method"], s["teacher"] or "-", f"{s['acc1']:.1f}%", size, seconds))
     return "\n".join(rows)
 
 
@@ -609,14 +613,12 @@ def findings(results: dict) -> list[str]:
 
 def heads_table(results: dict) -> str:
     rows = [
-        "| labelled images per class | method | class token | distillation token | average (used) |",
+        _row("labelled images per class", "method", "class token", "distillation token", "average (used)"),
         "|---|---|---|---|---|",
     ]
     for h in results["heads"]:
-        rows.append(
-            f"| {h['labels_per_class']} | {h['method']} | {h['class']:.1f}% | {h['distillation']:.1f}% "
-            f"| {h['average']:.1f}% |"
-        )
+        heads = [f"{h[key]:.1f}%" for key in ("class", "distillation", "average")]
+        rows.append(_row(h["labels_per_class"], h["method"], *heads))
     return "\n".join(rows)
 
 
@@ -662,9 +664,9 @@ def test_batches(data_set: str, data_path: str | None, size: int) -> list[tuple[
 
     val, info = build_dataset(data_set, data_path, False)
     if not hasattr(val, "tensor") or val.images.shape[1] != size:  # a folder: read through the eval transform
-        from .data import build_transform
+        from .data import eval_transform
 
-        val.transform = build_transform(False, img_size=size, mean=info.mean, std=info.std, eval_crop_ratio=1.0)
+        val.transform = eval_transform(size, mean=info.mean, std=info.std, crop_ratio=1.0)
         return [(torch.stack([val[i][0] for i in range(len(val))]), torch.as_tensor(val.targets))]
     return list(EvalBatches(val.tensor(), val.targets, mean=info.mean, std=info.std, batch_size=500))
 
@@ -689,14 +691,14 @@ def head_accuracy(run: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -
 def heat_maps(out: Path, students: list[dict], data_set: str, data_path: str | None, count: int = 4) -> None:
     """attention.png: a few test images, the teacher's activation map and each student's last-block class-token
     attention over the patches."""
-    from .data import build_dataset, build_transform
+    from .data import build_dataset, eval_transform
     from .distill.attention import activation_map, patch_attention
     from .models import create_model
     from .teachers import load_teacher
     from .viz import attention_grid
 
     val, info = build_dataset(data_set, data_path, False)
-    val.transform = build_transform(False, img_size=28, mean=info.mean, std=info.std, eval_crop_ratio=1.0)
+    val.transform = eval_transform(28, mean=info.mean, std=info.std, crop_ratio=1.0)
     picked, seen = [], set()
     for index, target in enumerate(val.targets):  # the first image of the first `count` classes
         if target not in seen:
@@ -710,7 +712,7 @@ def heat_maps(out: Path, students: list[dict], data_set: str, data_path: str | N
     with torch.no_grad():
         columns = {"teacher (CNN)": activation_map(teacher.model.forward_features(x))}
         for student in students:
-            model = create_model(pretrained=out / f"{_slug(student['method'])}_all" / "checkpoint.pth").eval()
+            model = create_model(pretrained=out / f"{run_name(student['method'])}_all" / "checkpoint.pth").eval()
             _, rows = model.forward_attention(x, blocks=-1, form="cls")
             columns[_short(student["method"])] = patch_attention(
                 rows[len(model.blocks) - 1], model.num_prefix_tokens, per_head=False

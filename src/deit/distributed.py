@@ -74,6 +74,17 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

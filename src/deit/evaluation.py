@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from .data import build_dataset, canonical_name
 from .data.datasets import collate_readable
+from .engine import top5_hits
 from .failures import loader_worker_init
 from .files import write_text
 from .predict import preprocessing
@@ -48,7 +49,7 @@ def evaluation_report(
     )
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)
-    top5_hits = unreadable = 0
+    top5 = unreadable = 0
     device = next(model.parameters()).device
     for images, targets, skipped in loader:
         unreadable += int(skipped)
@@ -56,8 +57,7 @@ def evaluation_report(
             continue
         logits = model(images.to(device)).float().cpu()
         confusion += torch.bincount(targets * n + logits.argmax(1), minlength=n * n).reshape(n, n)
-        top5 = logits.topk(min(5, n), dim=1).indices
-        top5_hits += int((top5 == targets[:, None]).any(1).sum())
+        top5 += int(top5_hits(logits, targets).any(dim=1).sum())
     count = int(confusion.sum())
     if count == 0:
         raise ValueError(f"none of the {unreadable} images of {data_set} could be read")
@@ -67,7 +67,7 @@ def evaluation_report(
         "images": count,
         "unreadable": unreadable,
         "acc1": 100.0 * float(confusion.diag().sum()) / count,
-        "acc5": 100.0 * top5_hits / count,
+        "acc5": 100.0 * top5 / count,
         "per_class_acc1": {names[i]: round(100.0 * float(per_class[i]), 3) for i in range(n)},
         "confusion": confusion.tolist(),
         "class_names": names,

@@ -1,4 +1,5 @@
-"""`deit export`: a trained model as ONNX (checked against onnxruntime at export time) or safetensors + config.
+"""`deit export`: a trained model as ONNX, checked against onnxruntime at export time (safetensors with its config
+is `deit convert --to deit`, `models.weights.save_weights`).
 
 ONNX: the model in eval mode, one input `images` (batch, channels, size, size) with a dynamic batch axis, one
 output `logits` (a distilled model's two heads averaged, as at inference). The file is written only after
@@ -13,24 +14,21 @@ from pathlib import Path
 import torch
 
 from .files import atomic_write
-from .models.weights import save_weights
 
-FORMATS = ("onnx", "safetensors")
+FORMATS = ("onnx",)
 
 
 def export_model(
     model: torch.nn.Module,
     path: str | os.PathLike,
-    fmt: str,
+    fmt: str = "onnx",
     *,
     inputs: torch.Tensor | None = None,
     tolerance: float = 1e-4,
 ) -> dict:
     """Write `model` as `fmt` to `path`; returns what was written and, for ONNX, the largest difference found."""
     path = Path(path)
-    if fmt == "safetensors":
-        return {"path": str(save_weights(model, path)), "format": fmt}
-    if fmt != "onnx":
+    if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return export_onnx(model, path, inputs=inputs, tolerance=tolerance)
 

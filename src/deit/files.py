@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -187,3 +188,8 @@ def _holder(path: Path) -> str:
         return f"{holder['command']} (pid {int(holder['pid'])} on {holder['host']}, since {holder['started']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+def slug(text: str, sep: str = "-") -> str:
+    """A name for files and folders: "AMD EPYC, 2 cores" -> "amd-epyc-2-cores"."""
+    return re.sub(r"[^a-z0-9]+", sep, text.lower()).strip(sep)

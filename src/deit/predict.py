@@ -15,7 +15,7 @@ import torch
 
 from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 from .data.images import read_image
-from .data.transforms import build_transform
+from .data.transforms import eval_transform
 
 
 @dataclass
@@ -56,13 +56,12 @@ def preprocessing(model: torch.nn.Module) -> Preprocessing:
     gray = hp["in_chans"] == 1
     mean = tuple(data.get("mean") or (GRAY_MEAN if gray else IMAGENET_MEAN))
     std = tuple(data.get("std") or (GRAY_STD if gray else IMAGENET_STD))
-    transform = build_transform(
-        False,
-        img_size=hp["img_size"],
+    transform = eval_transform(
+        hp["img_size"],
         mean=mean,
         std=std,
         interpolation=data.get("interpolation", "bicubic"),
-        eval_crop_ratio=data.get("eval_crop_ratio", 0.875),
+        crop_ratio=data.get("eval_crop_ratio", 0.875),
     )
     names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
     return Preprocessing(transform, names, "L" if gray else "RGB", mean, std, data.get("intensity") or "minmax")
@@ -73,7 +72,7 @@ def predict(
     model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_size: int = 64, show_progress: bool = False
 ) -> tuple[list[Prediction], list[str]]:
     """Predictions for the readable files, and one error line for each file that could not be read."""
-    from .engine import progress
+    from .progress import progress
 
     model = model.eval()
     prep = preprocessing(model)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import create_model, read_checkpoint
+from .models.metadata import CNN_FAMILY
 from .models.weights import Checkpoint, WeightsError, check_finite
 
 
@@ -52,9 +53,6 @@ class SmallCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-CNN_FAMILY = "cnn"
-
-
 def create_cnn(name: str, *, num_classes: int, in_chans: int) -> nn.Module:
     """`small_cnn`, a timm architecture (`regnety_160`, `resnet50`, ...) or a torchvision one, randomly initialised."""
     import timm
@@ -70,12 +68,8 @@ def create_cnn(name: str, *, num_classes: int, in_chans: int) -> nn.Module:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     else:
         raise ValueError(f"unknown architecture {name!r}: not a deit model, small_cnn, nor a timm or torchvision model")
-    model.arch_config = {
-        "format": "deit",
-        "family": CNN_FAMILY,
-        "model": name,
-        "hparams": {"num_classes": num_classes, "in_chans": in_chans},
-    }
+    model.model_name = name
+    model.cnn_hparams = {"num_classes": num_classes, "in_chans": in_chans}  # what rebuilds it (`deit_config`)
     return model
 
 
@@ -97,7 +91,7 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
-    def resizes(self, size: int) -> int | None:
+    def resize_to(self, size: int) -> int | None:
         """The size views of `size` px are resized to for this teacher; None when it takes them as they come."""
         return self.input_size if self.input_size not in (None, size) else None
 
@@ -130,7 +124,7 @@ def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes
         _load_cnn(model, ckpt, name)
         teacher_classes, teacher_chans = hparams["num_classes"], hparams["in_chans"]
     elif config or "pos_embed" in ckpt.state_dict:  # a DeiT / ViT teacher
-        model = create_model(pretrained=path)
+        model = create_model(pretrained=ckpt)
         name = model.model_name or "deit"
         input_size = model.hparams["img_size"]  # its patch grid and position embeddings are made for this size
         teacher_classes, teacher_chans = model.num_classes, model.hparams["in_chans"]

@@ -1,6 +1,8 @@
-"""One training run: config -> data, model, teacher, optimizer, schedule, EMA, DDP -> epochs, checkpoints, logs.
+"""One training run: the config read once, each piece built by the module that owns it, then the epochs.
 
-Everything below `run` receives plain objects and numbers, not the config.
+`run` trains, `evaluate_only` evaluates the weights a run starts from (`--eval`), `make_teacher_cache` runs the
+teacher over a run's views and stops (`deit cache-teacher`). The functions of this file read the config; nothing
+they call receives it: the builders take plain objects and numbers.
 """
 
 from __future__ import annotations
@@ -8,63 +10,116 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
 from . import distributed
-from .checkpoint import CHECKPOINT, RunFolder, load_training_state, resume_path
+from .checkpoint import RunFolder, resume_path, resume_training, training_state, what_is_kept
 from .config import TrainConfig
-from .data import build_dataset, build_transform, canonical_name, dataset_defaults
-from .data.batch_aug import BatchAugment
-from .data.datasets import ArrayDataset, collate_readable
-from .data.sampling import (
-    EvalBatches,
-    SeededDataset,
-    ShardSampler,
-    TensorBatches,
-    batch_seed,
-    process_seed,
-    seed_everything,
-    train_sampler,
-)
-from .data.transforms import crop_transform
+from .data import DataInfo, build_dataset, canonical_name, dataset_defaults
+from .data.loaders import cache_loader, eval_loader, loader_options, train_loader, training_views, worker_count
+from .data.sampling import Batch, SeededSampler, batch_seed, process_seed, seed_everything, train_sampler
+from .data.transforms import mixup_cutmix
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_layers
 from .distill.cache import TeacherCache, targets_digest, weights_digest
-from .engine import NonFiniteLoss, evaluate, fill_teacher_cache, train_one_epoch, unwrap
-from .failures import first_line, loader_worker_init
+from .distill.losses import class_criterion
+from .engine import NonFiniteLoss, Views, amp_dtype, evaluate, fill_teacher_cache, train_one_epoch
 from .files import FolderLock
 from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import deit_config
-from .teachers import create_cnn, load_teacher
+from .optim import Updates, build_optimizer, cosine_schedule, weight_ema
+from .teachers import Teacher, create_cnn, load_teacher
 
 log = logging.getLogger("deit")
 
 
-def run(cfg: TrainConfig, cache_only: bool = False) -> dict:
-    """Train (or, with cfg.run.eval, only evaluate) as the config says; returns the final summary.
+@dataclass
+class Pieces:
+    """What every run builds from its config before it trains, evaluates or fills a teacher cache."""
 
-    `cache_only`: make the run's teacher cache (cfg.distill.teacher_cache) and stop.
-    """
+    cfg: TrainConfig  # with the data set's defaults applied
+    env: distributed.DistEnv
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_set: Dataset
+    val_set: Dataset
+    info: DataInfo
+    model: nn.Module
+    img_size: int
+    sampler: SeededSampler
+    train_loader: Iterable[Batch]
+    val_loader: Iterable
+    views: Views
+    options: dict  # DataLoader settings
+    teacher: Teacher | None
+    criterion: DistillationLoss
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as the config says; returns the last epoch's log line."""
+    with _session(cfg, owns_folder=True) as (env, device, folder, resume):
+        pieces = _build(cfg, env, device)
+        cache = None
+        if pieces.cfg.distill.teacher_cache and pieces.cfg.distill.needs_teacher:
+            cache, _ = _fill_cache(pieces)
+            pieces.criterion.teacher = pieces.teacher = None  # the cache speaks for it now
+        return _train(pieces, folder, resume, cache)
+
+
+def evaluate_only(cfg: TrainConfig) -> dict:
+    """Evaluate the weights the run starts from (--finetune or --resume); returns top-1, top-5 and the loss."""
+    with _session(cfg, owns_folder=False) as (env, device, _, resume):
+        pieces = _build(cfg, env, device)
+        model = pieces.model.to(device)
+        if resume is not None:
+            resume_training(resume, model, _updates(pieces), _deit_config(pieces))
+        stats = evaluate(
+            _wrap(model, pieces),
+            pieces.val_loader,
+            device=device,
+            amp_dtype=pieces.amp_dtype,
+            show_progress=env.is_main,
+        )
+        if env.is_main:
+            print(
+                f"{len(pieces.val_set)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  "
+                f"loss {stats['loss']:.4f}"
+            )
+        return stats
+
+
+def make_teacher_cache(cfg: TrainConfig) -> dict:
+    """Make (or finish) the run's teacher cache and stop: {"teacher_cache": folder, "epochs", "filled": epochs made}."""
+    distill = cfg.distill
+    if not (distill.teacher_cache and distill.needs_teacher):
+        raise ValueError(
+            "a teacher cache needs --teacher-cache DIR, --teacher-path and a distillation type "
+            "(--distillation-type hard/soft or --attn-distillation-weight)"
+        )
+    with _session(cfg, owns_folder=False) as (env, device, _, _):
+        cache, filled = _fill_cache(_build(cfg, env, device))
+        return {"teacher_cache": str(cache.root), "epochs": cfg.run.epochs, "filled": filled}
+
+
+@contextlib.contextmanager
+def _session(cfg: TrainConfig, owns_folder: bool):
+    """The process group and device; with `owns_folder`, the run's folder, locked for the run (a resumed run writes
+    into the folder of its checkpoint unless told otherwise), before any work starts."""
     env, device = distributed.setup(cfg.run.device)
     threads = torch.get_num_threads()
     folder = None
     try:
         resume = resume_path(cfg.run.resume)
-        if cache_only and not (cfg.distill.teacher_cache and cfg.distill.needs_teacher):
-            raise ValueError(
-                "a teacher cache needs --teacher-cache DIR, --teacher-path and a distillation type "
-                "(--distillation-type hard/soft or --attn-distillation-weight)"
-            )
-        # a resumed run writes into the folder of its checkpoint unless told otherwise; the folder is the run's
-        # own from here on (locked), before any work starts
         out = cfg.run.output_dir or (resume.parent if resume else None)
-        if out and env.is_main and not cfg.run.eval and not cache_only:
+        if out and env.is_main and owns_folder and not cfg.run.eval:
             folder = RunFolder(out).open(resume)
-        return _run(cfg, env, device, cache_only, folder, resume)
+        yield env, device, folder, resume
     finally:
         if folder is not None:
             folder.close()
@@ -72,50 +127,25 @@ def run(cfg: TrainConfig, cache_only: bool = False) -> dict:
         distributed.cleanup()
 
 
-def _run(
-    cfg: TrainConfig,
-    env: distributed.DistEnv,
-    device: torch.device,
-    cache_only: bool,
-    folder: RunFolder | None,
-    resume: Path | None,
-) -> dict:
+def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> Pieces:
     cfg = cfg.with_defaults(dataset_defaults(cfg.data.data_set))
-    amp_dtype = (
-        torch.bfloat16
-        if cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
-        else None
-    )
-
-    # data
-    data_set = canonical_name(cfg.data.data_set)
+    data, aug = cfg.data, cfg.aug
+    name = canonical_name(data.data_set)
+    common = dict(grayscale=data.grayscale, intensity=data.intensity)
     train_set, info = build_dataset(
-        data_set,
-        cfg.data.data_path,
-        True,
-        grayscale=cfg.data.grayscale,
-        labels_per_class=cfg.data.labels_per_class,
-        unlabelled=cfg.data.unlabelled,
-        intensity=cfg.data.intensity,
+        name, data.data_path, True, labels_per_class=data.labels_per_class, unlabelled=data.unlabelled, **common
     )
-    val_set, _ = build_dataset(
-        data_set, cfg.data.data_path, False, grayscale=cfg.data.grayscale, intensity=cfg.data.intensity
-    )
+    val_set, _ = build_dataset(name, data.data_path, False, **common)
     world_batch = cfg.run.batch_size * env.world_size
-    if len(train_set) * cfg.data.repeat < world_batch:
+    if len(train_set) * data.repeat < world_batch:
         raise ValueError(
             f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
             "lower --batch-size or raise --repeat"
         )
-
-    aug = cfg.aug
-    in_memory = isinstance(train_set, ArrayDataset)
-    # batch augmentation of images held in memory leaves a loader nothing to do: no worker processes then
-    num_workers = 0 if aug.batch_aug and in_memory else cfg.data.num_workers
+    num_workers = worker_count(train_set, aug.batch_aug, data.num_workers)
     if device.type == "cpu":
         distributed.share_cpu_cores(num_workers)
-    # model: the same initial weights for a seed (and in every process)
-    seed_everything(cfg.run.seed, cuda=device.type == "cuda")
+    seed_everything(cfg.run.seed, cuda=device.type == "cuda")  # the same initial weights for a seed, in every process
     model, img_size = build_student(
         cfg.model.model,
         num_classes=info.num_classes,
@@ -125,99 +155,74 @@ def _run(
         native_size=info.native_size,
     )
     if cfg.model.finetune:
-        _finetune(model, cfg.model.finetune)
-    augment = None
-    if aug.batch_aug:
-        # images in memory: the whole recipe on the batch. Image files: the loader processes decode, crop and flip
-        # each image (under its own seed) to one size, and the batch gets the rest (RandAugment, erasing, ...).
-        geometry = (
-            {"crop_scale": aug.crop_scale, "hflip": aug.hflip}
-            if in_memory
-            else {"crop_scale": 1.0, "ratio": (1.0, 1.0), "hflip": 0.0}
-        )
-        augment = BatchAugment(
-            img_size,
-            mean=info.mean,
-            std=info.std,
-            color_jitter=aug.color_jitter,
-            aa=aug.aa,
-            interpolation=aug.train_interpolation,
-            reprob=aug.reprob,
-            remode=aug.remode,
-            recount=aug.recount,
-            **geometry,
-        )
-        if not in_memory:
-            train_set.transform = crop_transform(
-                img_size, crop_scale=aug.crop_scale, hflip=aug.hflip, interpolation=aug.train_interpolation
-            )
-    else:
-        train_set.transform = build_transform(
-            True,
-            img_size=img_size,
-            mean=info.mean,
-            std=info.std,
-            crop_scale=aug.crop_scale,
-            hflip=aug.hflip,
-            color_jitter=aug.color_jitter,
-            aa=aug.aa,
-            three_augment=aug.three_augment,
-            interpolation=aug.train_interpolation,
-            reprob=aug.reprob,
-            remode=aug.remode,
-            recount=aug.recount,
-        )
-    val_set.transform = build_transform(
-        False,
-        img_size=img_size,
-        mean=info.mean,
-        std=info.std,
-        interpolation=aug.train_interpolation,
-        eval_crop_ratio=aug.eval_crop_ratio,
-    )
+        finetune(model, cfg.model.finetune)
+
+    norm = dict(mean=info.mean, std=info.std)
+    augment = training_views(train_set, aug.recipe(), img_size=img_size, batch_aug=aug.batch_aug, **norm)
     sampler = train_sampler(
         train_set,
         seed=cfg.run.seed,
         rank=env.rank,
         world_size=env.world_size,
         repeated_aug=aug.repeated_aug,
-        repeat=cfg.data.repeat,
+        repeat=data.repeat,
     )
-    loader_args = dict(
-        num_workers=num_workers,
-        pin_memory=cfg.data.pin_mem and device.type == "cuda",
-        persistent_workers=num_workers > 0,
-        worker_init_fn=loader_worker_init,
-    )
-    if augment is not None and in_memory:
-        train_loader = TensorBatches(train_set.tensor(), train_set.targets, sampler, cfg.run.batch_size)
-    else:
-        train_loader = DataLoader(
-            SeededDataset(train_set), batch_size=cfg.run.batch_size, sampler=sampler, drop_last=True, **loader_args
+    options = loader_options(num_workers, pin_memory=data.pin_mem and device.type == "cuda")
+    mixup = None
+    if aug.mixup_active:
+        mixup = mixup_cutmix(
+            aug.mixup,
+            aug.cutmix,
+            prob=aug.mixup_prob,
+            switch_prob=aug.mixup_switch_prob,
+            mode=aug.mixup_mode,
+            smoothing=aug.smoothing,
+            num_classes=info.num_classes,
         )
-    eval_batch = max(2 * cfg.run.batch_size, 128)
-    if in_memory and aug.eval_crop_ratio == 1.0 and val_set.images.shape[1:3] == (img_size, img_size):
-        # already at the model's size: evaluation only converts and normalises, a batch at a time
-        val_loader = EvalBatches(
-            val_set.tensor(),
-            val_set.targets,
-            mean=info.mean,
-            std=info.std,
-            batch_size=eval_batch,
+    teacher, criterion = _criterion(cfg, model, info, device, mixup is not None)
+    return Pieces(
+        cfg=cfg,
+        env=env,
+        device=device,
+        amp_dtype=amp_dtype(cfg.run.precision, device),
+        train_set=train_set,
+        val_set=val_set,
+        info=info,
+        model=model,
+        img_size=img_size,
+        sampler=sampler,
+        train_loader=train_loader(
+            train_set, sampler, batch_size=cfg.run.batch_size, batch_aug=aug.batch_aug, options=options
+        ),
+        val_loader=eval_loader(
+            val_set,
+            img_size=img_size,
+            interpolation=aug.train_interpolation,
+            crop_ratio=aug.eval_crop_ratio,
+            batch_size=max(2 * cfg.run.batch_size, 128),
             rank=env.rank,
             world_size=env.world_size,
-        )
-    else:
-        val_loader = DataLoader(
-            val_set,
-            batch_size=eval_batch,
-            sampler=ShardSampler(len(val_set), env.rank, env.world_size),
-            collate_fn=collate_readable,
-            **loader_args,
-        )
+            options=options,
+            **norm,
+        ),
+        # every batch's augmentation and Mixup draw from (seed, epoch, process, step): a resumed run repeats them
+        views=Views(device, augment, mixup, seed=lambda epoch, step: batch_seed(cfg.run.seed, epoch, env.rank, step)),
+        options=options,
+        teacher=teacher,
+        criterion=criterion,
+    )
 
-    # teacher and loss
+
+def _criterion(
+    cfg: TrainConfig, model: nn.Module, info, device: torch.device, mixed: bool
+) -> tuple[Teacher | None, DistillationLoss]:
+    """The teacher (unless a teacher cache replaces it) and the loss."""
     distill = cfg.distill
+    if distill.distillation_type == "none" and getattr(model, "distilled", False):
+        raise ValueError(
+            f"{cfg.model.model} has a distillation head that learns only from a teacher: give "
+            "--distillation-type hard (or soft) with --teacher-path, or train the model without '_distilled'"
+        )
     teacher = attention = None
     if distill.needs_teacher and (distill.teacher_path or not distill.teacher_cache):
         teacher = load_teacher(
@@ -230,33 +235,8 @@ def _run(
             parse_layers(distill.attn_distillation_layers),
             distill.attn_distillation_loss,
         )
-    if distill.distillation_type == "none" and getattr(model, "num_prefix_tokens", 1) == 2:
-        raise ValueError(
-            f"{cfg.model.model} has a distillation head that learns only from a teacher: give "
-            "--distillation-type hard (or soft) with --teacher-path, or train the model without "
-            "'_distilled'"
-        )
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-    mixup_fn = None
-    if aug.mixup_active:
-        mixup_fn = Mixup(
-            mixup_alpha=aug.mixup,
-            cutmix_alpha=aug.cutmix,
-            prob=aug.mixup_prob,
-            switch_prob=aug.mixup_switch_prob,
-            mode=aug.mixup_mode,
-            label_smoothing=aug.smoothing,
-            num_classes=info.num_classes,
-        )
-        base = SoftTargetCrossEntropy()
-    elif aug.smoothing > 0:
-        base = LabelSmoothingCrossEntropy(aug.smoothing)
-    else:
-        base = nn.CrossEntropyLoss()
     criterion = DistillationLoss(
-        base,
+        class_criterion(mixup=mixed, smoothing=cfg.aug.smoothing),
         teacher,
         distill.distillation_type,
         distill.distillation_alpha,
@@ -264,190 +244,216 @@ def _run(
         attention,
         cached=bool(distill.teacher_cache),
     )
+    return teacher, criterion
 
-    def mix_seed(epoch: int):
-        return lambda step: batch_seed(cfg.run.seed, epoch, env.rank, step)
 
-    cache = None
-    if distill.teacher_cache and distill.needs_teacher and not cfg.run.eval:
-        spec = cache_spec(cfg, train_set, info.num_classes, teacher, attention, env.world_size, augment, img_size)
-        cache = _open_cache(distill.teacher_cache, spec, env, can_fill=teacher is not None)
-        # Mixup and batch augmentation draw per batch: then the teacher sees the training batches; else larger ones
-        fill_loader = (
-            train_loader
-            if mixup_fn or augment
-            else DataLoader(
-                SeededDataset(train_set), batch_size=max(cfg.run.batch_size, 256), sampler=sampler, **loader_args
+def _cache_for(p: Pieces) -> TeacherCache:
+    """The run's teacher cache, opened (the main process creates it if absent): every process checks it fits the
+    run and that its own missing epochs can be filled (a teacher is at hand)."""
+    folder, env = p.cfg.distill.teacher_cache, p.env
+    spec = cache_spec(
+        p.cfg,
+        p.train_set,
+        p.info.num_classes,
+        p.teacher,
+        p.criterion.attention,
+        env.world_size,
+        p.views.augment,
+        p.img_size,
+    )
+    can_fill = p.teacher is not None
+    cache = TeacherCache.open_or_create(folder, spec, create=can_fill) if env.is_main else None
+    distributed.barrier()
+    if cache is None:
+        cache = TeacherCache.open_or_create(folder, spec, create=False)
+    missing = cache.missing_epochs(env.rank, spec["epochs"])
+    if missing and not can_fill:
+        raise ValueError(f"teacher cache {folder} lacks epoch {missing[0]}: give --teacher-path to finish it")
+    return cache
+
+
+def _fill_cache(p: Pieces) -> tuple[TeacherCache, int]:
+    """Run the teacher over the epochs of views the cache lacks; returns the (complete) cache and how many epochs
+    this process made."""
+    env, epochs = p.env, p.cfg.run.epochs
+    cache = _cache_for(p)
+    missing = cache.missing_epochs(env.rank, epochs)
+    if missing and env.is_main:
+        print(f"teacher cache {cache.root}: running {p.teacher.name} on {len(missing)} epoch(s) of views")
+    # views drawn per batch (Mixup, batch augmentation): the teacher sees the training batches; else larger ones
+    per_batch = p.views.mixup is not None or p.views.augment is not None
+    loader = (
+        p.train_loader
+        if per_batch
+        else cache_loader(p.train_set, p.sampler, batch_size=p.cfg.run.batch_size, options=p.options)
+    )
+    # the main process owns the cache folder while the epochs are made (each process writes its own files)
+    owns = ("epoch_*.safetensors", "meta.json")
+    lock = FolderLock(cache.root, "deit cache-teacher", owns) if missing and env.is_main else contextlib.nullcontext()
+    with lock:
+        for epoch in missing:
+            seed_everything(process_seed(p.cfg.run.seed, epoch, env.rank), cuda=p.device.type == "cuda")
+            p.sampler.set_epoch(epoch)
+            fill_teacher_cache(
+                p.criterion,
+                loader,
+                p.views,
+                cache,
+                epoch=epoch,
+                rank=env.rank,
+                amp_dtype=p.amp_dtype,
+                show_progress=env.is_main,
             )
-        )
-        missing = cache.missing_epochs(env.rank, cfg.run.epochs)
-        # the main process owns the cache folder while the epochs are made (each process writes its own files)
-        owns = ("epoch_*.safetensors", "meta.json")
-        with (
-            FolderLock(cache.root, "deit cache-teacher", owns) if missing and env.is_main else contextlib.nullcontext()
-        ):
-            for epoch in missing:
-                seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
-                sampler.set_epoch(epoch)
-                fill_teacher_cache(
-                    criterion,
-                    fill_loader,
-                    cache,
-                    epoch=epoch,
-                    rank=env.rank,
-                    device=device,
-                    mixup_fn=mixup_fn,
-                    mix_seed=mix_seed(epoch),
-                    amp_dtype=amp_dtype,
-                    show_progress=env.is_main,
-                    augment=augment,
-                )
-        del fill_loader
-        distributed.barrier()
-        if cache_only:
-            return {"teacher_cache": str(cache.root), "epochs": cfg.run.epochs, "filled": len(missing)}
-        criterion.teacher = teacher = None  # the cache speaks for it now
+    distributed.barrier()
+    return cache, len(missing)
 
-    # optimisation
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    from timm.utils import ModelEmaV3
 
-    model.to(device)
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optim = cfg.optim
-    total_batch = world_batch * optim.accum_iter
-    lr = optim.lr if optim.unscale_lr else optim.lr * total_batch / 512  # the paper's linear scaling rule
-    # torch's fused Adam/AdamW kernel: one pass over all tensors (on this CPU, 6x faster than the per-tensor loop)
-    fused = {"fused": True} if optim.opt.lower() in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
-    optimizer = create_optimizer_v2(
-        model,
+def _total_batch(p: Pieces) -> int:
+    return p.cfg.run.batch_size * p.env.world_size * p.cfg.optim.accum_iter
+
+
+def _lr(p: Pieces) -> float:
+    """The learning rate: the paper's linear scaling rule, lr x total batch / 512, unless unscale_lr."""
+    optim = p.cfg.optim
+    return optim.lr if optim.unscale_lr else optim.lr * _total_batch(p) / 512
+
+
+def _updates(p: Pieces) -> Updates:
+    optim = p.cfg.optim
+    optimizer = build_optimizer(
+        p.model,
         opt=optim.opt,
-        lr=lr,
+        lr=_lr(p),
         weight_decay=optim.weight_decay,
         momentum=optim.momentum,
         eps=optim.opt_eps,
-        **fused,
+        device=p.device,
     )
-    steps_per_epoch = math.ceil(len(train_loader) / optim.accum_iter)
-    lr_schedule = CosineLRScheduler(
+    steps_per_epoch = math.ceil(len(p.train_loader) / optim.accum_iter)
+    schedule = cosine_schedule(
         optimizer,
-        t_initial=cfg.run.epochs * steps_per_epoch,
-        lr_min=optim.min_lr,
-        warmup_t=round(optim.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=optim.warmup_lr,
-        t_in_epochs=False,
+        steps=p.cfg.run.epochs * steps_per_epoch,
+        warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
+        warmup_lr=optim.warmup_lr,
+        min_lr=optim.min_lr,
     )
-    ema = ModelEmaV3(model, decay=optim.model_ema_decay) if optim.model_ema else None
+    ema = weight_ema(p.model, optim.model_ema_decay) if optim.model_ema else None
+    return Updates(optimizer, schedule, ema, accum_iter=optim.accum_iter, clip_grad=optim.clip_grad)
 
-    description = model_description(
-        model, info, img_size, aug.eval_crop_ratio, aug.train_interpolation, cfg.data.intensity
-    )
-    start_epoch, num_updates = 0, 0
-    if resume is not None:
-        start_epoch, num_updates = _load_resume(resume, model, optimizer, ema, description)
-        lr_schedule.step_update(num_updates)
 
-    train_model = model
-    if env.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+def _deit_config(p: Pieces) -> dict:
+    """What rebuilds the model and prepares its inputs: saved in every checkpoint."""
+    aug = p.cfg.aug
+    data = {
+        "class_names": list(p.info.class_names),
+        "mean": list(p.info.mean),
+        "std": list(p.info.std),
+        "input_size": p.img_size,
+        "eval_crop_ratio": aug.eval_crop_ratio,
+        "interpolation": aug.train_interpolation,
+        "intensity": p.cfg.data.intensity,
+    }
+    return deit_config(p.model, data)
+
+
+def _wrap(model: nn.Module, p: Pieces) -> nn.Module:
+    """The model as it is run: under DDP with several processes, compiled when asked."""
+    if p.env.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[p.device.index] if p.device.type == "cuda" else None
         )
-    if cfg.run.compile:
-        train_model = torch.compile(train_model)
-    show = env.is_main
+    return torch.compile(model) if p.cfg.run.compile else model
 
-    if cfg.run.eval:
-        stats = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype, show_progress=show)
-        if show:
-            print(
-                f"{len(val_set)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  "
-                f"loss {stats['loss']:.4f}"
-            )
-        return stats
 
+def _train(p: Pieces, folder: RunFolder | None, resume: Path | None, cache: TeacherCache | None) -> dict:
+    cfg, env, device = p.cfg, p.env, p.device
+    model = p.model.to(device)
+    n_parameters = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    updates = _updates(p)
+    config = _deit_config(p)
+    start_epoch = resume_training(resume, model, updates, config) if resume is not None else 0
+    train_model = _wrap(model, p)
     if folder is not None:
         resolved = cfg.to_dict()
         resolved["run"]["output_dir"] = str(folder.path)
         folder.start(resolved, start_epoch, resume)
     writer = _tensorboard(folder.path) if cfg.run.tensorboard and folder is not None else None
-    if show:
-        methods = [distill.distillation_type] if distill.distillation_type != "none" else []
-        methods += [f"attention x{distill.attn_distillation_weight:g}"] if attention else []
-        source = f"{cache.meta['teacher']['name']} (cached in {cache.root})" if cache else getattr(teacher, "name", "")
-        resized = cache.meta["teacher"].get("input_size") if cache else teacher and teacher.resizes(img_size)
-        if resized:
-            source += f", which sees the views resized to its own {resized} px"
-        teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
-        labelled = sum(t >= 0 for t in train_set.targets)
-        images = f"{len(train_set)} images" + (f" ({labelled} labelled)" if labelled < len(train_set) else "")
-        images += f", each {cfg.data.repeat} times an epoch" if cfg.data.repeat > 1 else ""
-        print(
-            f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {data_set}: {images}, "
-            f"{info.num_classes} classes, {img_size} px, {cfg.run.epochs} epochs, total batch "
-            f"{total_batch}, lr {lr:.2e}, {env.world_size} process(es) on {device.type}{teacher_note}"
-        )
-
-    summary = {}
+    if env.is_main:
+        print(_announcement(p, cache, n_parameters))
+    line = {}
     for epoch in range(start_epoch, cfg.run.epochs):
         # Mixup and drop path draw from these: seeded from the epoch, a resumed run repeats them
         seed_everything(process_seed(cfg.run.seed, epoch, env.rank), cuda=device.type == "cuda")
-        sampler.set_epoch(epoch)
+        p.sampler.set_epoch(epoch)
         try:
-            stats, num_updates = train_one_epoch(
+            stats = train_one_epoch(
                 train_model,
-                criterion,
-                train_loader,
-                optimizer,
-                device=device,
+                p.criterion,
+                p.train_loader,
+                p.views,
+                updates,
                 epoch=epoch,
-                num_updates=num_updates,
-                mixup_fn=mixup_fn,
-                lr_schedule=lr_schedule,
-                ema=ema,
-                amp_dtype=amp_dtype,
-                accum_iter=optim.accum_iter,
-                clip_grad=optim.clip_grad,
-                show_progress=show,
-                world_size=env.world_size,
-                mix_seed=mix_seed(epoch),
                 teacher_cache=cache,
-                num_classes=info.num_classes,
-                augment=augment,
+                amp_dtype=p.amp_dtype,
+                world_size=env.world_size,
+                show_progress=env.is_main,
             )
         except NonFiniteLoss as e:
             raise NonFiniteLoss(
-                f"{e}: training stopped; {_what_is_kept(folder, epoch)}; lower --lr, or set --clip-grad 1.0"
+                f"{e}: training stopped; {what_is_kept(folder, epoch)}; lower --lr, or set --clip-grad 1.0"
             ) from None
-        test = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype)
-        line = {
-            "epoch": epoch,
-            **stats,
-            "test_acc1": test["acc1"],
-            "test_acc5": test["acc5"],
-            "test_loss": test["loss"],
-        }
-        if ema is not None:
-            line["ema_acc1"] = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype)["acc1"]
-        line["n_parameters"] = n_parameters
+        line = _epoch_line(p, train_model, updates, epoch, stats, n_parameters)
         if folder is not None:
-            folder.save_epoch(line, _training_state(model, optimizer, ema, epoch, num_updates, cfg, description))
+            folder.save_epoch(line, training_state(model, updates, epoch, cfg.to_dict(), config))
             if writer is not None:
                 for key, value in line.items():
                     if key != "epoch" and isinstance(value, (int, float)):
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
-        if show:
-            ema_note = f"  ema top-1 {line['ema_acc1']:.2f}%" if ema is not None else ""
-            skipped = f"  ({stats['skipped_images']} unreadable images skipped)" if stats["skipped_images"] else ""
-            print(
-                f"epoch {epoch}: loss {stats['train_loss']:.4f}  top-1 {test['acc1']:.2f}%  top-5 {test['acc5']:.2f}%"
-                f"{ema_note}  {stats['images_per_s']:,.0f} img/s{skipped}"
-            )
-        summary = line
+        if env.is_main:
+            print(_epoch_summary(line))
     if writer is not None:
         writer.close()
-    return summary
+    return line
+
+
+def _epoch_line(p: Pieces, model: nn.Module, updates: Updates, epoch: int, stats: dict, n_parameters: int) -> dict:
+    """The epoch's log line: training means, then the test split's accuracy (and the EMA's)."""
+    test = evaluate(model, p.val_loader, device=p.device, amp_dtype=p.amp_dtype)
+    line = {"epoch": epoch, **stats, "test_acc1": test["acc1"], "test_acc5": test["acc5"], "test_loss": test["loss"]}
+    if updates.ema is not None:
+        line["ema_acc1"] = evaluate(updates.ema.module, p.val_loader, device=p.device, amp_dtype=p.amp_dtype)["acc1"]
+    line["n_parameters"] = n_parameters
+    return line
+
+
+def _epoch_summary(line: dict) -> str:
+    ema = f"  ema top-1 {line['ema_acc1']:.2f}%" if "ema_acc1" in line else ""
+    skipped = f"  ({line['skipped_images']} unreadable images skipped)" if line["skipped_images"] else ""
+    return (
+        f"epoch {line['epoch']}: loss {line['train_loss']:.4f}  top-1 {line['test_acc1']:.2f}%  "
+        f"top-5 {line['test_acc5']:.2f}%{ema}  {line['images_per_s']:,.0f} img/s{skipped}"
+    )
+
+
+def _announcement(p: Pieces, cache: TeacherCache | None, n_parameters: int) -> str:
+    """The line a run starts with: what trains on what, and from which teacher."""
+    cfg, distill = p.cfg, p.cfg.distill
+    methods = [distill.distillation_type] if distill.distillation_type != "none" else []
+    methods += [f"attention x{distill.attn_distillation_weight:g}"] if p.criterion.attention else []
+    source = f"{cache.meta['teacher']['name']} (cached in {cache.root})" if cache else getattr(p.teacher, "name", "")
+    resized = cache.meta["teacher"].get("input_size") if cache else p.teacher and p.teacher.resize_to(p.img_size)
+    if resized:
+        source += f", which sees the views resized to its own {resized} px"
+    teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
+    labelled = sum(t >= 0 for t in p.train_set.targets)
+    images = f"{len(p.train_set)} images" + (f" ({labelled} labelled)" if labelled < len(p.train_set) else "")
+    images += f", each {cfg.data.repeat} times an epoch" if cfg.data.repeat > 1 else ""
+    return (
+        f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {canonical_name(cfg.data.data_set)}: "
+        f"{images}, {p.info.num_classes} classes, {p.img_size} px, {cfg.run.epochs} epochs, total batch "
+        f"{_total_batch(p)}, lr {_lr(p):.2e}, {p.env.world_size} process(es) on {p.device.type}{teacher_note}"
+    )
 
 
 def cache_spec(
@@ -465,7 +471,7 @@ def cache_spec(
     teacher_spec = {"weights": None}  # no teacher weights given: the cache's are trusted
     if teacher is not None:
         teacher_spec = {"name": teacher.name, "weights": weights_digest(teacher.model)}
-        resized = teacher.resizes(img_size)
+        resized = teacher.resize_to(img_size)
         if resized:  # the views were resized for it
             teacher_spec["input_size"] = resized
     transform = [t for t in (train_set.transform, augment) if t is not None]
@@ -506,21 +512,6 @@ def cache_spec(
     }
 
 
-def _open_cache(folder: str, spec: dict, env: distributed.DistEnv, can_fill: bool) -> TeacherCache:
-    """The run's teacher cache: the main process creates it if absent; every process checks it fits the run and
-    that its own missing epochs can be filled (a teacher is at hand)."""
-    cache = TeacherCache.open_or_create(folder, spec, create=can_fill) if env.is_main else None
-    distributed.barrier()
-    if cache is None:
-        cache = TeacherCache.open_or_create(folder, spec, create=False)
-    missing = cache.missing_epochs(env.rank, spec["epochs"])
-    if missing and not can_fill:
-        raise ValueError(f"teacher cache {folder} lacks epoch {missing[0]}: give --teacher-path to finish it")
-    if missing and env.is_main:
-        print(f"teacher cache {folder}: running {spec['teacher']['name']} on {len(missing)} epoch(s) of views")
-    return cache
-
-
 def build_student(
     name: str, *, num_classes: int, in_chans: int, input_size: int | None, drop_path: float, native_size: int | None
 ) -> tuple[nn.Module, int]:
@@ -534,26 +525,11 @@ def build_student(
     return create_cnn(name, num_classes=num_classes, in_chans=in_chans), input_size or native_size or 224
 
 
-def model_description(
-    model: nn.Module, info, img_size: int, crop_ratio: float, interpolation: str, intensity: str = "minmax"
-) -> dict:
-    """What rebuilds the model and prepares its inputs: saved in every checkpoint."""
-    description = dict(getattr(model, "arch_config", None) or deit_config(model))
-    description["data"] = {
-        "class_names": list(info.class_names),
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "input_size": img_size,
-        "eval_crop_ratio": crop_ratio,
-        "interpolation": interpolation,
-        "intensity": intensity,
-    }
-    return description
-
-
-def _finetune(model: nn.Module, path: str) -> None:
+def finetune(model: nn.Module, path: str) -> None:
+    """Start from the weights at `path`: a DeiT's pos_embed is resized and a head of another class count replaced;
+    a CNN takes the tensors that fit (at least half of them)."""
     if hasattr(model, "pos_embed"):
-        load_weights(model, path)  # pos_embed resized, a head of another class count replaced
+        load_weights(model, path)
         return
     sd = read_checkpoint(path).state_dict
     own = model.state_dict()
@@ -564,60 +540,6 @@ def _finetune(model: nn.Module, path: str) -> None:
     left = [k for k in own if k not in fitting]
     if left:
         log.warning(f"{path}: {len(left)} tensors left at their initialisation ({', '.join(left[:4])})")
-
-
-def saved_config(resume: str) -> dict:
-    """The configuration a checkpoint's run was started with (where it wrote and what it resumed left out: a
-    resumed run writes into the folder it resumes)."""
-    config = load_training_state(resume_path(resume))["config"]
-    run = config.get("run")
-    if isinstance(run, dict):
-        config = {**config, "run": {k: v for k, v in run.items() if k not in ("output_dir", "resume")}}
-    return config
-
-
-def _training_state(model, optimizer, ema, epoch: int, num_updates: int, cfg: TrainConfig, description: dict) -> dict:
-    return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "model_ema": ema.module.state_dict() if ema is not None else None,
-        "epoch": epoch,
-        "num_updates": num_updates,
-        "config": cfg.to_dict(),
-        "deit_config": description,
-    }
-
-
-def _load_resume(path: Path, model, optimizer, ema, description: dict) -> tuple[int, int]:
-    state = load_training_state(path)
-    theirs = state["deit_config"]
-    same = {k: v for k, v in theirs.items() if k != "data"} == {k: v for k, v in description.items() if k != "data"}
-    if not same:
-        raise ValueError(
-            f"{path} was written by a run of {theirs.get('model')} {theirs.get('hparams')}, but this run trains "
-            f"{description.get('model')} {description.get('hparams')}; resume with the same model and data, or "
-            "start from its weights with --finetune"
-        )
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(state["model_ema"] if state.get("model_ema") is not None else state["model"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{path} does not fit this run ({first_line(e)}); "
-            "resume with the run's own settings, or start from its weights with --finetune"
-        ) from None
-    log.info(f"resuming after epoch {state['epoch']} from {path}")
-    return state["epoch"] + 1, state["num_updates"]
-
-
-def _what_is_kept(folder: RunFolder | None, epoch: int) -> str:
-    if folder is None:
-        return "nothing was saved (no --output_dir)"
-    if not (folder.path / CHECKPOINT).exists():
-        return f"no checkpoint was written in {folder.path} yet"
-    return f"the checkpoint of epoch {epoch - 1} in {folder.path} is kept: --resume {folder.path} to continue"
 
 
 def _tensorboard(out: Path):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data import auto_augment as A
 
+from deit.data import Recipe
 from deit.data.batch_aug import BatchAugment, _colour_op
 from deit.data.datasets import build_dataset
 
@@ -22,19 +23,9 @@ def digits():
     return train.images[:48]
 
 
-def _plain(**kwargs) -> BatchAugment:
-    settings = dict(
-        mean=(0.0,),
-        std=(1.0,),
-        crop_scale=1.0,
-        ratio=(1.0, 1.0),
-        hflip=0.0,
-        aa=None,
-        color_jitter=0,
-        reprob=0.0,
-        interpolation="bilinear",
-    )
-    return BatchAugment(28, **{**settings, **kwargs})
+def _plain(*, mean=(0.0,), std=(1.0,), ratio=(1.0, 1.0), **recipe) -> BatchAugment:
+    settings = dict(crop_scale=1.0, hflip=0.0, aa=None, color_jitter=0, reprob=0.0, interpolation="bilinear")
+    return BatchAugment(28, mean=mean, std=std, ratio=ratio, recipe=Recipe(**{**settings, **recipe}))
 
 
 def test_full_crop_is_the_image_and_flip_mirrors_it(digits):
@@ -118,7 +109,7 @@ def test_crop_boxes_follow_scale_and_ratio():
 
 
 def test_randaugment_draws_follow_the_policy():
-    aug = BatchAugment(28, mean=(0.5,), std=(0.5,), aa="rand-m9-mstd0.5-inc1")
+    aug = BatchAugment(28, mean=(0.5,), std=(0.5,), recipe=Recipe(aa="rand-m9-mstd0.5-inc1"))
     n = 20000
     layers = aug._draw_ops(n, torch.Generator().manual_seed(0))
     assert len(layers) == 2 and len(aug.ops) == 15
@@ -148,7 +139,8 @@ def test_random_erasing_rate_and_box_sizes(digits):
 
 
 def test_a_batch_is_a_function_of_its_seed(digits):
-    aug = BatchAugment(28, mean=(0.13,), std=(0.31,), crop_scale=0.08, aa="rand-m9-mstd0.5-inc1", reprob=0.25)
+    recipe = Recipe(crop_scale=0.08, aa="rand-m9-mstd0.5-inc1", reprob=0.25)
+    aug = BatchAugment(28, mean=(0.13,), std=(0.31,), recipe=recipe)
     x = torch.from_numpy(digits).unsqueeze(1)
     a, b, c = aug(x, 5), aug(x, 5), aug(x, 6)
     assert a.shape == (48, 1, 28, 28) and a.dtype == torch.float32
@@ -160,4 +152,4 @@ def test_bad_input_is_refused(digits):
     with pytest.raises(ValueError, match="uint8"):
         _plain()(torch.rand(2, 1, 28, 28), 0)
     with pytest.raises(ValueError, match="RandAugment"):
-        BatchAugment(28, mean=(0.5,), std=(0.5,), aa="augmix-m5")
+        BatchAugment(28, mean=(0.5,), std=(0.5,), recipe=Recipe(aa="augmix-m5"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deit.data import build_dataset, build_transform
+from deit.data import Recipe, build_dataset, eval_transform, train_transform
 from deit.data.datasets import UNLABELLED, ArrayDataset
 from deit.data.sampling import EvalBatches, SeededDataset, SeededSampler, ShardSampler, sample_seed, train_sampler
 
@@ -70,7 +70,7 @@ def test_unreadable_image_is_skipped_named_and_counted(tmp_path, caplog):
     bad = root / "train" / "cat" / "1.png"
     bad.write_bytes(b"not a png")
     train, _ = build_dataset("folder", str(root), True)
-    train.transform = build_transform(False, img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    train.transform = eval_transform(16, mean=(0.5,) * 3, std=(0.5,) * 3)
     with caplog.at_level(logging.WARNING, logger="deit"):
         items = [train[i] for i in range(len(train))]
     assert [skipped for _, _, skipped in items] == [0, 1, 0, 0, 0, 0]
@@ -122,7 +122,7 @@ def test_missing_cifar_and_unknown_data_set_are_clear(tmp_path):
 
 def test_augmentation_is_a_function_of_the_sample_seed():
     train, info = build_dataset("mnist5k", None, True)
-    train.transform = build_transform(True, img_size=28, mean=info.mean, std=info.std, crop_scale=0.5, reprob=0.5)
+    train.transform = train_transform(28, mean=info.mean, std=info.std, recipe=Recipe(crop_scale=0.5, reprob=0.5))
     seeded = SeededDataset(train)
     state = torch.random.get_rng_state()
     first = seeded[(7, sample_seed(0, 3, 11))][0]
@@ -170,7 +170,7 @@ def test_eval_batches_equal_the_per_image_eval_transform(channels):
     images, targets = rng.randint(0, 256, shape).astype(np.uint8), rng.randint(0, 5, 37)
     data = ArrayDataset(images, targets)
     mean, std = (0.5,) * channels if channels == 1 else (0.485, 0.456, 0.406), (0.5,) * channels
-    data.transform = build_transform(False, img_size=12, mean=mean, std=std, eval_crop_ratio=1.0)
+    data.transform = eval_transform(12, mean=mean, std=std, crop_ratio=1.0)
     for rank, world in [(0, 1), (1, 2)]:
         batches = list(
             EvalBatches(data.tensor(), data.targets, mean=mean, std=std, batch_size=8, rank=rank, world_size=world)
@@ -192,7 +192,7 @@ def test_seeded_sampler_positions_are_global():
 
 @pytest.mark.parametrize("magnitude", [0, 10])
 def test_randaugment_posterize_survives_the_ends_of_its_range(magnitude):
-    transform = build_transform(True, img_size=28, mean=(0.5,), std=(0.5,), aa=f"rand-m{magnitude}-mstd0-inc1")
+    transform = train_transform(28, mean=(0.5,), std=(0.5,), recipe=Recipe(aa=f"rand-m{magnitude}-mstd0-inc1"))
     randaugment = next(step for step in transform.transforms if hasattr(step, "ops"))
     image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (28, 28), dtype=np.uint8), "L")
     for op in randaugment.ops:

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .transforms import REMODES, Recipe
+
 # timm's RandAugment op names -> (kind, level function of a magnitude in [0, 10]); "signed" levels get a random sign
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
 _BLENDS = {"Color": "color", "Contrast": "contrast", "Brightness": "brightness", "Sharpness": "sharpness"}
@@ -80,8 +82,8 @@ def _level(name: str, m: torch.Tensor, translate_const: float) -> torch.Tensor:
 class BatchAugment:
     """Augment uint8 image batches (B, C, H, W) -> normalised float batches (B, C, size, size).
 
-    Arguments as `transforms.build_transform` takes them. `aa`: a timm RandAugment string (`rand-m9-mstd0.5-inc1`)
-    or None; with it, colour jitter is off (as in timm).
+    `recipe` as the per-image pipeline takes it (`transforms.Recipe`), RandAugment policies only; with one, colour
+    jitter is off (as in timm). `ratio`: RandomResizedCrop's aspect ratio range.
     """
 
     def __init__(
@@ -90,26 +92,22 @@ class BatchAugment:
         *,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        crop_scale: float = 0.08,
+        recipe: Recipe = Recipe(),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        hflip: float = 0.5,
-        color_jitter: float | None = 0.3,
-        aa: str | None = "rand-m9-mstd0.5-inc1",
-        interpolation: str = "bicubic",
-        reprob: float = 0.25,
-        remode: str = "pixel",
-        recount: int = 1,
     ):
-        if remode not in ("pixel", "const", "rand"):
-            raise ValueError(f"aug.remode={remode!r}: choose pixel, rand or const")
-        self.img_size, self.scale, self.ratio, self.hflip = img_size, (crop_scale, 1.0), ratio, hflip
+        if recipe.remode not in REMODES:
+            raise ValueError(f"aug.remode={recipe.remode!r}: choose one of {', '.join(REMODES)}")
+        if recipe.three_augment:
+            raise ValueError("batch augmentation has no 3-Augment: use RandAugment (aug.aa)")
+        aa, interpolation = recipe.policy, recipe.interpolation
+        self.img_size, self.scale, self.ratio, self.hflip = img_size, (recipe.crop_scale, 1.0), ratio, recipe.hflip
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
         self.mode = "bicubic" if interpolation == "bicubic" else "nearest" if interpolation == "nearest" else "bilinear"
-        self.reprob, self.remode, self.recount = reprob, remode, recount
-        self.policy = aa if aa and aa != "none" else None
+        self.reprob, self.remode, self.recount = recipe.reprob, recipe.remode, recipe.recount
+        self.policy = aa
         self.ops: list[tuple[str, float, float, float, float]] = []  # name, prob, magnitude, std, max
         self.num_layers, self.weights = 0, None
-        if aa and aa != "none":
+        if aa:
             if not aa.startswith("rand"):
                 raise ValueError(f"aug.aa={aa!r}: batch augmentation takes RandAugment policies ('rand-m9-...')")
             from timm.data.auto_augment import rand_augment_transform
@@ -121,7 +119,7 @@ class BatchAugment:
                 self.ops.append((op.name, op.prob, op.magnitude, op.magnitude_std, op.magnitude_max or 10.0))
             self.num_layers = policy.num_layers
             self.weights = None if policy.choice_weights is None else torch.as_tensor(policy.choice_weights)
-        self.jitter = 0.0 if self.ops or not color_jitter else float(color_jitter)
+        self.jitter = 0.0 if self.ops or not recipe.color_jitter else float(recipe.color_jitter)
 
     def __repr__(self) -> str:
         ops = ",".join(name for name, *_ in self.ops)

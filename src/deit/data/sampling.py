@@ -10,10 +10,26 @@ from its seed.
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
+
+
+class Batch(NamedTuple):
+    """A training batch, as the loaders give it to the engine."""
+
+    images: torch.Tensor  # (B, C, H, W): normalised floats, or uint8 when augmented a batch at a time
+    targets: torch.Tensor  # (B,) class indices; -1 for an image without its label (--unlabelled)
+    skipped: torch.Tensor  # (B,) 1 where an unreadable file was replaced by another image
+    positions: torch.Tensor  # (B,) each view's place in the epoch's global order, which seeds it
+    indices: torch.Tensor  # (B,) each image's index in the data set
+
+
+def collate_batch(samples: list[tuple]) -> Batch:
+    """`SeededDataset` samples -> a `Batch`."""
+    return Batch(*default_collate(samples))
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -72,7 +88,7 @@ class SeededSampler(Sampler):
 
 class SeededDataset(Dataset):
     """Looks up (index, seed[, position]) keys: seeds the generators, then returns dataset[index] as
-    (image, target, skipped, position, index), so a batch says which views it holds.
+    (image, target, skipped, position, index), so a batch (`collate_batch`) says which views it holds.
 
     In a DataLoader worker the generators belong to the worker. In the main process (num_workers=0) their state is
     saved and restored around the sample, so training randomness (drop path, Mixup) is not disturbed.
@@ -105,7 +121,7 @@ class SeededDataset(Dataset):
 
 class TensorBatches:
     """Batches of an in-memory image set of one size, for batch augmentation (`batch_aug.BatchAugment`): yields
-    (uint8 images (B, C, H, W), targets, skipped (zeros), positions, indices), in a `SeededSampler`'s order and with
+    `Batch`es of uint8 images (B, C, H, W) (none skipped), in a `SeededSampler`'s order and with
     its positions, without per-image work. The images are augmented later, a batch at a time, from the batch's seed.
     """
 
@@ -122,7 +138,7 @@ class TensorBatches:
         for step in range(len(self)):
             local = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
             indices = order[local]
-            yield (
+            yield Batch(
                 self.images[indices],
                 self.targets[indices],
                 torch.zeros(len(local), dtype=torch.int64),

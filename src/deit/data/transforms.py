@@ -1,54 +1,62 @@
-"""The DeiT recipe's transforms, from timm: RandomResizedCrop, flip, RandAugment, random erasing; eval resize + crop.
-
-Mixup/CutMix act on whole batches and live in the training loop (timm's `Mixup`). 3-Augment (DeiT III) is here
-as an alternative to RandAugment.
-"""
+"""The DeiT recipe's per-image transforms, from timm: RandomResizedCrop, flip, RandAugment (or 3-Augment, DeiT
+III's), random erasing; for evaluation, resize and centre crop."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from timm.data import create_transform
 from torchvision import transforms as T
 
+# random erasing's fills: per-pixel normal noise, one random colour per box, or zeros
+REMODES = ("pixel", "rand", "const")
 
-def build_transform(
-    train: bool,
-    *,
-    img_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    crop_scale: float = 0.08,
-    hflip: float = 0.5,
-    color_jitter: float = 0.3,
-    aa: str | None = "rand-m9-mstd0.5-inc1",
-    three_augment: bool = False,
-    interpolation: str = "bicubic",
-    reprob: float = 0.25,
-    remode: str = "pixel",
-    recount: int = 1,
-    eval_crop_ratio: float = 0.875,
-):
-    """PIL image -> normalised tensor (C, img_size, img_size), with the DeiT training augmentation or for eval."""
-    if not train:
-        # resize the short side to img_size / ratio, then center-crop img_size (224 / 0.875 = 256 for ImageNet)
-        return create_transform(
-            img_size, is_training=False, interpolation=interpolation, mean=mean, std=std, crop_pct=eval_crop_ratio
-        )
+
+@dataclass(frozen=True)
+class Recipe:
+    """The per-image part of the DeiT training augmentation (the paper's Table 9 by default). One value serves both
+    pipelines: timm's transforms on each image (`train_transform`) and the batch version (`batch_aug.BatchAugment`).
+    Mixup/CutMix act on whole batches and are not part of it."""
+
+    crop_scale: float = 0.08
+    """Smallest area fraction RandomResizedCrop keeps."""
+    hflip: float = 0.5
+    color_jitter: float = 0.3
+    """Off under RandAugment and 3-Augment's own jitter, as in timm."""
+    aa: str | None = "rand-m9-mstd0.5-inc1"
+    """RandAugment policy in timm's notation; None or "none" for none."""
+    three_augment: bool = False
+    """3-Augment (grayscale, solarize or blur, one per image) instead of RandAugment."""
+    interpolation: str = "bicubic"
+    reprob: float = 0.25
+    """Random erasing probability."""
+    remode: str = "pixel"
+    recount: int = 1
+
+    @property
+    def policy(self) -> str | None:
+        """The RandAugment policy, None when off."""
+        return None if self.three_augment or not self.aa or self.aa == "none" else self.aa
+
+
+def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float, ...], recipe: Recipe = Recipe()):
+    """PIL image -> normalised tensor (C, img_size, img_size) under the recipe's training augmentation."""
     transform = create_transform(
         img_size,
         is_training=True,
-        scale=(crop_scale, 1.0),
-        hflip=hflip,
-        color_jitter=None if three_augment or not color_jitter else color_jitter,
-        auto_augment=None if three_augment or not aa or aa == "none" else aa,
-        interpolation=interpolation,
+        scale=(recipe.crop_scale, 1.0),
+        hflip=recipe.hflip,
+        color_jitter=None if recipe.three_augment or not recipe.color_jitter else recipe.color_jitter,
+        auto_augment=recipe.policy,
+        interpolation=recipe.interpolation,
         mean=mean,
         std=std,
-        re_prob=reprob,
-        re_mode=remode,
-        re_count=recount,
+        re_prob=recipe.reprob,
+        re_mode=recipe.remode,
+        re_count=recipe.recount,
     )
-    _keep_posterize_bits(transform)
-    if three_augment:
+    keep_posterize_bits(transform)
+    if recipe.three_augment:
         # after crop and flip: one of grayscale / solarize / blur on every image, then colour jitter
         steps = list(transform.transforms)
         to_tensor = next(i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__)
@@ -59,26 +67,48 @@ def build_transform(
                 T.GaussianBlur(kernel_size=max(3, (img_size // 10) | 1), sigma=(0.1, 2.0)),
             ]
         )
-        jitter = [T.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
-        transform = T.Compose(steps[:to_tensor] + [three] + jitter + steps[to_tensor:])
+        jitter = recipe.color_jitter
+        transform = T.Compose(
+            steps[:to_tensor]
+            + [three]
+            + ([T.ColorJitter(jitter, jitter, jitter)] if jitter else [])
+            + steps[to_tensor:]
+        )
     return transform
 
 
-def crop_transform(img_size: int, *, crop_scale: float, hflip: float, interpolation: str):
+def eval_transform(
+    img_size: int,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    interpolation: str = "bicubic",
+    crop_ratio: float = 0.875,
+):
+    """PIL image -> normalised tensor: the short side resized to img_size / crop_ratio, then the centre img_size
+    (224 / 0.875 = 256 for ImageNet)."""
+    return create_transform(
+        img_size, is_training=False, interpolation=interpolation, mean=mean, std=std, crop_pct=crop_ratio
+    )
+
+
+def crop_transform(img_size: int, recipe: Recipe = Recipe()):
     """PIL image -> uint8 tensor (C, img_size, img_size): the recipe's RandomResizedCrop and flip only, for images
     read from files whose other augmentation is done a batch at a time (`batch_aug.BatchAugment`)."""
     from timm.data.transforms import RandomResizedCropAndInterpolation
 
     return T.Compose(
         [
-            RandomResizedCropAndInterpolation(img_size, scale=(crop_scale, 1.0), interpolation=interpolation),
-            T.RandomHorizontalFlip(hflip),
+            RandomResizedCropAndInterpolation(
+                img_size, scale=(recipe.crop_scale, 1.0), interpolation=recipe.interpolation
+            ),
+            T.RandomHorizontalFlip(recipe.hflip),
             T.PILToTensor(),
         ]
     )
 
 
-def _keep_posterize_bits(transform) -> None:
+def keep_posterize_bits(transform) -> None:
     """timm's RandAugment posterizes to 0 bits at the ends of its magnitude range, which Pillow >= 13 rejects
     ("bits must be between or equal to 1 and 8") and kills the data loader: keep at least 1 bit."""
     for step in getattr(transform, "transforms", []):
@@ -96,3 +126,31 @@ class _AtLeastOneBit:
 
     def __call__(self, magnitude, hparams):
         return tuple(max(1, bits) for bits in self.level_fn(magnitude, hparams))
+
+
+MIXUP_MODES = ("batch", "pair", "elem")  # one lambda per batch, per pair of images, or per image
+
+
+def mixup_cutmix(
+    mixup: float,
+    cutmix: float,
+    *,
+    prob: float,
+    switch_prob: float,
+    mode: str,
+    smoothing: float,
+    num_classes: int,
+):
+    """timm's Mixup/CutMix over whole batches (alphas `mixup` and `cutmix`, 0 turns one off); its targets are
+    smoothed one-hot mixes."""
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        prob=prob,
+        switch_prob=switch_prob,
+        mode=mode,
+        label_smoothing=smoothing,
+        num_classes=num_classes,
+    )

@@ -129,9 +129,9 @@ class TeacherCache:
 
     # -- reading it ---------------------------------------------------------------------------------------------
     def lookup(
-        self, epoch: int, positions: torch.Tensor, indices: torch.Tensor, views: torch.Tensor, num_classes: int
+        self, epoch: int, positions: torch.Tensor, indices: torch.Tensor, views: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """The teacher's logits (B, num_classes) and maps for these views; ValueError if the views are not the ones
+        """The teacher's logits (B, classes) and maps for these views; ValueError if the views are not the ones
         the teacher saw."""
         self._load(epoch)
         positions = torch.as_tensor(positions).long().cpu()
@@ -154,7 +154,7 @@ class TeacherCache:
             )
         values = self._data["values"][rows].float()
         classes = self._data["classes"][rows].long()
-        logits = (values[:, -1:] - FILL).expand(-1, num_classes).clone()
+        logits = (values[:, -1:] - FILL).expand(-1, self.meta["data"]["num_classes"]).clone()
         logits.scatter_(1, classes, values)
         n_maps = sum(key.startswith("map") for key in self._data)
         maps = [self._data[f"map{i}"][rows].float().to(views.device) for i in range(n_maps)] or None

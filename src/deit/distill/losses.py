@@ -67,6 +67,18 @@ class AttentionDistillation:
         )
 
 
+def class_criterion(*, mixup: bool, smoothing: float) -> nn.Module:
+    """The class head's loss on its targets: soft-target cross-entropy on Mixup/CutMix's mixed (already smoothed)
+    targets, else label smoothing, else plain cross-entropy."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup:
+        return SoftTargetCrossEntropy()
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing)
+    return nn.CrossEntropyLoss()
+
+
 class DistillationLoss(nn.Module):
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """DeiT networks, their named configurations, and their weights."""
 
-from .registry import MODELS, create_model, list_models
+from .factory import create_model
+from .registry import MODELS, list_models
 from .vit import DistilledVisionTransformer, VisionTransformer
 from .weights import WeightsError, export_weights, load_weights, read_checkpoint, save_weights
 

@@ -33,6 +33,8 @@ HPARAM_BOUNDS: dict[str, tuple[type, float, float]] = {
     "drop_path_rate": (float, 0.0, 0.999),
 }
 OPTIONAL_HPARAMS = {"mlp_ratio": 4.0, "qkv_bias": True, "drop_path_rate": 0.0}
+FAMILIES = ("deit", "cnn")  # a DeiT, or a CNN trained by `deit train` (a teacher)
+CNN_FAMILY = "cnn"
 CNN_HPARAMS = ("num_classes", "in_chans")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")
 INTENSITIES = ("minmax", "full")
@@ -87,18 +89,18 @@ def check_config(config, where: str, num_tensors: int | None = None) -> dict:
     if unknown:
         raise WeightsError(f"{where}: unknown deit config keys {', '.join(map(show_value, unknown[:4]))}")
     family = config.get("family", "deit")
-    if family not in ("deit", "cnn"):
-        raise WeightsError(f"{where}: family={show_value(family)} must be deit or cnn")
+    if family not in FAMILIES:
+        raise WeightsError(f"{where}: family={show_value(family)} must be {' or '.join(FAMILIES)}")
     name = config.get("model")
     if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200 or not name.isprintable()):
         raise WeightsError(f"{where}: model={show_value(name)} must be a model name")
-    if family == "cnn" and name is None:
+    if family == CNN_FAMILY and name is None:
         raise WeightsError(f"{where}: a CNN's config must name its architecture (model)")
     if not isinstance(config.get("distilled", False), bool):
         raise WeightsError(f"{where}: distilled={show_value(config['distilled'])} must be true or false")
     if "hparams" not in config:
         raise WeightsError(f"{where}: its deit config has no hparams")
-    if family == "cnn":
+    if family == CNN_FAMILY:
         hparams = config["hparams"]
         if not isinstance(hparams, dict) or set(hparams) != set(CNN_HPARAMS):
             raise WeightsError(f"{where}: a CNN's hparams must be exactly {', '.join(CNN_HPARAMS)}")

@@ -1,16 +1,12 @@
-"""Named DeiT configurations and `create_model`.
+"""Named DeiT configurations: a plain table, `MODELS`.
 
 Sizes live here, not in the model class: a name is a patch size, a width, a depth and a head count, the way
-timm registers `deit_small_patch16_224`.
+timm registers `deit_small_patch16_224`. `factory.create_model` builds one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-from . import metadata
-from .vit import DistilledVisionTransformer, VisionTransformer
 
 
 @dataclass(frozen=True)
@@ -61,63 +57,4 @@ def model_kwargs(name: str) -> dict:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; `deit models` lists the names: {', '.join(MODELS)}")
     spec = MODELS[name]
-    return dict(
-        patch_size=spec.patch_size,
-        embed_dim=spec.embed_dim,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        img_size=spec.img_size,
-    )
-
-
-def build(kwargs: dict, distilled: bool) -> VisionTransformer:
-    return (DistilledVisionTransformer if distilled else VisionTransformer)(**kwargs)
-
-
-def create_model(
-    name: str | None = None,
-    *,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-    in_chans: int | None = None,
-    pretrained: str | Path | None = None,
-    **overrides,
-) -> VisionTransformer:
-    """Build a DeiT model by name, optionally loading local weights.
-
-    `pretrained` is a local path in any format `load_weights` reads (safetensors, official DeiT `.pth`, timm,
-    HF transformers, a deit checkpoint or folder). With `pretrained` and no `name`, the architecture comes from
-    the checkpoint (its saved config, or its tensor shapes). A value not given comes from the checkpoint (class
-    count and input channels; a deit checkpoint also gives its image size), else the named configuration, else
-    num_classes=1000 and in_chans=3. The weights then load as `load_weights` does (pos_embed resized, a head of
-    another class count dropped).
-    """
-    from . import weights  # weights imports this module
-
-    source = weights.read_checkpoint(pretrained) if pretrained is not None else None
-    if name is None:
-        if source is None:
-            raise ValueError("create_model needs a model name, or pretrained=PATH to take the architecture from")
-        name, kwargs, distilled = weights.infer_architecture(source)
-    else:
-        kwargs, distilled = model_kwargs(name), MODELS[name].distilled
-        if source is not None:  # a fine-tuned checkpoint keeps its class count and input channels
-            kwargs.update(weights.checkpoint_io(source))
-    for key, value in (("num_classes", num_classes), ("img_size", img_size), ("in_chans", in_chans)):
-        if value is not None:
-            kwargs[key] = value
-    for key, value in overrides.items():
-        if key not in OVERRIDABLE:
-            raise ValueError(f"unknown model option {key}={value!r}; options are: {', '.join(OVERRIDABLE)}")
-        kwargs[key] = value
-    # the sizes are checked, and the parameters counted, before anything is allocated
-    where = str(pretrained) if pretrained is not None else f"model {name}"
-    kwargs = metadata.check_hparams(kwargs, where, required=())
-    metadata.check_fits(kwargs, distilled, where)
-    model = build(kwargs, distilled)
-    model.model_name = name
-    if source is not None:
-        weights.load_state(model, source)
-        # class names and preprocessing saved at training time travel with the weights
-        model.data_config = (source.config or {}).get("data")
-    return model
+    return {key: getattr(spec, key) for key in ("patch_size", "embed_dim", "depth", "num_heads", "img_size")}

@@ -117,6 +117,7 @@ class VisionTransformer(nn.Module):
     """DeiT without a distillation token: [cls, patches] -> blocks -> norm -> head(cls)."""
 
     num_prefix_tokens = 1  # tokens before the patches: cls
+    distilled = False  # has a distillation token and head
     model_name: str | None = None  # the registered name, set by create_model
     data_config: dict | None = None  # class names and preprocessing of the data it was trained on, when known
 
@@ -236,6 +237,7 @@ class DistilledVisionTransformer(VisionTransformer):
     """
 
     num_prefix_tokens = 2  # cls, dist
+    distilled = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -29,16 +29,16 @@ import torch.nn.functional as F
 from ..failures import first_line
 from ..files import atomic_write
 from . import metadata
-from .metadata import WeightsError
+from .metadata import CNN_FAMILY, WeightsError
 from .registry import MODELS
-from .vit import DistilledVisionTransformer, VisionTransformer
+from .vit import VisionTransformer
 
 log = logging.getLogger("deit")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_KEY = "deit_config"  # where a deit config lives in safetensors metadata and in training checkpoints
-EXPORT_FORMATS = ("deit", "timm", "hf")
+LAYOUTS = ("deit", "timm", "hf")
 
 
 @dataclass
@@ -46,7 +46,6 @@ class Checkpoint:
     """A state dict in our key names, with what its file says about the model."""
 
     path: Path
-    format: str  # what the file was: "deit", "timm/official", "hf"
     state_dict: dict[str, torch.Tensor]
     config: dict | None = None  # a deit config (model name, hparams), when the file carries one
     hf_config: dict | None = None  # an HF config.json, when the file came with one
@@ -79,12 +78,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     hf_config = None
     if config is None and isinstance(config_json, dict) and "model_type" in config_json:
         hf_config = metadata.check_hf_config(config_json, str(path / CONFIG_FILE))
-    state_dict, ignored, fmt = _to_native(tensors)
+    state_dict, ignored = _to_native(tensors)
     if config is not None:
         config = metadata.check_config(config, str(path))
         metadata.check_matches_tensors(config, state_dict, str(path))
-        fmt = "deit"
-    return Checkpoint(path, fmt, state_dict, config, hf_config, ignored)
+    return Checkpoint(path, state_dict, config, hf_config, ignored)
 
 
 def _read_json(path: Path):
@@ -181,12 +179,13 @@ _HF_LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 _HF_MARKER = "embeddings.patch_embeddings.projection.weight"
 
 
-def _to_native(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], str]:
-    """Our key names from any supported layout: (state_dict, ignored keys, format)."""
+def _to_native(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our key names from any supported layout (ours and timm's are the same; HF's are mapped): (state_dict,
+    ignored keys)."""
     sd = {_strip_wrappers(k): v for k, v in sd.items()}
     hf_prefix = next((k[: -len(_HF_MARKER)] for k in sd if k.endswith(_HF_MARKER)), None)
     if hf_prefix is None:
-        return sd, [], "timm/official"
+        return sd, []
     out, ignored, qkv = {}, [], defaultdict(dict)
     for key, value in sd.items():
         rest = key[len(hf_prefix) :] if key.startswith(hf_prefix) else None
@@ -212,7 +211,7 @@ def _to_native(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
         if len(parts) != 3:
             raise WeightsError(f"HF checkpoint has an incomplete query/key/value set in layer {index}")
         out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
-    return out, ignored, "hf"
+    return out, ignored
 
 
 def _strip_wrappers(key: str) -> str:
@@ -224,7 +223,7 @@ def _strip_wrappers(key: str) -> str:
 
 def to_hf(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], dict]:
     """The model's weights in HF transformers' names (as `save_pretrained` writes them) and a matching config."""
-    distilled = isinstance(model, DistilledVisionTransformer)
+    distilled = model.distilled
     prefix = "deit." if distilled else "vit."
     block_names = {ours: hf for hf, ours in _HF_BLOCK.items()}
     top_names = {ours: hf for hf, ours in _HF_TOP.items()}
@@ -308,7 +307,7 @@ def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
     return name, kwargs, distilled
 
 
-def checkpoint_io(ckpt: Checkpoint) -> dict:
+def checkpoint_sizes(ckpt: Checkpoint) -> dict:
     """The class count and input channels a checkpoint was trained with (and image size, from a deit config)."""
     sd, out = ckpt.state_dict, {}
     if "head.weight" in sd:
@@ -447,17 +446,25 @@ def _mismatch_message(ckpt, model, sd, expected, missing, unexpected, wrong) -> 
 # Writing
 
 
-def deit_config(model: VisionTransformer) -> dict:
-    config = {
-        "format": "deit",
-        "version": 1,
-        "family": "deit",
-        "model": getattr(model, "model_name", None),
-        "distilled": isinstance(model, DistilledVisionTransformer),
-        "hparams": dict(model.hparams),
-    }
-    if getattr(model, "data_config", None):  # class names and preprocessing, from training
-        config["data"] = dict(model.data_config)
+def deit_config(model: torch.nn.Module, data: dict | None = None) -> dict:
+    """What rebuilds `model` and prepares its inputs: saved with its weights (safetensors metadata, config.json) and
+    in training checkpoints, under CONFIG_KEY. A DeiT, or a CNN of `teachers.create_cnn`; `data` (class names and
+    preprocessing) defaults to what the model was loaded with."""
+    if isinstance(model, VisionTransformer):
+        config = {
+            "format": "deit",
+            "version": 1,
+            "family": "deit",
+            "model": getattr(model, "model_name", None),
+            "distilled": model.distilled,
+            "hparams": dict(model.hparams),
+        }
+        data = data or model.data_config
+    else:
+        hparams = {k: model.cnn_hparams[k] for k in metadata.CNN_HPARAMS}
+        config = {"format": "deit", "family": CNN_FAMILY, "model": model.model_name, "hparams": hparams}
+    if data:
+        config["data"] = dict(data)
     return config
 
 
@@ -514,4 +521,4 @@ def export_weights(model: VisionTransformer, path: str | os.PathLike, to: str) -
         _write_safetensors(tensors, path / WEIGHTS_FILE, {"format": "pt"})
         _write_json(config, path / CONFIG_FILE)
         return path
-    raise WeightsError(f"unknown weights format {to!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    raise WeightsError(f"unknown weights format {to!r}; choose one of {', '.join(LAYOUTS)}")

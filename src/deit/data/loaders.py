@@ -1,0 +1,107 @@
+"""A training run's loaders: the training views (augmented per image in loader processes, or a batch at a time on
+the training device), the evaluation batches, and the teacher's pass over the views for a teacher cache."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch.utils.data import DataLoader, Dataset
+
+from ..failures import loader_worker_init
+from .batch_aug import BatchAugment
+from .datasets import ArrayDataset, collate_readable
+from .sampling import EvalBatches, SeededDataset, SeededSampler, ShardSampler, TensorBatches, collate_batch
+from .transforms import Recipe, crop_transform, eval_transform, train_transform
+
+
+def loader_options(num_workers: int, pin_memory: bool) -> dict:
+    """DataLoader settings shared by a run's loaders."""
+    return dict(
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=loader_worker_init,
+    )
+
+
+def worker_count(train_set: Dataset, batch_aug: bool, num_workers: int) -> int:
+    """Loader processes for a run: none when the images are in memory and augmented a batch at a time (a loader
+    would have nothing to do)."""
+    return 0 if batch_aug and isinstance(train_set, ArrayDataset) else num_workers
+
+
+def training_views(
+    train_set: Dataset,
+    recipe: Recipe,
+    *,
+    img_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_aug: bool,
+) -> BatchAugment | None:
+    """Give the training split its per-image transform; returns the batch augmentation when `batch_aug`.
+
+    Without it, the whole recipe runs per image. With it, images in memory get the whole recipe a batch at a time;
+    image files are decoded, cropped and flipped to one size per image (under its own seed) by the loader
+    processes, and the batch gets the rest (RandAugment, erasing, ...).
+    """
+    if not batch_aug:
+        train_set.transform = train_transform(img_size, mean=mean, std=std, recipe=recipe)
+        return None
+    if isinstance(train_set, ArrayDataset):
+        return BatchAugment(img_size, mean=mean, std=std, recipe=recipe)
+    train_set.transform = crop_transform(img_size, recipe)
+    rest = replace(recipe, crop_scale=1.0, hflip=0.0)
+    return BatchAugment(img_size, mean=mean, std=std, recipe=rest, ratio=(1.0, 1.0))
+
+
+def train_loader(train_set: Dataset, sampler: SeededSampler, *, batch_size: int, batch_aug: bool, options: dict):
+    """`Batch`es of the training views in the sampler's order, the last partial batch dropped."""
+    if batch_aug and isinstance(train_set, ArrayDataset):
+        return TensorBatches(train_set.tensor(), train_set.targets, sampler, batch_size)
+    return DataLoader(
+        SeededDataset(train_set),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_batch,
+        **options,
+    )
+
+
+def cache_loader(train_set: Dataset, sampler: SeededSampler, *, batch_size: int, options: dict):
+    """Every training view of an epoch, in larger batches, for the teacher's pass (views drawn per image only: views
+    drawn per batch need the training batches themselves)."""
+    return DataLoader(
+        SeededDataset(train_set), batch_size=max(batch_size, 256), sampler=sampler, collate_fn=collate_batch, **options
+    )
+
+
+def eval_loader(
+    val_set: Dataset,
+    *,
+    img_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    interpolation: str,
+    crop_ratio: float,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    options: dict,
+):
+    """(images, targets) batches of this process's share of the validation split, prepared for evaluation."""
+    val_set.transform = eval_transform(img_size, mean=mean, std=std, interpolation=interpolation, crop_ratio=crop_ratio)
+    if isinstance(val_set, ArrayDataset) and crop_ratio == 1.0 and val_set.images.shape[1:3] == (img_size, img_size):
+        # already at the model's size: evaluation only converts and normalises, a batch at a time
+        return EvalBatches(
+            val_set.tensor(),
+            val_set.targets,
+            mean=mean,
+            std=std,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+        )
+    sampler = ShardSampler(len(val_set), rank, world_size)
+    return DataLoader(val_set, batch_size=batch_size, sampler=sampler, collate_fn=collate_readable, **options)
