@@ -290,12 +290,18 @@ def model_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .export import FORMATS as EXPORT_FORMATS
-    from .models.weights import LAYOUTS as WEIGHTS_LAYOUTS
-
     parser = Parser(prog="deit", description="Data-efficient Image Transformers: train, distill, use.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_models(sub)
+    _add_training(sub)
+    _add_benchmark(sub)
+    _add_model_use(sub)
+    parser.commands = sub.choices  # name -> the command's parser
+    return parser
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="what distillation is for, on shipped digits in minutes on a CPU: few labels, a CNN teacher",
@@ -323,10 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
+
+def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     p.add_argument("filter", nargs="?", default="", help="only names containing this text")
     p.set_defaults(func=cmd_models)
 
+
+def _add_training(sub) -> None:
     for name, func, short, long in (
         (
             "train",
@@ -349,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(p)
         p.set_defaults(func=func)
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser(
         "benchmark",
         help="time inference, the train step, distilled steps (teacher online / cached) and the data pipeline "
@@ -375,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
+
+
+def _add_model_use(sub) -> None:
+    """The commands that work on a trained model: predict, attention, eval, export, convert."""
+    from .export import FORMATS as EXPORT_FORMATS
+    from .models.weights import LAYOUTS as WEIGHTS_LAYOUTS
 
     p = model_command(sub, "predict", "top-k classes of images or folders of images with a trained model")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
@@ -409,8 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=WEIGHTS_LAYOUTS, help="output layout")
     p.add_argument("--model", default=None, help="architecture name, when the checkpoint does not make it clear")
     p.set_defaults(func=cmd_convert)
-    parser.commands = sub.choices  # name -> the command's parser
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

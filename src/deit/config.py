@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from .data.transforms import MIXUP_MODES, REMODES, Recipe
-from .distill.attention import ATTENTION_LOSSES, parse_layers
+from .distill.attention import ATTENTION_LOSSES, parse_blocks
 from .distill.cache import DTYPES as CACHE_DTYPES
 from .distill.losses import DISTILLATION_TYPES
 from .engine import PRECISIONS
@@ -381,7 +381,7 @@ class DistillConfig:
                 ("teacher_cache_dtype", c.teacher_cache_dtype in CACHE_DTYPES, _one_of(CACHE_DTYPES)),
             ],
         )
-        parse_layers(self.attn_distillation_layers)
+        parse_blocks(self.attn_distillation_layers)
 
     @property
     def needs_teacher(self) -> bool:

@@ -170,52 +170,76 @@ def _demo(
     }
     train_set, info = build_dataset(data_set, data_path, True)
     jobs = study_jobs(out, common, train_set.targets, QUICK_LABELS if quick else LABELS)
-    if vit_teacher:  # the paper's other teacher: a transformer (the student trained without one), run online
-        label = "hard, ViT teacher"
-        settings = {
-            **STUDENTS,
-            "model.model": DISTILLED_STUDENT,
-            "distill.distillation_type": "hard",
-            "distill.teacher_path": str(out / "none_all"),
-        }
-        jobs.append(
-            Job(
-                "hard_vit_teacher_all",
-                _config(out, "hard_vit_teacher_all", settings, common),
-                {"method": label, "model": DISTILLED_STUDENT, "teacher": STUDENT, "labels": None},
-                after=("none_all",),
-            )
-        )
+    if vit_teacher:
+        jobs.append(_vit_teacher_job(out, common))
     print(
         f"deit demo: {len(jobs)} runs on {canonical_name(data_set)} ({len(train_set)} training images), "
         "side by side: teachers, their cached outputs, then the students"
     )
     done = train_side_by_side(jobs, out, lanes=lanes)
-
     per_class = round(len(train_set) / info.num_classes)  # "all": the curve's x for every label kept
-    curve, heads, test = [], [], test_batches(data_set, data_path, MODELS[DISTILLED_STUDENT].img_size)
+    results = _results(out, jobs, done, per_class, data_set=data_set, data_path=data_path, seed=seed, quick=quick)
+    _pictures(out, results, jobs, done, data_set, data_path)
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "report.md", report(results))
+    print(f"\n{curve_table(results)}\n\n{report_table(results)}\nreport, results and pictures in {out}/")
+    return results
+
+
+def _vit_teacher_job(out: Path, common: dict) -> Job:
+    """The paper's other teacher: a transformer (the student trained without one), run online."""
+    settings = {
+        **STUDENTS,
+        "model.model": DISTILLED_STUDENT,
+        "distill.distillation_type": "hard",
+        "distill.teacher_path": str(out / "none_all"),
+    }
+    return Job(
+        "hard_vit_teacher_all",
+        _config(out, "hard_vit_teacher_all", settings, common),
+        {"method": "hard, ViT teacher", "model": DISTILLED_STUDENT, "teacher": STUDENT, "labels": None},
+        after=("none_all",),
+    )
+
+
+def _table3(jobs: list[Job]) -> list[Job]:
+    """The runs on every label, in Table 3's order of methods."""
+    order = [label for label, _, _ in METHODS] + ["hard, ViT teacher"]
+    return sorted(
+        (j for j in jobs if j.row.get("labels", 0) is None and j.row["method"] in order),
+        key=lambda j: order.index(j.row["method"]),
+    )
+
+
+def _curve_and_heads(out: Path, jobs: list[Job], done: dict, per_class: int, test) -> tuple[list, list]:
+    """Each study run's top-1 at its count of labels; each distilled student's heads read alone."""
+    curve, heads = [], []
     for job in jobs:
         method = job.row.get("curve")  # the study's runs (soft and the ViT teacher are Table-3 rows alone)
         if method is None:
             continue
         n = job.row["labels"] or per_class
-        curve.append(
-            {
-                "labels_per_class": n,
-                "method": method,
-                "acc1": done[job.name]["acc1"],
-                "train_seconds": done[job.name]["train_seconds"],
-            }
-        )
+        result = done[job.name]
+        point = {"labels_per_class": n, "method": method}
+        curve.append({**point, "acc1": result["acc1"], "train_seconds": result["train_seconds"]})
         if job.row["model"] == DISTILLED_STUDENT:
-            heads.append({"labels_per_class": n, "method": method, **head_accuracy(out / job.name, test)})
-    order = [label for label, _, _ in METHODS] + ["hard, ViT teacher"]
-    table3 = sorted(
-        (j for j in jobs if j.row.get("labels", 0) is None and j.row["method"] in order),
-        key=lambda j: order.index(j.row["method"]),
-    )
+            heads.append({**point, **head_accuracy(out / job.name, test)})
+
+    def order(p):
+        return p["labels_per_class"], STUDY_ORDER.index(p["method"])
+
+    return sorted(curve, key=order), sorted(heads, key=order)
+
+
+def _results(
+    out: Path, jobs: list[Job], done: dict, per_class: int, *, data_set: str, data_path, seed: int, quick: bool
+) -> dict:
+    """results.json: the teacher, Table 3's students, the curve and the heads."""
+    test = test_batches(data_set, data_path, MODELS[DISTILLED_STUDENT].img_size)
+    curve, heads = _curve_and_heads(out, jobs, done, per_class, test)
     teacher = done["teacher_all"]
-    results = {
+    return {
         "data_set": canonical_name(data_set),
         "seed": seed,
         "quick": quick,
@@ -232,27 +256,28 @@ def _demo(
                 **{k: v for k, v in done[j.name].items() if k not in ("log", "curve")},
                 "acc1_by_epoch": [e["test_acc1"] for e in done[j.name]["log"]],
             }
-            for j in table3
+            for j in _table3(jobs)
         ],
-        "curve": sorted(curve, key=lambda p: (p["labels_per_class"], STUDY_ORDER.index(p["method"]))),
-        "heads": sorted(heads, key=lambda p: (p["labels_per_class"], STUDY_ORDER.index(p["method"]))),
+        "curve": curve,
+        "heads": heads,
     }
+
+
+def _pictures(out: Path, results: dict, jobs: list[Job], done: dict, data_set: str, data_path) -> None:
+    """curve.png, curves.png and attention.png."""
     from .viz import plot_curves, plot_label_curve
 
     plot_label_curve(
         [{**p, "method": curve_label(p["method"])} for p in results["curve"]],
         out / "curve.png",
-        title=f"{results['data_set']}, seed {seed}",
+        title=f"{results['data_set']}, seed {results['seed']}",
     )
-    plot_curves(
-        {"teacher (CNN)": teacher["log"], **{j.row["method"]: done[j.name]["log"] for j in table3}}, out / "curves.png"
-    )
+    logs = {
+        "teacher (CNN)": done["teacher_all"]["log"],
+        **{j.row["method"]: done[j.name]["log"] for j in _table3(jobs)},
+    }
+    plot_curves(logs, out / "curves.png")
     heat_maps(out, results["students"], data_set, data_path)
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text(out / "report.md", report(results))
-    print(f"\n{curve_table(results)}\n\n{report_table(results)}\nreport, results and pictures in {out}/")
-    return results
 
 
 def _config(out: Path, name: str, settings: dict, common: dict) -> TrainConfig:

@@ -115,7 +115,7 @@ def train_one_epoch(
             with sync:
                 with autocast(views.device, amp_dtype):
                     if attention is not None:  # the student's class-token rows at the distilled blocks, too
-                        outputs, maps = model(images, attn_blocks=list(attention.layers), attn_form="cls")
+                        outputs, maps = model(images, attn_blocks=list(attention.blocks), attn_form="cls")
                         teacher["student_maps"] = maps
                     else:
                         outputs = model(images)

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader
 
 from .data import build_dataset, canonical_name
 from .data.datasets import collate_readable
+from .data.preprocess import preprocessing
 from .engine import top5_hits
 from .failures import loader_worker_init
 from .files import write_text
-from .predict import preprocessing
 
 
 @torch.inference_mode()

@@ -76,7 +76,7 @@ def picture_names(files: list[Path]) -> list[str]:
 def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> tuple[list[Path], list[str]]:
     """One PNG per readable image (see `picture_names`: the image, then each map over it); error lines for the
     rest."""
-    from .predict import preprocessing
+    from .data.preprocess import preprocessing
     from .viz import attention_grid
 
     prep = preprocessing(model)

@@ -1,9 +1,7 @@
 """`deit predict`: top-k classes of images with a trained model, prepared as its training data was evaluated.
 
-Preprocessing comes from the weights (`model.data_config`, saved by `deit train`): input size, eval crop ratio,
-interpolation, mean and std, how images of more than 8 bits are scaled, class names. Weights without it (official,
-timm, HF) get ImageNet's preprocessing and class indices as names. An unreadable or non-image file (a decompression
-bomb included) is reported in one line and skipped; the others are still predicted.
+An unreadable or non-image file (a decompression bomb included) is reported in one line and skipped; the others are
+still predicted. The preparation of the images: `data/preprocess.py`.
 """
 
 from __future__ import annotations
@@ -13,9 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .data.datasets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
-from .data.images import read_image
-from .data.transforms import eval_transform
+from .data.preprocess import preprocessing
 
 
 @dataclass
@@ -29,42 +25,6 @@ class Prediction:
             "path": self.path,
             "topk": [{"label": label, "probability": round(p, 6)} for label, p in zip(self.labels, self.probabilities)],
         }
-
-
-@dataclass
-class Preprocessing:
-    transform: object  # PIL image -> normalised tensor
-    class_names: list[str]
-    mode: str  # the PIL mode the model reads: "L" or "RGB"
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    intensity: str = "minmax"  # how images of more than 8 bits become 8-bit (data/images.py)
-
-    def read(self, path: Path) -> torch.Tensor:
-        """An image file as the model's input; ValueError naming the file when it is not a readable image."""
-        image = read_image(path, self.mode, self.intensity)
-        try:
-            return self.transform(image)
-        except Exception as e:  # e.g. an image of zero width
-            raise ValueError(f"{path}: cannot be prepared for the model ({type(e).__name__}: {e})") from None
-
-
-def preprocessing(model: torch.nn.Module) -> Preprocessing:
-    """The eval transform of the model's training data, its class names and normalisation."""
-    hp = model.hparams
-    data = getattr(model, "data_config", None) or {}
-    gray = hp["in_chans"] == 1
-    mean = tuple(data.get("mean") or (GRAY_MEAN if gray else IMAGENET_MEAN))
-    std = tuple(data.get("std") or (GRAY_STD if gray else IMAGENET_STD))
-    transform = eval_transform(
-        hp["img_size"],
-        mean=mean,
-        std=std,
-        interpolation=data.get("interpolation", "bicubic"),
-        crop_ratio=data.get("eval_crop_ratio", 0.875),
-    )
-    names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
-    return Preprocessing(transform, names, "L" if gray else "RGB", mean, std, data.get("intensity") or "minmax")
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ from .data.loaders import cache_loader, eval_loader, loader_options, train_loade
 from .data.sampling import Batch, SeededSampler, batch_seed, process_seed, seed_everything, train_sampler
 from .data.transforms import mixup_cutmix
 from .distill import AttentionDistillation, DistillationLoss
-from .distill.attention import parse_layers
+from .distill.attention import parse_blocks
 from .distill.cache import TeacherCache, targets_digest, weights_digest
 from .distill.losses import class_criterion
 from .engine import NonFiniteLoss, Views, amp_dtype, evaluate, fill_teacher_cache, train_one_epoch
@@ -127,21 +127,44 @@ def _session(cfg: TrainConfig, owns_folder: bool):
         distributed.cleanup()
 
 
-def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> Pieces:
-    cfg = cfg.with_defaults(dataset_defaults(cfg.data.data_set))
-    data, aug = cfg.data, cfg.aug
+def _datasets(cfg: TrainConfig, world_size: int) -> tuple[Dataset, Dataset, DataInfo]:
+    """The training and validation splits, and what a model needs to know of the data."""
+    data = cfg.data
     name = canonical_name(data.data_set)
     common = dict(grayscale=data.grayscale, intensity=data.intensity)
     train_set, info = build_dataset(
         name, data.data_path, True, labels_per_class=data.labels_per_class, unlabelled=data.unlabelled, **common
     )
     val_set, _ = build_dataset(name, data.data_path, False, **common)
-    world_batch = cfg.run.batch_size * env.world_size
+    world_batch = cfg.run.batch_size * world_size
     if len(train_set) * data.repeat < world_batch:
         raise ValueError(
             f"the training set has {len(train_set)} images, fewer than one batch ({world_batch}); "
             "lower --batch-size or raise --repeat"
         )
+    return train_set, val_set, info
+
+
+def _mixup(cfg: TrainConfig, num_classes: int):
+    """timm's Mixup/CutMix when the recipe mixes batches, else None."""
+    aug = cfg.aug
+    if not aug.mixup_active:
+        return None
+    return mixup_cutmix(
+        aug.mixup,
+        aug.cutmix,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode=aug.mixup_mode,
+        smoothing=aug.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> Pieces:
+    cfg = cfg.with_defaults(dataset_defaults(cfg.data.data_set))
+    data, aug = cfg.data, cfg.aug
+    train_set, val_set, info = _datasets(cfg, env.world_size)
     num_workers = worker_count(train_set, aug.batch_aug, data.num_workers)
     if device.type == "cpu":
         distributed.share_cpu_cores(num_workers)
@@ -168,17 +191,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         repeat=data.repeat,
     )
     options = loader_options(num_workers, pin_memory=data.pin_mem and device.type == "cuda")
-    mixup = None
-    if aug.mixup_active:
-        mixup = mixup_cutmix(
-            aug.mixup,
-            aug.cutmix,
-            prob=aug.mixup_prob,
-            switch_prob=aug.mixup_switch_prob,
-            mode=aug.mixup_mode,
-            smoothing=aug.smoothing,
-            num_classes=info.num_classes,
-        )
+    mixup = _mixup(cfg, info.num_classes)
     teacher, criterion = _criterion(cfg, model, info, device, mixup is not None)
     return Pieces(
         cfg=cfg,
@@ -232,7 +245,7 @@ def _criterion(
         attention = AttentionDistillation.for_student(
             model,
             distill.attn_distillation_weight,
-            parse_layers(distill.attn_distillation_layers),
+            parse_blocks(distill.attn_distillation_layers),
             distill.attn_distillation_loss,
         )
     criterion = DistillationLoss(
@@ -502,7 +515,7 @@ def cache_spec(
             "world_size": world_size,
         },
         "teacher": teacher_spec,
-        "attention": {"layers": list(attention.layers), "grid": attention.grid, "heads": attention.heads}
+        "attention": {"blocks": list(attention.blocks), "grid": attention.grid, "heads": attention.heads}
         if attention
         else None,
         "epochs": cfg.run.epochs,

@@ -16,8 +16,8 @@ from deit.distill.attention import teacher_logits_and_maps
 from deit.teachers import SmallCNN, Teacher
 
 
-def student_rows(model, x, layers=(-1,)):
-    _, rows = model.forward_attention(x, blocks=list(layers), form="cls")
+def student_rows(model, x, blocks=(-1,)):
+    _, rows = model.forward_attention(x, blocks=list(blocks), form="cls")
     return rows
 
 
@@ -29,7 +29,7 @@ def test_student_and_teacher_maps_are_distributions_over_patches():
         maps = patch_attention(rows, student.num_prefix_tokens, per_head)
         assert maps.shape == shape and torch.allclose(maps.sum(-1), torch.ones(shape[:-1]), atol=1e-5)
     cnn = Teacher(SmallCNN(num_classes=10, in_chans=1), "small_cnn", 10)
-    logits, maps = teacher_logits_and_maps(cnn, x, layers=(-1, -2), grid=7, student_heads=4)
+    logits, maps = teacher_logits_and_maps(cnn, x, blocks=(-1, -2), grid=7, student_heads=4)
     assert logits.shape == (3, 10) and len(maps) == 2
     assert maps[0].shape == (3, 49) and torch.allclose(maps[0].sum(-1), torch.ones(3), atol=1e-5)
     assert (maps[0] >= 0).all()
@@ -48,7 +48,7 @@ def test_loss_is_zero_for_equal_maps_and_positive_otherwise():
 def test_gradient_reaches_the_attended_block_and_nothing_after_it():
     student = deit.create_model("deit_pico_patch4_28", num_classes=10).train()
     x = torch.randn(2, 3, 28, 28)
-    rows = student_rows(student, x, layers=(1,))[1]
+    rows = student_rows(student, x, blocks=(1,))[1]
     target = torch.softmax(torch.randn(2, 49), -1)
     attention_loss(patch_attention(rows, 1, per_head=False), target).backward()
     assert student.blocks[1].attn.qkv.weight.grad.abs().sum() > 0  # queries and keys make the map
@@ -83,7 +83,7 @@ def test_vit_teacher_with_another_head_count_or_grid(teacher_name, heads):
     vit = deit.create_model(teacher_name, num_classes=10, num_heads=heads)
     teacher = Teacher(vit, teacher_name, 10)
     x = torch.randn(2, 3, size, size)
-    _, maps = teacher_logits_and_maps(teacher, x, layers=(-1,), grid=7, student_heads=student.num_heads)
+    _, maps = teacher_logits_and_maps(teacher, x, blocks=(-1,), grid=7, student_heads=student.num_heads)
     expected = (2, 49) if heads != student.num_heads else (2, 4, 49)  # per head only when the counts match
     assert maps[0].shape == expected
     assert torch.allclose(maps[0].sum(-1), torch.ones(expected[:-1]), atol=1e-5)

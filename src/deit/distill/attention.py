@@ -21,17 +21,17 @@ ATTENTION_LOSSES = ("kl", "mse")
 EPS = 1e-8
 
 
-def parse_layers(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+def parse_blocks(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     """ "-1" or "2,3" (or a list) -> block indices."""
     if isinstance(text, (list, tuple)):
         return tuple(int(i) for i in text)
     try:
-        layers = tuple(int(part) for part in str(text).split(",") if part.strip())
+        blocks = tuple(int(part) for part in str(text).split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"attention layers {text!r}: give block indices such as -1 or 2,3") from None
-    if not layers:
-        raise ValueError("attention layers: give at least one block index, such as -1")
-    return layers
+        raise ValueError(f"attention blocks {text!r}: give block indices such as -1 or 2,3") from None
+    if not blocks:
+        raise ValueError("attention blocks: give at least one block index, such as -1")
+    return blocks
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl
 
 
 def teacher_logits_and_maps(
-    teacher: nn.Module, x: torch.Tensor, *, layers: tuple[int, ...], grid: int, student_heads: int
+    teacher: nn.Module, x: torch.Tensor, *, blocks: tuple[int, ...], grid: int, student_heads: int
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One teacher pass: its logits and one map per layer over the student's grid.
 
@@ -99,11 +99,11 @@ def teacher_logits_and_maps(
         x = teacher.inputs(x)
     with torch.no_grad():
         if hasattr(model, "forward_attention"):  # a ViT
-            logits, rows = model.forward_attention(x, blocks=list(layers), form="cls")
+            logits, rows = model.forward_attention(x, blocks=list(blocks), form="cls")
             per_head = model.num_heads == student_heads
             maps = [
                 resize_map(patch_attention(rows[i % len(model.blocks)], model.num_prefix_tokens, per_head), grid)
-                for i in layers
+                for i in blocks
             ]
             return logits, maps
         if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
@@ -116,4 +116,4 @@ def teacher_logits_and_maps(
         if features.ndim != 4:
             raise ValueError(f"the teacher's features are {tuple(features.shape)}, not a (B, C, H, W) map")
         spatial = resize_map(activation_map(features), grid)
-        return logits, [spatial] * len(layers)
+        return logits, [spatial] * len(blocks)

@@ -36,7 +36,7 @@ class AttentionDistillation:
     """What the attention term needs to know: its weight, the blocks, the distance, and the student's layout."""
 
     weight: float
-    layers: tuple[int, ...]
+    blocks: tuple[int, ...]
     loss: str
     depth: int  # student blocks
     num_prefix: int  # student tokens before the patches
@@ -48,17 +48,17 @@ class AttentionDistillation:
             raise ValueError(f"attention distillation weight {self.weight} must be > 0")
         if self.loss not in ATTENTION_LOSSES:
             raise ValueError(f"attention loss {self.loss!r} is not one of {ATTENTION_LOSSES}")
-        for i in self.layers:
+        for i in self.blocks:
             if not -self.depth <= i < self.depth:
                 raise ValueError(f"attention layer {i} does not exist: the student has {self.depth} blocks")
 
     @classmethod
-    def for_student(cls, student: nn.Module, weight: float, layers: tuple[int, ...], loss: str):
+    def for_student(cls, student: nn.Module, weight: float, blocks: tuple[int, ...], loss: str):
         if not hasattr(student, "forward_attention"):
             raise ValueError(f"attention distillation needs a DeiT student, not {type(student).__name__}")
         return cls(
             weight,
-            tuple(layers),
+            tuple(blocks),
             loss,
             len(student.blocks),
             student.num_prefix_tokens,
@@ -154,7 +154,7 @@ class DistillationLoss(nn.Module):
                     target,
                     self.attention.loss,
                 )
-                for i, target in zip(self.attention.layers, teacher_maps)
+                for i, target in zip(self.attention.blocks, teacher_maps)
             ) / len(teacher_maps)
             result["attn_loss"] = attn
             result["loss"] = result["loss"] + self.attention.weight * attn
@@ -168,7 +168,7 @@ class DistillationLoss(nn.Module):
         return teacher_logits_and_maps(
             self.teacher,
             inputs,
-            layers=self.attention.layers,
+            blocks=self.attention.blocks,
             grid=self.attention.grid,
             student_heads=self.attention.heads,
         )
