@@ -460,7 +460,14 @@ def test_12_a_stopped_demo_stops_every_student_process_within_seconds(tmp_path, 
     out = tmp_path / "demo"
     script = tmp_path / "lanes.py"
     script.write_text(DEMO_LANES.format(src=SRC, data=str(tmp_path / "digits"), out=str(out)))
-    demo = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    # started with Ctrl-C's default effect, as from a terminal: a shell starts background jobs (a CI script's `&`,
+    # nohup) with SIGINT ignored, and a child keeps that, so the demo would never see this test's SIGINT
+    demo = subprocess.Popen(
+        [sys.executable, str(script)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(epochs_in(out / n / "log.jsonl") for n in ("none", "soft")):

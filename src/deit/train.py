@@ -63,6 +63,8 @@ class Pieces:
 
 def run(cfg: TrainConfig) -> dict:
     """Train as the config says; returns the last epoch's log line."""
+    if cfg.run.eval:
+        raise ValueError("run.eval is set: evaluate with evaluate_only(cfg), or unset run.eval to train")
     with _session(cfg, owns_folder=True) as (env, device, folder, resume):
         pieces = _build(cfg, env, device)
         cache = None
@@ -117,7 +119,7 @@ def _session(cfg: TrainConfig, owns_folder: bool):
     try:
         resume = resume_path(cfg.run.resume)
         out = cfg.run.output_dir or (resume.parent if resume else None)
-        if out and env.is_main and owns_folder and not cfg.run.eval:
+        if out and env.is_main and owns_folder:
             folder = RunFolder(out).open(resume)
         yield env, device, folder, resume
     finally:
