@@ -248,6 +248,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .models import create_model
+    from .serve import Model, check_bind, create_app, serve
+
+    check_bind(args.host, args.token, args.no_auth)
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("deit serve needs its extra: pip install 'deit[serve]'") from None
+    model = create_model(args.model, pretrained=args.weights)
+    app = create_app(Model(model, str(args.weights), topk=args.topk), max_batch=args.max_batch, token=args.token)
+    serve(app, args.host, args.port)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluation_report, write_report
     from .models import create_model
@@ -413,6 +430,15 @@ def _add_model_use(sub) -> None:
     p.add_argument("--batch-size", type=count(1), default=128)
     p.add_argument("--num_workers", type=count(0), default=2)
     p.set_defaults(func=cmd_eval)
+
+    p = model_command(sub, "serve", "a trained model behind a REST API: /v1/predict, /v1/attention, /v1/model")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on; another than this one needs --token")
+    p.add_argument("--port", type=count(1), default=8000)
+    p.add_argument("--max-batch", type=count(1), default=32, help="images of concurrent requests run together")
+    p.add_argument("--topk", type=count(1), default=5)
+    p.add_argument("--token", default=None, help="clients must send 'Authorization: Bearer TOKEN'")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-local --host without a token")
+    p.set_defaults(func=cmd_serve)
 
     p = model_command(
         sub, "export", "a trained model as ONNX, checked in onnxruntime (safetensors: deit convert --to deit)"

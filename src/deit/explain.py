@@ -77,10 +77,8 @@ def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> 
     """One PNG per readable image (see `picture_names`: the image, then each map over it); error lines for the
     rest."""
     from .data.preprocess import preprocessing
-    from .viz import attention_grid
 
     prep = preprocessing(model)
-    mean, std = torch.tensor(prep.mean).view(-1, 1, 1), torch.tensor(prep.std).view(-1, 1, 1)
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
     for path, name in zip(files, picture_names(files)):
@@ -89,11 +87,19 @@ def attention_pictures(model: torch.nn.Module, files: list[Path], out: Path) -> 
         except ValueError as e:
             errors.append(str(e))
             continue
-        logits, maps = _logits_and_maps(model, x[None])
-        label = prep.class_names[int(logits.argmax())]
-        shown = (x * std + mean).clamp(0, 1)
-        shown = shown[0] if shown.shape[0] == 1 else shown.permute(1, 2, 0)
-        target = out / name
-        attention_grid(shown[None], maps, target, [f"{path.name}: {label}"])
-        written.append(target)
+        attention_picture(model, prep, x, path.name, out / name)
+        written.append(out / name)
     return written, errors
+
+
+def attention_picture(model: torch.nn.Module, prep, x: torch.Tensor, name: str, target: Path) -> None:
+    """The PNG of one prepared image `x` (C, H, W): the image titled with its name and top-1 label, then each map
+    over it. `prep`: the model's `data.preprocess.Preprocessing`."""
+    from .viz import attention_grid
+
+    mean, std = torch.tensor(prep.mean).view(-1, 1, 1), torch.tensor(prep.std).view(-1, 1, 1)
+    logits, maps = _logits_and_maps(model, x[None])
+    label = prep.class_names[int(logits.argmax())]
+    shown = (x * std + mean).clamp(0, 1)
+    shown = shown[0] if shown.shape[0] == 1 else shown.permute(1, 2, 0)
+    attention_grid(shown[None], maps, target, [f"{name}: {label}"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -22,8 +23,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-def read_image(path: str | os.PathLike, mode: str, intensity: str = "minmax") -> Image.Image:
-    """The image at `path` in `mode` ("L" or "RGB"), decoded; ValueError naming the file when it cannot be."""
+def read_image(
+    path: str | os.PathLike | BinaryIO, mode: str, intensity: str = "minmax", name: str | None = None
+) -> Image.Image:
+    """The image at `path` (or in an open binary file called `name`) in `mode` ("L" or "RGB"), decoded;
+    ValueError naming the file when it cannot be."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -33,7 +37,7 @@ def read_image(path: str | os.PathLike, mode: str, intensity: str = "minmax") ->
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # Pillow raises many types for damaged files: OSError, SyntaxError, struct.error, ...
-        raise ValueError(f"{path}: not a readable image ({first_line(e)})") from None
+        raise ValueError(f"{name or path}: not a readable image ({first_line(e)})") from None
 
 
 def to_8bit(values: np.ndarray, intensity: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -26,13 +27,14 @@ class Preprocessing:
     std: tuple[float, ...]
     intensity: str = "minmax"  # how images of more than 8 bits become 8-bit (data/images.py)
 
-    def read(self, path: Path) -> torch.Tensor:
-        """An image file as the model's input; ValueError naming the file when it is not a readable image."""
-        image = read_image(path, self.mode, self.intensity)
+    def read(self, path: Path | BinaryIO, name: str | None = None) -> torch.Tensor:
+        """An image file (a path, or an open binary file called `name`) as the model's input; ValueError naming it
+        when it is not a readable image."""
+        image = read_image(path, self.mode, self.intensity, name=name)
         try:
             return self.transform(image)
         except Exception as e:  # e.g. an image of zero width
-            raise ValueError(f"{path}: cannot be prepared for the model ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{name or path}: cannot be prepared for the model ({type(e).__name__}: {e})") from None
 
 
 def preprocessing(model: torch.nn.Module) -> Preprocessing:

@@ -1,0 +1,262 @@
+"""`deit serve`: a trained model behind a REST API (FastAPI, served by uvicorn).
+
+- `POST /v1/predict`: images as multipart uploads (field `files`, one or several) or one image as the raw body;
+  top-k labels and probabilities per image, as `deit predict --json` gives them.
+- `POST /v1/attention`: one image; the PNG `deit attention` draws for it.
+- `GET /v1/model`: name, classes, input size, parameters, where the weights came from. `GET /healthz`.
+
+Concurrent requests' images are gathered into batches (`Batcher`: up to `max_batch`, waiting `wait_ms` at most for
+more) and run in one worker thread, off the event loop. Every failure a client can cause is a 4xx with a one-line
+JSON body `{"error": ...}`; no request names a file on the server. With a token, every route but /healthz needs
+`Authorization: Bearer <token>`.
+"""
+
+import asyncio
+import contextlib
+import io
+import logging
+import secrets
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("deit.serve")
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_UPLOAD_BYTES = 20 * 2**20  # per request
+MAX_PIXELS = 40_000_000  # per image, checked from its header before it is decoded
+MAX_IMAGES = 256  # per request
+
+
+class RequestError(Exception):
+    """A client's mistake: an HTTP status and one line saying what and how to fix it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Batcher:
+    """Runs `fn` (a batch of prepared images (B, C, H, W) -> per-image results) on the images of concurrent
+    requests together: a batch closes at `max_batch` images or `wait_ms` after its first, and runs in one worker
+    thread, so the event loop keeps taking requests meanwhile."""
+
+    def __init__(self, fn, *, max_batch: int = 32, wait_ms: float = 5.0):
+        self.fn, self.max_batch, self.wait = fn, max_batch, wait_ms / 1000
+        self.queue: asyncio.Queue | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deit-batch")
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=True)
+
+    async def __call__(self, images: list[torch.Tensor]) -> list:
+        """The results for these images, computed in whatever batches they fall into."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in images]
+        for image, future in zip(images, futures):
+            self.queue.put_nowait((image, future))
+        return list(await asyncio.gather(*futures))
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.wait
+            while len(items) < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            batch = torch.stack([image for image, _ in items])
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, batch)
+            except Exception as e:  # a failure of the model itself: every waiting request hears of it
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), result in zip(items, results):
+                if not future.done():  # its client may have gone
+                    future.set_result(result)
+
+
+def decode(data: bytes, name: str, prep) -> torch.Tensor:
+    """An uploaded image as the model's input: 413 when its pixels exceed MAX_PIXELS (read from the header, before
+    decoding), 422 when it is not a readable image."""
+    from PIL import Image
+
+    if not data:
+        raise RequestError(422, f"{name}: the upload is empty; send an image file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        raise RequestError(413, f"{name}: more pixels than the {MAX_PIXELS:,} this server takes") from None
+    except Exception:
+        raise RequestError(422, f"{name}: not an image (PNG, JPEG, TIFF, ...)") from None
+    if width * height > MAX_PIXELS:
+        raise RequestError(413, f"{name}: {width}x{height} pixels, more than the {MAX_PIXELS:,} this server takes")
+    try:
+        return prep.read(io.BytesIO(data), name=name)
+    except ValueError as e:
+        raise RequestError(422, str(e)) from None
+
+
+class Model:
+    """The served model, its preparation of images, and its top-k over a prepared batch."""
+
+    def __init__(self, model: torch.nn.Module, source: str, topk: int = 5):
+        from .data.preprocess import preprocessing
+
+        self.model = model.eval()
+        self.prep = preprocessing(model)
+        self.source = source
+        self.k = min(topk, len(self.prep.class_names))
+
+    @torch.inference_mode()
+    def topk(self, batch: torch.Tensor) -> list[dict]:
+        names = self.prep.class_names
+        probs = self.model(batch).float().softmax(dim=1)
+        values, indices = probs.topk(self.k, dim=1)
+        return [
+            {"topk": [{"label": names[j], "probability": round(p, 6)} for p, j in zip(v, i)]}
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
+
+    def attention_png(self, x: torch.Tensor, name: str) -> bytes:
+        from .explain import attention_picture
+
+        with tempfile.TemporaryDirectory() as folder:
+            target = Path(folder) / "attention.png"
+            attention_picture(self.model, self.prep, x, name, target)
+            return target.read_bytes()
+
+    def describe(self) -> dict:
+        hp = getattr(self.model, "hparams", {})
+        return {
+            "model": getattr(self.model, "model_name", None),
+            "classes": list(self.prep.class_names),
+            "input_size": hp.get("img_size"),
+            "in_chans": hp.get("in_chans"),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "weights": self.source,
+        }
+
+
+def create_app(
+    served: Model,
+    *,
+    max_batch: int = 32,
+    wait_ms: float = 5.0,
+    token: str | None = None,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+):
+    """The FastAPI app serving `served`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    batcher = Batcher(served.topk, max_batch=max_batch, wait_ms=wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="deit serve", version="1", lifespan=lifespan)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise RequestError(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
+
+    async def images_of(request: Request) -> list[torch.Tensor]:
+        """The request's images: multipart uploads in `files` (or `file`), else the raw body as one image."""
+        size = int(request.headers.get("content-length") or 0)
+        if size > max_bytes:
+            raise RequestError(413, f"the request has {size:,} bytes, more than the {max_bytes:,} this server takes")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=MAX_IMAGES, max_part_size=max_bytes)
+            except Exception as e:
+                raise RequestError(400, f"the multipart form cannot be read ({type(e).__name__})") from None
+            uploads = form.getlist("files") + form.getlist("file")
+            if not uploads or any(isinstance(u, str) for u in uploads):
+                raise RequestError(422, "send the images as files in the form field 'files'")
+            return [decode(await u.read(), u.filename or f"file {i}", served.prep) for i, u in enumerate(uploads)]
+        if kind.startswith(("image/", "application/octet-stream")):
+            body = await request.body()
+            if len(body) > max_bytes:
+                raise RequestError(413, f"the image has {len(body):,} bytes, more than the {max_bytes:,} allowed")
+            return [decode(body, "the request body", served.prep)]
+        raise RequestError(
+            415, f"content type {kind or 'none'!r}: send multipart/form-data (field 'files') or an image/* body"
+        )
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model_info(request: Request):
+        check_token(request)
+        return served.describe()
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        """Top-k labels and probabilities for each image, in the order sent."""
+        check_token(request)
+        images = await images_of(request)
+        return {"predictions": await batcher(images)}
+
+    @app.post("/v1/attention")
+    async def attention(request: Request):
+        """The PNG of one image's attention maps: rollout, class token (and distillation token)."""
+        check_token(request)
+        images = await images_of(request)
+        if len(images) != 1:
+            raise RequestError(422, f"attention takes one image, not {len(images)}")
+        png = await asyncio.get_running_loop().run_in_executor(
+            batcher.executor, served.attention_png, images[0], "image"
+        )
+        return Response(png, media_type="image/png")
+
+    return app
+
+
+def check_bind(host: str, token: str | None, no_auth: bool) -> None:
+    """A server reachable from other machines needs a token, or an explicit --no-auth."""
+    if host not in LOCAL_HOSTS and token is None and not no_auth:
+        raise ValueError(
+            f"--host {host} lets other machines in: give --token SECRET (clients send 'Authorization: Bearer SECRET')"
+            ", or --no-auth to serve without one"
+        )
+
+
+def serve(app, host: str, port: int) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise ValueError("deit serve needs its extra: pip install 'deit[serve]'") from None
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,162 @@
+"""`deit serve`: the REST API against `deit predict` and `deit eval` on the demo's test digits, bad uploads answered
+with a 4xx while the server keeps serving, batching of concurrent requests, the token, the bind check."""
+
+import asyncio
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+import deit
+from deit.cli import main
+from deit.data import build_dataset
+from deit.serve import Batcher, Model, check_bind, create_app
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The 1,000 test digits as PNG files, in class folders."""
+    val, _ = build_dataset("mnist5k", None, False)
+    folder = tmp_path_factory.mktemp("digits")
+    for i in range(len(val)):
+        (folder / str(val.targets[i])).mkdir(exist_ok=True)
+        Image.fromarray(val.images[i], "L").save(folder / str(val.targets[i]) / f"{i}.png")
+    return sorted(folder.glob("*/*.png"))
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    model = deit.create_model(pretrained=trained)
+    with TestClient(create_app(Model(model, str(trained)), max_batch=32)) as c:
+        yield c
+
+
+def test_predict_gives_deit_predicts_numbers_and_evals_accuracy(client, trained, digits, capsys):
+    assert main(["predict", str(digits[0].parent.parent), "--weights", str(trained), "--json"]) == 0
+    expected = {row["path"]: row["topk"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    served = {}
+    for start in range(0, len(digits), 100):  # several images a request
+        chunk = digits[start : start + 100]
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in chunk]
+        response = client.post("/v1/predict", files=files)
+        assert response.status_code == 200, response.text
+        served.update(zip(map(str, chunk), (p["topk"] for p in response.json()["predictions"])))
+    assert served.keys() == expected.keys()
+    for path, topk in served.items():
+        assert [t["label"] for t in topk] == [t["label"] for t in expected[path]]
+        assert all(abs(a["probability"] - b["probability"]) <= 1e-6 for a, b in zip(topk, expected[path]))
+    accuracy = 100 * sum(topk[0]["label"] == path.split("/")[-2] for path, topk in served.items()) / len(served)
+    assert main(["eval", "--weights", str(trained), "--data-set", "mnist5k", "--num_workers", "0"]) == 0
+    assert f"top-1 {accuracy:.2f}%" in capsys.readouterr().out
+
+
+def test_a_raw_body_is_one_image(client, digits):
+    response = client.post("/v1/predict", content=digits[0].read_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1
+
+
+def test_attention_is_a_png_of_the_image_and_its_maps(client, digits):
+    response = client.post("/v1/attention", files={"files": ("d.png", digits[0].read_bytes(), "image/png")})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(response.content)) as picture:
+        width, height = picture.size
+    assert width > 2 * height > 100  # the image, then one column per map (rollout, class token)
+
+
+def test_model_and_health(client, trained):
+    info = client.get("/v1/model").json()
+    assert info["model"] == "deit_pico_patch7_28" and info["classes"] == [str(d) for d in range(10)]
+    assert info["input_size"] == 28 and info["weights"] == str(trained) and info["parameters"] > 10_000
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def truncated(digits):
+    data = png(Image.new("L", (64, 64), 128).resize((300, 300)))
+    return data[: len(data) // 2]
+
+
+BAD = {
+    "not an image": (lambda d: ("files", ("notes.png", b"just text", "image/png")), 422),
+    "truncated": (lambda d: ("files", ("cut.png", truncated(d), "image/png")), 422),
+    "empty": (lambda d: ("files", ("empty.png", b"", "image/png")), 422),
+    "bomb": (lambda d: ("files", ("bomb.png", png(Image.new("1", (20_000, 20_000))), "image/png")), 413),
+    "bomb under Pillow's limit": (
+        lambda d: ("files", ("b.png", png(Image.new("1", (8_000, 8_000))), "image/png")),
+        413,
+    ),
+    "wrong field": (lambda d: ("image", ("d.png", d[0].read_bytes(), "image/png")), 422),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_upload_is_a_4xx_line_and_the_next_request_is_served(client, digits, case):
+    part, status = BAD[case]
+    response = client.post("/v1/predict", files=[part(digits)])
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error and "\n" not in error and "Traceback" not in error
+    assert client.post("/v1/predict", files={"files": ("d.png", digits[0].read_bytes())}).status_code == 200
+
+
+def test_too_large_and_wrong_content_type(trained, digits):
+    model = deit.create_model(pretrained=trained)
+    with TestClient(create_app(Model(model, "w"), max_bytes=1000)) as small:
+        big = png(Image.effect_noise((64, 64), 50).convert("L"))
+        assert len(big) > 1000
+        response = small.post("/v1/predict", content=big, headers={"content-type": "image/png"})
+        assert response.status_code == 413 and "1,000" in response.json()["error"]
+        response = small.post("/v1/predict", content=b"{}", headers={"content-type": "application/json"})
+        assert response.status_code == 415
+        assert small.post(
+            "/v1/predict", content=digits[0].read_bytes(), headers={"content-type": "image/png"}
+        ).is_success
+
+
+def test_concurrent_requests_share_batches():
+    sizes = []
+
+    def forward(batch):
+        sizes.append(len(batch))
+        return batch.flatten(1).sum(1).tolist()
+
+    async def clients():
+        batcher = Batcher(forward, max_batch=8, wait_ms=50)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher([torch.full((1, 2, 2), float(i))]) for i in range(20)))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(clients())
+    assert [r[0] for r in results] == [4.0 * i for i in range(20)]  # each client its own answer
+    assert sum(sizes) == 20 and max(sizes) == 8 and len(sizes) <= 4  # batches of up to 8, not 20 passes
+
+
+def test_the_token_is_required(trained, digits):
+    model = deit.create_model(pretrained=trained)
+    with TestClient(create_app(Model(model, "w"), token="s3cret")) as locked:
+        image = {"files": ("d.png", digits[0].read_bytes(), "image/png")}
+        assert locked.post("/v1/predict", files=image).status_code == 401
+        assert locked.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert locked.post("/v1/predict", files=image, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert locked.get("/healthz").status_code == 200  # for load balancers
+
+
+def test_a_non_local_bind_needs_a_token_or_no_auth(trained, capsys):
+    check_bind("127.0.0.1", None, False)
+    check_bind("0.0.0.0", "t", False)
+    check_bind("0.0.0.0", None, True)
+    assert main(["serve", "--weights", str(trained), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--token" in err and "--no-auth" in err
