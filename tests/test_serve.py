@@ -160,3 +160,12 @@ def test_a_non_local_bind_needs_a_token_or_no_auth(trained, capsys):
     assert main(["serve", "--weights", str(trained), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--token" in err and "--no-auth" in err
+
+
+def test_the_page_is_served_whole_with_nothing_from_elsewhere(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert 'type="file"' in page and "v1/predict" in page and "v1/attention" in page
+    assert 'name="viewport"' in page  # laid out for a phone too
+    assert "http://" not in page and "https://" not in page and "src=" not in page.replace("img.src =", "")

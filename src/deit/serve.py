@@ -167,7 +167,7 @@ def create_app(
 ):
     """The FastAPI app serving `served`."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     batcher = Batcher(served.topk, max_batch=max_batch, wait_ms=wait_ms)
 
@@ -213,6 +213,13 @@ def create_app(
         raise RequestError(
             415, f"content type {kind or 'none'!r}: send multipart/form-data (field 'files') or an image/* body"
         )
+
+    page = (Path(__file__).parent / "static" / "index.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        """The web page: pick or drop images, see each one's top-k and heat maps (no assets from elsewhere)."""
+        return HTMLResponse(page)
 
     @app.get("/healthz")
     async def healthz():
