@@ -21,10 +21,12 @@ class Prediction:
     probabilities: list[float]
 
     def to_dict(self) -> dict:
-        return {
-            "path": self.path,
-            "topk": [{"label": label, "probability": round(p, 6)} for label, p in zip(self.labels, self.probabilities)],
-        }
+        return {"path": self.path, "topk": topk_json(self.labels, self.probabilities)}
+
+
+def topk_json(labels: list[str], probabilities: list[float]) -> list[dict]:
+    """The top-k as `deit predict --json` and `deit serve` write it."""
+    return [{"label": label, "probability": round(p, 6)} for label, p in zip(labels, probabilities)]
 
 
 @torch.inference_mode()
@@ -53,16 +55,23 @@ def predict(
                 bar.advance(task)
             if not batch:
                 continue
-            probs = model(torch.stack(batch).to(device)).float().softmax(dim=1)
-            values, indices = probs.topk(k, dim=1)
-            finite = torch.isfinite(probs).all(dim=1)
-            if not bool(finite.all()):  # inputs are normalised images: the weights overflow
-                largest = max(float(p.abs().max()) for p in model.parameters())
-                first = paths[int((~finite).nonzero()[0])]
-                raise ValueError(
-                    f"the model's outputs are not finite (NaN or inf) for {first}: its weights are "
-                    f"damaged (the largest is {largest:.3g}); use another checkpoint"
-                )
-            for path, v, i in zip(paths, values.tolist(), indices.tolist()):
-                predictions.append(Prediction(str(path), [names[j] for j in i], v))
+            ranked = rank(model, torch.stack(batch).to(device), names, k, paths)
+            predictions += [Prediction(str(path), labels, probs) for path, (labels, probs) in zip(paths, ranked)]
     return predictions, errors
+
+
+@torch.inference_mode()
+def rank(model: torch.nn.Module, batch: torch.Tensor, names: list[str], k: int, sources: list) -> list[tuple]:
+    """(top-k labels, their probabilities) for each prepared image of `batch`; ValueError naming the first of
+    `sources` whose outputs are not finite (damaged weights)."""
+    probs = model(batch).float().softmax(dim=1)
+    values, indices = probs.topk(k, dim=1)
+    finite = torch.isfinite(probs).all(dim=1)
+    if not bool(finite.all()):  # inputs are normalised images: the weights overflow
+        largest = max(float(p.abs().max()) for p in model.parameters())
+        first = sources[int((~finite).nonzero()[0])]
+        raise ValueError(
+            f"the model's outputs are not finite (NaN or inf) for {first}: its weights are "
+            f"damaged (the largest is {largest:.3g}); use another checkpoint"
+        )
+    return [([names[j] for j in i], v) for v, i in zip(values.tolist(), indices.tolist())]

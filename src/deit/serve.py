@@ -127,14 +127,12 @@ class Model:
         self.source = source
         self.k = min(topk, len(self.prep.class_names))
 
-    @torch.inference_mode()
     def topk(self, batch: torch.Tensor) -> list[dict]:
-        names = self.prep.class_names
-        probs = self.model(batch).float().softmax(dim=1)
-        values, indices = probs.topk(self.k, dim=1)
+        from .predict import rank, topk_json
+
+        sources = [f"image {i + 1} of a batch" for i in range(len(batch))]
         return [
-            {"topk": [{"label": names[j], "probability": round(p, 6)} for p, j in zip(v, i)]}
-            for v, i in zip(values.tolist(), indices.tolist())
+            {"topk": topk_json(*ranked)} for ranked in rank(self.model, batch, self.prep.class_names, self.k, sources)
         ]
 
     def attention_png(self, x: torch.Tensor, name: str) -> bytes:
