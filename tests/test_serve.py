@@ -183,3 +183,85 @@ def test_the_page_is_served_whole_with_nothing_from_elsewhere(client):
     assert 'type="file"' in page and "v1/predict" in page and "v1/attention" in page
     assert 'name="viewport"' in page  # laid out for a phone too
     assert "http://" not in page and "https://" not in page and "src=" not in page.replace("img.src =", "")
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    onnx_file = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    assert main(["export", "--weights", str(trained), "-o", str(onnx_file)]) == 0
+    return onnx_file
+
+
+def test_the_onnx_backend_serves_an_export_alone_with_predicts_numbers(exported, trained, digits, capsys):
+    """An exported file carries its class names and preprocessing: served by onnxruntime, its top-k are those of
+    deit predict on the PyTorch weights, to the 1e-4 the export was checked to (on the logits: a softmax moves no
+    probability by more than the largest logit change, times 1/2)."""
+    from deit.serve import serving_model
+
+    chosen = digits[::5]
+    assert main(["predict", *map(str, chosen), "--weights", str(trained), "--json"]) == 0
+    expected = [row["topk"] for row in map(json.loads, capsys.readouterr().out.splitlines())]
+    with TestClient(create_app(Model(serving_model(str(exported), None, None), str(exported)))) as c:
+        info = c.get("/v1/model").json()
+        assert info["backend"] == "onnx" and info["attention"] is False
+        assert info["classes"] == [str(d) for d in range(10)] and info["input_size"] == 28
+        assert info["parameters"] == sum(p.numel() for p in deit.create_model(pretrained=trained).parameters())
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in chosen]
+        served = [p["topk"] for p in c.post("/v1/predict", files=files).json()["predictions"]]
+        assert len(served) == len(expected)
+        for got, want in zip(served, expected):
+            assert same_topk(got, want, tol=1e-4), (got, want)
+        response = c.post("/v1/attention", files={"files": ("d.png", chosen[0].read_bytes(), "image/png")})
+        assert response.status_code == 501 and "torch" in response.json()["error"]
+
+
+def test_serve_refuses_what_its_backend_cannot_serve_in_one_line(exported, trained, tmp_path, capsys):
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_bytes(b"just text")
+    import onnx
+
+    stripped = onnx.load(str(exported))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "plain.onnx"))
+    hostile = onnx.load(str(exported))
+    for prop in hostile.metadata_props:
+        if prop.key == "deit_config":
+            config = json.loads(prop.value)
+            config["data"]["class_names"] = ["a", "b"]  # 2 names for 10 classes
+            prop.value = json.dumps(config)
+    onnx.save(hostile, str(tmp_path / "hostile.onnx"))
+    cases = {
+        ("--weights", str(trained), "--backend", "onnx"): "deit export",
+        ("--weights", str(exported), "--backend", "torch"): "--backend onnx",
+        ("--weights", str(not_onnx)): "cannot read",
+        ("--weights", str(tmp_path / "plain.onnx")): "deit_config",
+        ("--weights", str(tmp_path / "hostile.onnx")): "2 class names for 10 classes",
+        ("--weights", str(tmp_path / "missing.onnx")): "not found",
+    }
+    for argv, words in cases.items():
+        assert main(["serve", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_model_failing_on_a_batch_is_a_500_line_and_the_server_keeps_serving(trained, digits):
+    model = deit.create_model(pretrained=trained)
+    with TestClient(create_app(Model(model, "w"))) as c:
+        image = {"files": ("d.png", digits[0].read_bytes(), "image/png")}
+        saved = model.head.weight.detach().clone()
+        with torch.no_grad():
+            model.head.weight.fill_(float("inf"))  # damaged weights: outputs not finite
+        response = c.post("/v1/predict", files=image)
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert "not finite" in error and "\n" not in error
+        with torch.no_grad():
+            model.head.weight.copy_(saved)
+        assert c.post("/v1/predict", files=image).status_code == 200
+
+
+def test_the_attention_title_is_the_uploads_name_as_text(client, digits):
+    """A file name is the picture's title, drawn as text: TeX markup or control characters in it are no fault."""
+    for name in ("$\\frac{$.png", "a\x1b[2Jb.png", "x" * 300 + ".png"):
+        response = client.post("/v1/attention", files={"files": (name, digits[0].read_bytes(), "image/png")})
+        assert response.status_code == 200, (name, response.text)

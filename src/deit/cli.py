@@ -249,17 +249,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .models import create_model
-    from .serve import Model, check_bind, create_app, serve
+    from .serve import Model, check_bind, create_app, serve, serving_model
 
     check_bind(args.host, args.token, args.no_auth)
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise ValueError("deit serve needs its extra: pip install 'deit[serve]'") from None
-    model = create_model(args.model, pretrained=args.weights)
+    model = serving_model(args.weights, args.model, args.backend)
     app = create_app(Model(model, str(args.weights), topk=args.topk), max_batch=args.max_batch, token=args.token)
     serve(app, args.host, args.port)
     return 0
@@ -410,6 +409,7 @@ def _add_model_use(sub) -> None:
     """The commands that work on a trained model: predict, attention, eval, export, convert."""
     from .export import FORMATS as EXPORT_FORMATS
     from .models.weights import LAYOUTS as WEIGHTS_LAYOUTS
+    from .serve import BACKENDS as SERVE_BACKENDS
 
     p = model_command(sub, "predict", "top-k classes of images or folders of images with a trained model")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
@@ -438,6 +438,12 @@ def _add_model_use(sub) -> None:
     p.add_argument("--topk", type=count(1), default=5)
     p.add_argument("--token", default=None, help="clients must send 'Authorization: Bearer TOKEN'")
     p.add_argument("--no-auth", action="store_true", help="serve a non-local --host without a token")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=SERVE_BACKENDS,
+        help="torch (any weights) or onnx (a file of deit export); default: onnx for a .onnx file, else torch",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = model_command(

@@ -22,12 +22,15 @@ from pathlib import Path
 
 import torch
 
+from .failures import first_line, printable
+
 log = logging.getLogger("deit.serve")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_UPLOAD_BYTES = 20 * 2**20  # per request
 MAX_PIXELS = 40_000_000  # per image, checked from its header before it is decoded
 MAX_IMAGES = 256  # per request
+BACKENDS = ("torch", "onnx")
 
 
 class RequestError(Exception):
@@ -85,9 +88,11 @@ class Batcher:
             try:
                 results = await loop.run_in_executor(self.executor, self.fn, batch)
             except Exception as e:  # a failure of the model itself: every waiting request hears of it
+                log.error("the model failed on a batch of %d: %s", len(items), e)
+                failure = RequestError(500, f"the model failed on this batch: {first_line(e)}")
                 for _, future in items:
                     if not future.done():
-                        future.set_exception(e)
+                        future.set_exception(failure)
                 continue
             for (_, future), result in zip(items, results):
                 if not future.done():  # its client may have gone
@@ -117,12 +122,15 @@ def decode(data: bytes, name: str, prep) -> torch.Tensor:
 
 
 class Model:
-    """The served model, its preparation of images, and its top-k over a prepared batch."""
+    """The served model (a PyTorch module, or an exported ONNX file's `export.OnnxModel`), its preparation of
+    images, and its top-k over a prepared batch."""
 
-    def __init__(self, model: torch.nn.Module, source: str, topk: int = 5):
+    def __init__(self, model, source: str, topk: int = 5):
         from .data.preprocess import preprocessing
+        from .export import OnnxModel
 
         self.model = model.eval()
+        self.backend = "onnx" if isinstance(model, OnnxModel) else "torch"
         self.prep = preprocessing(model)
         self.source = source
         self.k = min(topk, len(self.prep.class_names))
@@ -135,6 +143,11 @@ class Model:
             {"topk": topk_json(*ranked)} for ranked in rank(self.model, batch, self.prep.class_names, self.k, sources)
         ]
 
+    @property
+    def draws_attention(self) -> bool:
+        """The maps are read from the attention inside the model: an ONNX graph gives its logits only."""
+        return self.backend == "torch"
+
     def attention_png(self, x: torch.Tensor, name: str) -> bytes:
         from .explain import attention_picture
 
@@ -145,13 +158,16 @@ class Model:
 
     def describe(self) -> dict:
         hp = getattr(self.model, "hparams", {})
+        count = getattr(self.model, "parameter_count", None)
         return {
             "model": getattr(self.model, "model_name", None),
             "classes": list(self.prep.class_names),
             "input_size": hp.get("img_size"),
             "in_chans": hp.get("in_chans"),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": count if self.backend == "onnx" else sum(p.numel() for p in self.model.parameters()),
             "weights": self.source,
+            "backend": self.backend,
+            "attention": self.draws_attention,
         }
 
 
@@ -188,8 +204,9 @@ def create_app(
         if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise RequestError(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
 
-    async def images_of(request: Request) -> list[torch.Tensor]:
-        """The request's images: multipart uploads in `files` (or `file`), else the raw body as one image."""
+    async def images_of(request: Request) -> list[tuple[str, torch.Tensor]]:
+        """The request's images with their names: multipart uploads in `files` (or `file`), else the raw body as one
+        image. Decoded in a worker thread: a large image does not hold up the other requests."""
         size = int(request.headers.get("content-length") or 0)
         if size > max_bytes:
             raise RequestError(413, f"the request has {size:,} bytes, more than the {max_bytes:,} this server takes")
@@ -202,15 +219,17 @@ def create_app(
             uploads = form.getlist("files") + form.getlist("file")
             if not uploads or any(isinstance(u, str) for u in uploads):
                 raise RequestError(422, "send the images as files in the form field 'files'")
-            return [decode(await u.read(), u.filename or f"file {i}", served.prep) for i, u in enumerate(uploads)]
-        if kind.startswith(("image/", "application/octet-stream")):
+            named = [(u.filename or f"file {i + 1}", await u.read()) for i, u in enumerate(uploads)]
+        elif kind.startswith(("image/", "application/octet-stream")):
             body = await request.body()
             if len(body) > max_bytes:
                 raise RequestError(413, f"the image has {len(body):,} bytes, more than the {max_bytes:,} allowed")
-            return [decode(body, "the request body", served.prep)]
-        raise RequestError(
-            415, f"content type {kind or 'none'!r}: send multipart/form-data (field 'files') or an image/* body"
-        )
+            named = [("the request body", body)]
+        else:
+            raise RequestError(
+                415, f"content type {kind or 'none'!r}: send multipart/form-data (field 'files') or an image/* body"
+            )
+        return await asyncio.to_thread(lambda: [(name, decode(data, name, served.prep)) for name, data in named])
 
     page = (Path(__file__).parent / "static" / "index.html").read_text()
 
@@ -233,21 +252,48 @@ def create_app(
         """Top-k labels and probabilities for each image, in the order sent."""
         check_token(request)
         images = await images_of(request)
-        return {"predictions": await batcher(images)}
+        return {"predictions": await batcher([x for _, x in images])}
 
     @app.post("/v1/attention")
     async def attention(request: Request):
         """The PNG of one image's attention maps: rollout, class token (and distillation token)."""
         check_token(request)
+        if not served.draws_attention:
+            raise RequestError(
+                501,
+                f"the {served.backend} backend gives no attention maps: serve the PyTorch weights (--backend torch)",
+            )
         images = await images_of(request)
         if len(images) != 1:
             raise RequestError(422, f"attention takes one image, not {len(images)}")
-        png = await asyncio.get_running_loop().run_in_executor(
-            batcher.executor, served.attention_png, images[0], "image"
-        )
+        name, x = images[0]
+        name = printable(name if len(name) <= 60 else name[:57] + "...")  # the title over the image
+        png = await asyncio.get_running_loop().run_in_executor(batcher.executor, served.attention_png, x, name)
         return Response(png, media_type="image/png")
 
     return app
+
+
+def serving_model(weights: str, model_name: str | None, backend: str | None):
+    """The model to serve: PyTorch for any weights `deit predict` takes, onnxruntime for a file of `deit export`
+    (the default for a .onnx file)."""
+    from .export import load_onnx
+    from .models import create_model
+
+    is_onnx = str(weights).endswith(".onnx")
+    backend = backend or ("onnx" if is_onnx else "torch")
+    if backend == "onnx":
+        if not is_onnx:
+            raise ValueError(
+                f"--backend onnx serves an exported .onnx file, not {weights}: deit export --weights {weights} "
+                "-o model.onnx, then --weights model.onnx"
+            )
+        if model_name is not None:
+            raise ValueError("--model does not apply to an ONNX file: its architecture is in the file")
+        return load_onnx(weights)
+    if is_onnx:
+        raise ValueError(f"{weights} is an ONNX file: serve it with --backend onnx")
+    return create_model(model_name, pretrained=weights)
 
 
 def check_bind(host: str, token: str | None, no_auth: bool) -> None:

@@ -80,15 +80,16 @@ def attention_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], path:
     `columns` ((N, P) distributions over patches), overlaid on the image."""
     plt = _pyplot()
     n, size = images.shape[0], images.shape[2]
+    images = images.detach().cpu().numpy()
     fig, axes = plt.subplots(n, 1 + len(columns), figsize=(1.7 * (1 + len(columns)), 1.8 * n), squeeze=False)
     for row in range(n):
         axes[row][0].imshow(images[row], cmap="gray")
-        axes[row][0].set_title(titles[row], fontsize=8)
+        axes[row][0].set_title(titles[row], fontsize=8, parse_math=False)  # file and class names: text, not TeX
         for col, (name, maps) in enumerate(columns.items(), start=1):
             axes[row][col].imshow(images[row], cmap="gray")
-            axes[row][col].imshow(upsample_map(maps[row], size), cmap="jet", alpha=0.5)
+            axes[row][col].imshow(upsample_map(maps[row], size).cpu().numpy(), cmap="jet", alpha=0.5)
             if row == 0:
-                axes[row][col].set_title(name, fontsize=8)
+                axes[row][col].set_title(name, fontsize=8, parse_math=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -106,8 +107,8 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: str | Pat
     fig, ax = plt.subplots(figsize=(side, side * 0.85))
     shown = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
     if n <= 40:
-        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), class_names, fontsize=8)
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8, parse_math=False)
+        ax.set_yticks(range(n), class_names, fontsize=8, parse_math=False)
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
