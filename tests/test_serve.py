@@ -265,3 +265,15 @@ def test_the_attention_title_is_the_uploads_name_as_text(client, digits):
     for name in ("$\\frac{$.png", "a\x1b[2Jb.png", "x" * 300 + ".png"):
         response = client.post("/v1/attention", files={"files": (name, digits[0].read_bytes(), "image/png")})
         assert response.status_code == 200, (name, response.text)
+
+
+def test_the_openapi_schema_documents_bodies_answers_and_errors(client):
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"]["/v1/predict"]["post"]
+    assert {"multipart/form-data", "image/*"} <= predict["requestBody"]["content"].keys()
+    assert {"200", "401", "413", "415", "422", "500"} <= predict["responses"].keys()
+    answer = predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert "predictions" in schema["components"]["schemas"][answer]["properties"]
+    attention = schema["paths"]["/v1/attention"]["post"]
+    assert "image/png" in attention["responses"]["200"]["content"] and "501" in attention["responses"]
+    assert "/v1/model" in schema["paths"] and "/" not in schema["paths"]

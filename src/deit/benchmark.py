@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import DistEnv, cpu_name, resolve_device
-from .files import slug
+from .files import atomic_write, slug
 
 PRESETS = {
     # the paper's DeiT-S distilled from a RegNetY-16GF (an H100/H200 does each part in seconds)
@@ -61,7 +61,7 @@ def save_record(record: dict, out_dir: str | Path) -> Path:
     """Write `record` as <out_dir>/<benchmark>_<machine>_<date>.json and say where."""
     out = Path(out_dir) / f"{record['benchmark']}_{slug(record['machine'])}_{record['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     print(f"saved {out}")
     return out
 

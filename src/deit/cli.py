@@ -249,7 +249,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Model, check_bind, create_app, serve, serving_model
+    import torch
+
+    from .serve import Model, check_bind, compute_threads, create_app, serve, serving_model
 
     check_bind(args.host, args.token, args.no_auth)
     try:
@@ -258,7 +260,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise ValueError("deit serve needs its extra: pip install 'deit[serve]'") from None
-    model = serving_model(args.weights, args.model, args.backend)
+    threads = compute_threads(args.threads)
+    torch.set_num_threads(threads)
+    model = serving_model(args.weights, args.model, args.backend, threads=threads)
     app = create_app(Model(model, str(args.weights), topk=args.topk), max_batch=args.max_batch, token=args.token)
     serve(app, args.host, args.port)
     return 0
@@ -438,6 +442,12 @@ def _add_model_use(sub) -> None:
     p.add_argument("--topk", type=count(1), default=5)
     p.add_argument("--token", default=None, help="clients must send 'Authorization: Bearer TOKEN'")
     p.add_argument("--no-auth", action="store_true", help="serve a non-local --host without a token")
+    p.add_argument(
+        "--threads",
+        type=count(1),
+        default=None,
+        help="compute threads of the model (default: the cores but one, which is left to HTTP and decoding)",
+    )
     p.add_argument(
         "--backend",
         default=None,

@@ -137,7 +137,7 @@ class OnnxModel:
             yield torch.from_numpy(numpy_helper.to_array(initializer).copy())
 
 
-def load_onnx(path: str | os.PathLike) -> OnnxModel:
+def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
     """An ONNX file written by `deit export`, its deit config checked as any weights file's is (WeightsError
     naming the file and the fault otherwise)."""
     from .models.metadata import WeightsError, check_config
@@ -150,7 +150,10 @@ def load_onnx(path: str | os.PathLike) -> OnnxModel:
     except ImportError:
         raise ValueError("the onnx backend needs onnxruntime: pip install 'deit[export]'") from None
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise WeightsError(f"cannot read {path} as ONNX ({first_line(e)}); export it again with deit export") from None
     props = session.get_modelmeta().custom_metadata_map
