@@ -31,8 +31,23 @@ HPARAM_BOUNDS: dict[str, tuple[type, float, float]] = {
     "mlp_ratio": (float, 1e-3, 64.0),
     "qkv_bias": (bool, 0, 1),
     "drop_path_rate": (float, 0.0, 0.999),
+    "layer_scale_init": (float, 0.0, 100.0),  # DeiT III; null: no LayerScale
+    "no_embed_class": (bool, 0, 1),  # DeiT III: position embeddings for the patches only
+    "drop_path_uniform": (bool, 0, 1),  # DeiT III: every block dropped at drop_path_rate (else growing to it)
 }
-OPTIONAL_HPARAMS = {"mlp_ratio": 4.0, "qkv_bias": True, "drop_path_rate": 0.0}
+OPTIONAL_HPARAMS = {
+    "mlp_ratio": 4.0,
+    "qkv_bias": True,
+    "drop_path_rate": 0.0,
+    "layer_scale_init": None,
+    "no_embed_class": False,
+    "drop_path_uniform": False,
+}
+NULLABLE_HPARAMS = ("layer_scale_init",)
+DEIT3_LAYER_SCALE_INIT = 1e-4
+"""DeiT III's LayerScale start, as the official models_v2.py starts it (timm's deit3_* start at 1e-6): also taken
+for weights that show LayerScale tensors but not where they started (which matters only when training from
+scratch)."""
 FAMILIES = ("deit", "cnn")  # a DeiT, or a CNN trained by `deit train` (a teacher)
 CNN_FAMILY = "cnn"
 CNN_HPARAMS = ("num_classes", "in_chans")
@@ -73,7 +88,10 @@ def check_hparams(hparams, where: str, *, required=tuple(HPARAM_BOUNDS)) -> dict
     missing = [k for k in required if k not in hparams and k not in OPTIONAL_HPARAMS]
     if missing:
         raise WeightsError(f"{where}: hparams lack {', '.join(missing)}")
-    out = {key: check_value(where, key, value, *HPARAM_BOUNDS[key]) for key, value in hparams.items()}
+    out = {
+        key: None if value is None and key in NULLABLE_HPARAMS else check_value(where, key, value, *HPARAM_BOUNDS[key])
+        for key, value in hparams.items()
+    }
     if "img_size" in out and "patch_size" in out and out["img_size"] % out["patch_size"]:
         raise WeightsError(f"{where}: img_size={out['img_size']} is not divisible by patch_size={out['patch_size']}")
     if "embed_dim" in out and "num_heads" in out and out["embed_dim"] % out["num_heads"]:
@@ -194,7 +212,11 @@ def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
         )
     distilled = "dist_token" in sd
     patch_size = proj.shape[-1]
-    grid = math.isqrt(max(pos.shape[1] - (2 if distilled else 1), 0))
+    prefix = 2 if distilled else 1
+    # DeiT III's pos_embed covers the patches alone: a square count of positions, where DeiT's is a square plus
+    # its prefix tokens
+    no_embed_class = math.isqrt(pos.shape[1]) ** 2 == pos.shape[1] and pos.shape[1] > 0
+    grid = math.isqrt(max(pos.shape[1] - (0 if no_embed_class else prefix), 0))
     out = dict(
         img_size=grid * patch_size,
         patch_size=patch_size,
@@ -203,6 +225,8 @@ def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
         depth=depth,
         mlp_ratio=fc1.shape[0] / embed_dim,
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        layer_scale_init=DEIT3_LAYER_SCALE_INIT if "blocks.0.ls1.gamma" in sd else None,
+        no_embed_class=no_embed_class,
     )
     if "head.weight" in sd and sd["head.weight"].dim() == 2:
         out["num_classes"] = sd["head.weight"].shape[0]
@@ -225,6 +249,8 @@ def check_matches_tensors(config: dict, sd: dict[str, torch.Tensor], where: str)
         claimed = hp.get(key, OPTIONAL_HPARAMS.get(key))
         if key == "mlp_ratio":
             same = claimed is not None and int(hp["embed_dim"] * claimed) == sd["blocks.0.mlp.fc1.weight"].shape[0]
+        elif key == "layer_scale_init":  # the tensors show whether there is LayerScale, not where it started
+            same = (claimed is None) == (value is None)
         else:
             same = claimed == value
         if not same:
@@ -243,7 +269,9 @@ def parameter_count(kwargs: dict, distilled: bool) -> int:
     H = int(D * kwargs.get("mlp_ratio", 4.0))
     qkv_bias = kwargs.get("qkv_bias", True)
     block = 2 * D + 3 * D * D + (3 * D if qkv_bias else 0) + D * D + D + 2 * D + D * H + H + H * D + D
-    return D * C * p * p + D + prefix * D + (N + prefix) * D + L * block + 2 * D + prefix * (D * K + K)
+    block += 2 * D if kwargs.get("layer_scale_init") is not None else 0
+    positions = N + (0 if kwargs.get("no_embed_class") else prefix)
+    return D * C * p * p + D + prefix * D + positions * D + L * block + 2 * D + prefix * (D * K + K)
 
 
 def available_memory() -> int | None:

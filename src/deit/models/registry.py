@@ -18,6 +18,9 @@ class ModelSpec:
     img_size: int
     distilled: bool
     description: str
+    layer_scale_init: float | None = None  # DeiT III
+    no_embed_class: bool = False  # DeiT III
+    drop_path_uniform: bool = False  # DeiT III
 
 
 _SIZES = {
@@ -45,8 +48,42 @@ for _distilled in (False, True):
     MODELS[f"deit_pico{_d}_patch7_28"] = ModelSpec(7, 64, 4, 4, 28, _distilled, "CPU-sized, 28 px")
     MODELS[f"deit_nano{_d}_patch4_32"] = ModelSpec(4, 128, 6, 4, 32, _distilled, "CPU-sized, 32 px")
 
+# DeiT III (Touvron et al. 2022, the official models_v2.py and timm's deit3_*): LayerScale (from 1e-4, as
+# models_v2.py starts it), position embeddings for the patches only, every block dropped at the same rate. The
+# sizes and resolutions of the official releases, and a distilled variant of each (a distillation token and
+# head_dist, for distilling into a DeiT III, which the official code does not offer).
+_DEIT3 = {
+    # size: (patch, embed_dim, depth, heads, resolutions)
+    "small": (16, 384, 12, 6, (224, 384)),
+    "medium": (16, 512, 12, 8, (224,)),
+    "base": (16, 768, 12, 12, (224, 384)),
+    "large": (16, 1024, 24, 16, (224, 384)),
+    "huge": (14, 1280, 32, 16, (224,)),
+}
+for _size, (_patch, _dim, _depth, _heads, _imgs) in _DEIT3.items():
+    for _img in _imgs:
+        for _distilled in (False, True):
+            _name = f"deit3_{_size}{'_distilled' if _distilled else ''}_patch{_patch}_{_img}"
+            _title = f"DeiT III-{_size[0].upper()}{_size[1:]}"
+            MODELS[_name] = ModelSpec(_patch, _dim, _depth, _heads, _img, _distilled, _title, 1e-4, True, True)
+for _distilled in (False, True):  # the CPU-sized student as a DeiT III
+    _d = "_distilled" if _distilled else ""
+    MODELS[f"deit3_pico{_d}_patch7_28"] = ModelSpec(
+        7, 64, 4, 4, 28, _distilled, "DeiT III, CPU-sized", 1e-4, True, True
+    )
+
 # Keyword arguments a caller may override on top of a named configuration.
-OVERRIDABLE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "drop_path_rate")
+OVERRIDABLE = (
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "drop_path_rate",
+    "layer_scale_init",
+    "drop_path_uniform",
+)
 
 
 def list_models() -> list[str]:
@@ -57,4 +94,14 @@ def model_kwargs(name: str) -> dict:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; `deit models` lists the names: {', '.join(MODELS)}")
     spec = MODELS[name]
-    return {key: getattr(spec, key) for key in ("patch_size", "embed_dim", "depth", "num_heads", "img_size")}
+    keys = (
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "img_size",
+        "layer_scale_init",
+        "no_embed_class",
+        "drop_path_uniform",
+    )
+    return {key: getattr(spec, key) for key in keys}

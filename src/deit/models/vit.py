@@ -1,8 +1,13 @@
 """The DeiT network: a ViT encoder with a class token and, when distilled, a distillation token.
 
-Read top to bottom: PatchEmbed -> Attention -> Mlp -> Block -> VisionTransformer -> DistilledVisionTransformer.
-Parameter names follow the official DeiT / timm models (`cls_token`, `dist_token`, `pos_embed`, `blocks.N.attn.qkv`,
-`head_dist`, ...) so their checkpoints load with `strict=True` and give the same outputs.
+Read top to bottom: PatchEmbed -> Attention -> Mlp -> LayerScale -> Block -> VisionTransformer ->
+DistilledVisionTransformer. Parameter names follow the official DeiT / timm models (`cls_token`, `dist_token`,
+`pos_embed`, `blocks.N.attn.qkv`, `blocks.N.ls1.gamma`, `head_dist`, ...) so their checkpoints load with
+`strict=True` and give the same outputs.
+
+DeiT III ("DeiT III: Revenge of the ViT", Touvron et al. 2022) is the same network with two changes, both
+options here: LayerScale on both residual branches (`layer_scale_init`), and position embeddings for the patches
+only, the class (and distillation) token joining after them (`no_embed_class`).
 """
 
 from __future__ import annotations
@@ -86,6 +91,18 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch, started small (DeiT III: 1e-6) so that a deep network
+    starts close to the identity."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch for a random subset of samples, rescaling the rest."""
     if p == 0.0 or not training:
@@ -96,20 +113,32 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); with `layer_scale_init`, each branch
+    scaled per channel (LayerScale) before it is added."""
 
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
+        layer_scale_init: float | None = None,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, attn_form: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, attn = self.attn(self.norm1(x), attn_form)
-        x = x + drop_path(y, self.drop_path, self.training)
-        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + drop_path(self.ls1(y), self.drop_path, self.training)
+        x = x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path, self.training)
         return x, attn
 
 
@@ -134,6 +163,9 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
+        layer_scale_init: float | None = None,
+        no_embed_class: bool = False,
+        drop_path_uniform: bool = False,
     ):
         super().__init__()
         if num_classes < 1:
@@ -152,16 +184,29 @@ class VisionTransformer(nn.Module):
             mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias,
             drop_path_rate=drop_path_rate,
+            layer_scale_init=layer_scale_init,
+            no_embed_class=no_embed_class,
+            drop_path_uniform=drop_path_uniform,
         )
         self.num_classes = num_classes
+        self.no_embed_class = no_embed_class
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
-        # Stochastic depth grows linearly with depth, from 0 at the first block to drop_path_rate at the last.
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.pos_prefix_tokens, embed_dim))
+        # Stochastic depth grows linearly with depth, from 0 at the first block to drop_path_rate at the last (DeiT,
+        # timm); DeiT III's official models drop every block at the same rate (drop_path_uniform).
+        rates = [drop_path_rate if drop_path_uniform else drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=r) for r in rates
+            Block(
+                embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop_path=r,
+                layer_scale_init=layer_scale_init,
+            )
+            for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -177,11 +222,18 @@ class VisionTransformer(nn.Module):
     def num_heads(self) -> int:
         return self.blocks[0].attn.num_heads
 
+    @property
+    def pos_prefix_tokens(self) -> int:
+        """The prefix tokens with a position embedding: all of them (DeiT), or none (DeiT III)."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
+
     def prefix_tokens(self, B: int) -> torch.Tensor:
         return self.cls_token.expand(B, -1, -1)  # (B, 1, C)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, N, C)
+        if self.no_embed_class:
+            return torch.cat([self.prefix_tokens(x.shape[0]), x + self.pos_embed], dim=1)
         x = torch.cat([self.prefix_tokens(x.shape[0]), x], dim=1)  # (B, prefix + N, C)
         return x + self.pos_embed
 

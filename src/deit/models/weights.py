@@ -177,12 +177,15 @@ _HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_class
 _HF_QKV = re.compile(r"attention\.(?:attention\.(query|key|value)|([qkv])_proj)\.(weight|bias)$")
 _HF_LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 _HF_MARKER = "embeddings.patch_embeddings.projection.weight"
+# The official DeiT III models (models_v2.py) name a block's LayerScale `gamma_1` and `gamma_2`; timm and we
+# name it `ls1.gamma` and `ls2.gamma`
+_OFFICIAL_LAYER_SCALE = re.compile(r"^blocks\.(\d+)\.gamma_([12])$")
 
 
 def _to_native(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Our key names from any supported layout (ours and timm's are the same; HF's are mapped): (state_dict,
     ignored keys)."""
-    sd = {_strip_wrappers(k): v for k, v in sd.items()}
+    sd = {_OFFICIAL_LAYER_SCALE.sub(r"blocks.\1.ls\2.gamma", _strip_wrappers(k)): v for k, v in sd.items()}
     hf_prefix = next((k[: -len(_HF_MARKER)] for k in sd if k.endswith(_HF_MARKER)), None)
     if hf_prefix is None:
         return sd, []
@@ -223,6 +226,11 @@ def _strip_wrappers(key: str) -> str:
 
 def to_hf(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], dict]:
     """The model's weights in HF transformers' names (as `save_pretrained` writes them) and a matching config."""
+    if model.hparams.get("layer_scale_init") is not None or model.hparams.get("no_embed_class"):
+        raise WeightsError(
+            f"transformers has no model with DeiT III's LayerScale and patch-only position embeddings, so "
+            f"{model.model_name or 'this model'} cannot be written for it: use --to timm (timm's deit3_*) or --to deit"
+        )
     distilled = model.distilled
     prefix = "deit." if distilled else "vit."
     block_names = {ours: hf for hf, ours in _HF_BLOCK.items()}
@@ -288,10 +296,12 @@ def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
     distilled = "dist_token" in ckpt.state_dict
     patch_size, embed_dim, depth = kwargs["patch_size"], kwargs["embed_dim"], kwargs["depth"]
     # The head count is not visible in the tensors: take it from HF's config, a registered size, or ViT's 64/head.
+    deit3 = kwargs["no_embed_class"], kwargs["layer_scale_init"] is not None
     same = [
         (name, spec)
         for name, spec in MODELS.items()
         if (spec.patch_size, spec.embed_dim, spec.depth, spec.distilled) == (patch_size, embed_dim, depth, distilled)
+        and (spec.no_embed_class, spec.layer_scale_init is not None) == deit3
     ]
     if ckpt.hf_config and "num_attention_heads" in ckpt.hf_config:
         kwargs["num_heads"] = int(ckpt.hf_config["num_attention_heads"])
@@ -304,6 +314,11 @@ def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
     same = [(n, s) for n, s in same if s.num_heads == kwargs["num_heads"]]
     exact = [n for n, s in same if s.img_size == kwargs["img_size"]]
     name = exact[0] if exact else same[0][0] if same else None
+    if name is not None:  # what the tensors cannot show: how the model was built to train
+        spec = MODELS[name]
+        kwargs["drop_path_uniform"] = spec.drop_path_uniform
+        if spec.layer_scale_init is not None and kwargs["layer_scale_init"] is not None:
+            kwargs["layer_scale_init"] = spec.layer_scale_init
     return name, kwargs, distilled
 
 
@@ -337,7 +352,7 @@ def load_state(model: VisionTransformer, ckpt: Checkpoint) -> list[str]:
     check_finite(ckpt)
     sd = dict(ckpt.state_dict)
     expected = model.state_dict()
-    notes, dropped = _adapt(sd, expected, model.num_prefix_tokens)
+    notes, dropped = _adapt(sd, expected, model.pos_prefix_tokens)
     missing = [k for k in expected if k not in sd and k not in dropped]
     unexpected = [k for k in sd if k not in expected]
     wrong = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
@@ -367,9 +382,11 @@ def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[st
     notes, dropped = [], set()
     if "dist_token" in expected and "dist_token" not in sd and "cls_token" in sd and "pos_embed" in sd:
         # plain DeiT weights into a distilled model: the distillation token starts as a copy of the class token
+        # (and its position embedding as a copy of the class token's, where the tokens have one)
         sd["dist_token"] = sd["cls_token"].clone()
         pos = sd["pos_embed"]
-        sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+        if num_prefix:
+            sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
         if "head.weight" in sd:
             sd["head_dist.weight"], sd["head_dist.bias"] = sd["head.weight"].clone(), sd["head.bias"].clone()
         notes.append("distillation token, its position and head_dist started from the class token's")
@@ -377,7 +394,8 @@ def _adapt(sd: dict, expected: dict, num_prefix: int) -> tuple[list[str], set[st
         sd.pop("dist_token")
         sd.pop("head_dist.weight", None)
         sd.pop("head_dist.bias", None)
-        sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 2:]], dim=1)
+        if num_prefix:
+            sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 2:]], dim=1)
         notes.append("distillation token and head_dist dropped: the model has none")
     ours, theirs = expected.get("pos_embed"), sd.get("pos_embed")
     if ours is not None and theirs is not None and ours.shape != theirs.shape and ours.shape[2] == theirs.shape[2]:
