@@ -131,6 +131,8 @@ class ModelConfig:
     """Stochastic depth at the last block (linear from 0). The paper: training fails to converge without it."""
     finetune: str | None = None
     """Weights to start from: pos_embed resized to the input size, a head of another class count replaced."""
+    layer_scale_init: float | None = None
+    """Where a DeiT III's LayerScale starts; None: the model's own (1e-4, as the official models_v2.py)."""
 
     def __post_init__(self):
         _check(
@@ -138,6 +140,11 @@ class ModelConfig:
             self,
             lambda c: [
                 ("drop_path", 0.0 <= c.drop_path < 1.0, "must be in [0, 1)"),
+                (
+                    "layer_scale_init",
+                    c.layer_scale_init is None or 0.0 <= c.layer_scale_init <= 100.0,
+                    "must be between 0 and 100",
+                ),
                 ("input_size", _in(8, c.input_size, 4096), "must be between 8 and 4096 px"),
                 (
                     "model",
@@ -215,6 +222,11 @@ class AugConfig:
     """3-Augment (grayscale, solarize or blur, one at a time) instead of RandAugment."""
     smoothing: float = 0.1
     """Label smoothing."""
+    bce_loss: bool = False
+    """The class loss as binary cross-entropy, each class of a (mixed) target present counted as 1 (DeiT III)."""
+    src: bool = False
+    """Simple Random Crop (DeiT III) in place of RandomResizedCrop: the short side resized to the input size, then a
+    random crop of it from the image padded by 4 px (reflected)."""
     train_interpolation: str = "bicubic"
     reprob: float = 0.25
     """Random erasing probability."""
@@ -258,6 +270,7 @@ class AugConfig:
                 ("mixup_mode", c.mixup_mode in MIXUP_MODES, _one_of(MIXUP_MODES)),
                 ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
                 ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
+                ("batch_aug", not (c.batch_aug and c.src), "crops with RandomResizedCrop: drop --src or --batch-aug"),
             ],
         )
         check_policy(self.aa, self.batch_aug)
@@ -274,6 +287,7 @@ class AugConfig:
             color_jitter=self.color_jitter,
             aa=self.aa,
             three_augment=self.three_augment,
+            simple_crop=self.src,
             interpolation=self.train_interpolation,
             reprob=self.reprob,
             remode=self.remode,
@@ -459,6 +473,10 @@ class TrainConfig:
             raise ValueError(
                 "data.unlabelled: images without labels teach only through a teacher; give --distillation-type "
                 "hard or soft (with --teacher-path), or --attn-distillation-weight, or drop --unlabelled"
+            )
+        if self.data.unlabelled and self.aug.bce_loss:
+            raise ValueError(
+                "aug.bce_loss: images without labels have no class targets to binarise; drop --bce-loss or --unlabelled"
             )
         if self.aug.mixup_active and self.run.batch_size % 2:
             raise ValueError(

@@ -178,6 +178,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         input_size=cfg.model.input_size,
         drop_path=cfg.model.drop_path,
         native_size=info.native_size,
+        layer_scale_init=cfg.model.layer_scale_init,
     )
     if cfg.model.finetune:
         finetune(model, cfg.model.finetune)
@@ -251,7 +252,7 @@ def _criterion(
             distill.attn_distillation_loss,
         )
     criterion = DistillationLoss(
-        class_criterion(mixup=mixed, smoothing=cfg.aug.smoothing),
+        class_criterion(mixup=mixed, smoothing=cfg.aug.smoothing, bce=cfg.aug.bce_loss),
         teacher,
         distill.distillation_type,
         distill.distillation_alpha,
@@ -528,11 +529,22 @@ def cache_spec(
 
 
 def build_student(
-    name: str, *, num_classes: int, in_chans: int, input_size: int | None, drop_path: float, native_size: int | None
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    input_size: int | None,
+    drop_path: float,
+    native_size: int | None,
+    layer_scale_init: float | None = None,
 ) -> tuple[nn.Module, int]:
     """A DeiT by registered name, else a CNN (our small one, timm's or torchvision's); and its input size."""
+    if layer_scale_init is not None and (name not in MODELS or MODELS[name].layer_scale_init is None):
+        raise ValueError(f"model.layer_scale_init: {name} has no LayerScale; a DeiT III (deit3_*) has")
     if name in MODELS:
         kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
+        if layer_scale_init is not None:
+            kwargs["layer_scale_init"] = layer_scale_init
         if input_size is not None:
             kwargs["img_size"] = input_size
         model = create_model(name, **kwargs)

@@ -27,6 +27,9 @@ class Recipe:
     """RandAugment policy in timm's notation; None or "none" for none."""
     three_augment: bool = False
     """3-Augment (grayscale, solarize or blur, one per image) instead of RandAugment."""
+    simple_crop: bool = False
+    """Simple Random Crop (DeiT III) instead of RandomResizedCrop: short side resized, 4 px reflected padding, a
+    random crop."""
     interpolation: str = "bicubic"
     reprob: float = 0.25
     """Random erasing probability."""
@@ -56,6 +59,9 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
         re_count=recipe.recount,
     )
     keep_posterize_bits(transform)
+    if recipe.simple_crop:
+        steps = list(transform.transforms)
+        transform = T.Compose(simple_random_crop(img_size, recipe.interpolation) + steps[1:])  # in the crop's place
     if recipe.three_augment:
         # after crop and flip: one of grayscale / solarize / blur on every image, then colour jitter
         steps = list(transform.transforms)
@@ -97,15 +103,27 @@ def crop_transform(img_size: int, recipe: Recipe = Recipe()):
     read from files whose other augmentation is done a batch at a time (`batch_aug.BatchAugment`)."""
     from timm.data.transforms import RandomResizedCropAndInterpolation
 
-    return T.Compose(
-        [
+    crop = (
+        simple_random_crop(img_size, recipe.interpolation)
+        if recipe.simple_crop
+        else [
             RandomResizedCropAndInterpolation(
                 img_size, scale=(recipe.crop_scale, 1.0), interpolation=recipe.interpolation
-            ),
-            T.RandomHorizontalFlip(recipe.hflip),
-            T.PILToTensor(),
+            )
         ]
     )
+    return T.Compose([*crop, T.RandomHorizontalFlip(recipe.hflip), T.PILToTensor()])
+
+
+def simple_random_crop(img_size: int, interpolation: str) -> list:
+    """DeiT III's Simple Random Crop: the short side resized to img_size, then an img_size square at random from the
+    image padded by 4 px on each side (reflected)."""
+    from timm.data.transforms import str_to_interp_mode
+
+    return [
+        T.Resize(img_size, interpolation=str_to_interp_mode(interpolation)),
+        T.RandomCrop(img_size, padding=4, padding_mode="reflect"),
+    ]
 
 
 def keep_posterize_bits(transform) -> None:

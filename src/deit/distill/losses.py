@@ -67,11 +67,14 @@ class AttentionDistillation:
         )
 
 
-def class_criterion(*, mixup: bool, smoothing: float) -> nn.Module:
+def class_criterion(*, mixup: bool, smoothing: float, bce: bool = False) -> nn.Module:
     """The class head's loss on its targets: soft-target cross-entropy on Mixup/CutMix's mixed (already smoothed)
-    targets, else label smoothing, else plain cross-entropy."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    targets, else label smoothing, else plain cross-entropy. `bce` (DeiT III): timm's binary cross-entropy, a mixed
+    target's every class present set to 1 (as the official DeiT III binarises them), a label one-hot and smoothed."""
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+    if bce:
+        return BinaryCrossEntropy(smoothing=0.0 if mixup else smoothing, target_threshold=0.0 if mixup else None)
     if mixup:
         return SoftTargetCrossEntropy()
     if smoothing > 0:
