@@ -16,27 +16,13 @@ import deit
 from deit.cli import main
 from deit.data import build_dataset
 from deit.serve import Batcher, Model, check_bind, create_app
+from tests.conftest import same_topk
 
 
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def same_topk(a: list[dict], b: list[dict], tol: float = 1e-6) -> bool:
-    """The same probabilities to `tol` (plus one step of the 6-decimal rounding both sides apply), and the same
-    labels but where two probabilities lie within that of each other (a batch of another size may order a tie
-    differently)."""
-    bound = tol + 1e-6 + 1e-12
-    if any(abs(x["probability"] - y["probability"]) > bound for x, y in zip(a, b)):
-        return False
-    pa, pb = ({t["label"]: t["probability"] for t in side} for side in (a, b))
-    for label in pa.keys() ^ pb.keys():  # in one top-k only: tied with the other's last
-        p = pa.get(label, pb.get(label))
-        if abs(p - min((pb if label in pa else pa).values())) > bound:
-            return False
-    return all(abs(pa[label] - pb[label]) <= bound for label in pa.keys() & pb.keys())
 
 
 @pytest.fixture(scope="module")

@@ -71,18 +71,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-SAVED_MODEL = ["model.safetensors", "config.json"]  # what a folder output of convert receives
+SAVED_MODEL = ["model.safetensors", "config.json", "preprocessor_config.json"]  # what convert writes in a folder
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import check_output
-    from .models import create_model, export_weights
+    from .interop import FILE_SUFFIXES, export_for
+    from .models import create_model
 
     dst = Path(args.dst)
-    folder = args.to == "hf" or dst.suffix not in (".safetensors", ".pth", ".pt", ".bin")
+    folder = args.to == "hf" or dst.suffix not in FILE_SUFFIXES
     check_output(args.src, dst, SAVED_MODEL if folder else None)
     model = create_model(args.model, pretrained=args.src)
-    out = export_weights(model, args.dst, args.to)
+    out = export_for(model, args.dst, args.to)
     print(
         f"wrote {out} ({args.to} format, {model.model_name or type(model).__name__}, "
         f"{model.num_classes} classes, {model.hparams['img_size']} px)"

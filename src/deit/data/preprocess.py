@@ -26,6 +26,8 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     intensity: str = "minmax"  # how images of more than 8 bits become 8-bit (data/images.py)
+    crop_ratio: float = 0.875  # the short side resized to size / crop_ratio, then the centre crop
+    interpolation: str = "bicubic"
 
     def read(self, path: Path | BinaryIO, name: str | None = None) -> torch.Tensor:
         """An image file (a path, or an open binary file called `name`) as the model's input; ValueError naming it
@@ -44,12 +46,11 @@ def preprocessing(model: torch.nn.Module) -> Preprocessing:
     gray = hp["in_chans"] == 1
     mean = tuple(data.get("mean") or (GRAY_MEAN if gray else IMAGENET_MEAN))
     std = tuple(data.get("std") or (GRAY_STD if gray else IMAGENET_STD))
-    transform = eval_transform(
-        hp["img_size"],
-        mean=mean,
-        std=std,
-        interpolation=data.get("interpolation", "bicubic"),
-        crop_ratio=data.get("eval_crop_ratio", 0.875),
-    )
+    interpolation = data.get("interpolation", "bicubic")
+    crop_ratio = data.get("eval_crop_ratio", 0.875)
+    transform = eval_transform(hp["img_size"], mean=mean, std=std, interpolation=interpolation, crop_ratio=crop_ratio)
     names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
-    return Preprocessing(transform, names, "L" if gray else "RGB", mean, std, data.get("intensity") or "minmax")
+    mode = "L" if gray else "RGB"
+    return Preprocessing(
+        transform, names, mode, mean, std, data.get("intensity") or "minmax", crop_ratio, interpolation
+    )

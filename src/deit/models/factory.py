@@ -54,6 +54,8 @@ def create_model(
     model.model_name = name
     if source is not None:
         load_state(model, source)
-        # class names and preprocessing saved at training time travel with the weights
+        # class names and preprocessing saved at training time (or in another tool's folder) travel with the weights
         model.data_config = (source.config or {}).get("data")
+        if model.data_config is None and source.data:
+            model.data_config = metadata.check_data(source.data, str(source.path), model.hparams)
     return model

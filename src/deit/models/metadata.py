@@ -172,6 +172,95 @@ def check_hf_config(config, where: str) -> dict:
     return config
 
 
+RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's codes
+
+
+def _names(value, where: str, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(n, str) and len(n) <= 1000 for n in value):
+        raise WeightsError(f"{where}: {key} must be a list of names (strings)")
+    return value
+
+
+def _channel_values(value, where: str, key: str) -> list:
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= HPARAM_BOUNDS["in_chans"][2]:
+        raise WeightsError(f"{where}: {key}={show_value(value)} must list one value per input channel")
+    return list(value)
+
+
+def timm_data(config: dict, where: str) -> tuple[dict, int | None]:
+    """Class names and preprocessing (our data config's keys) and the head count of a timm folder's config.json
+    (`label_names`, `pretrained_cfg`, `model_args`); each value checked when the model is built (`check_data`)."""
+    pretrained = config.get("pretrained_cfg")
+    if not isinstance(pretrained, dict):
+        raise WeightsError(f"{where}: pretrained_cfg must be a mapping")
+    data = {}
+    if config.get("label_names") is not None:
+        data["class_names"] = _names(config["label_names"], where, "label_names")
+    for ours, theirs in (("mean", "mean"), ("std", "std")):
+        if pretrained.get(theirs) is not None:
+            data[ours] = _channel_values(pretrained[theirs], where, theirs)
+    if pretrained.get("crop_pct") is not None:
+        data["eval_crop_ratio"] = pretrained["crop_pct"]
+    if pretrained.get("interpolation") is not None:
+        data["interpolation"] = pretrained["interpolation"]
+    size = pretrained.get("input_size")
+    if size is not None:
+        if not isinstance(size, (list, tuple)) or len(size) != 3:
+            raise WeightsError(f"{where}: input_size={show_value(size)} must be [channels, height, width]")
+        data["input_size"] = size[-1]
+    args = config.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise WeightsError(f"{where}: model_args must be a mapping")
+    heads = args.get("num_heads")
+    if heads is not None:
+        heads = check_value(where, "num_heads", heads, *HPARAM_BOUNDS["num_heads"])
+    return data, heads
+
+
+def hf_data(config: dict, processor, where: str) -> dict:
+    """Class names (`id2label`, unless transformers' placeholders LABEL_0, ...) and, from preprocessor_config.json,
+    the preprocessing, in our data config's keys. A processor that resizes to a fixed height and width (ViT's,
+    DeiT's) is read as resizing the short side: the same for square images."""
+    data = {}
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and labels:
+        try:
+            ordered = [labels[str(i)] for i in range(len(labels))]
+        except KeyError:
+            raise WeightsError(f"{where}: id2label must number the classes 0 to {len(labels) - 1}") from None
+        names = _names(ordered, where, "id2label")
+        if names != [f"LABEL_{i}" for i in range(len(names))]:
+            data["class_names"] = names
+    if processor is None:
+        return data
+    where = where.replace("config.json", "preprocessor_config.json")
+    if not isinstance(processor, dict):
+        raise WeightsError(f"{where} must hold a mapping")
+    for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
+        if processor.get(theirs) is not None:
+            data[ours] = _channel_values(processor[theirs], where, theirs)
+    if processor.get("resample") is not None:
+        if processor["resample"] not in RESAMPLE_NAMES:
+            raise WeightsError(f"{where}: resample={show_value(processor['resample'])} is not a PIL resampling filter")
+        data["interpolation"] = RESAMPLE_NAMES[processor["resample"]]
+
+    def side(value, key: str) -> int | None:
+        if not isinstance(value, dict):
+            return None
+        side = value.get("shortest_edge", value.get("height"))
+        return None if side is None else check_value(where, key, side, *HPARAM_BOUNDS["img_size"])
+
+    resized = side(processor.get("size"), "size") if processor.get("do_resize", True) else None
+    cropped = side(processor.get("crop_size"), "crop_size") if processor.get("do_center_crop") else None
+    if resized and cropped:
+        data["eval_crop_ratio"] = cropped / resized
+    elif resized:
+        data["eval_crop_ratio"] = 1.0
+    if cropped or resized:
+        data["input_size"] = cropped or resized
+    return data
+
+
 def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
     """What the tensors of a DeiT/ViT state dict say of its architecture (all but the head count, which they do
     not show); WeightsError when they are not a DeiT's."""

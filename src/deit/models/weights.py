@@ -36,6 +36,7 @@ from .vit import VisionTransformer
 log = logging.getLogger("deit")
 
 CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"  # an HF folder's image processor
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_KEY = "deit_config"  # where a deit config lives in safetensors metadata and in training checkpoints
 LAYOUTS = ("deit", "timm", "hf")
@@ -49,6 +50,10 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     config: dict | None = None  # a deit config (model name, hparams), when the file carries one
     hf_config: dict | None = None  # an HF config.json, when the file came with one
+    # class names and preprocessing from another tool's folder (timm's config.json, HF's id2label and
+    # preprocessor_config.json), in our data config's keys; checked against the model when one is built
+    data: dict | None = None
+    num_heads: int | None = None  # as a timm folder's model_args give it
     ignored: list[str] = field(default_factory=list)  # keys with no counterpart in a DeiT classifier
 
 
@@ -75,14 +80,19 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     tensors, config = _read_file(file)
     if config is None and isinstance(config_json, dict) and config_json.get("format") == "deit":
         config = config_json
-    hf_config = None
+    hf_config = data = num_heads = None
+    where = str(path / CONFIG_FILE)
     if config is None and isinstance(config_json, dict) and "model_type" in config_json:
-        hf_config = metadata.check_hf_config(config_json, str(path / CONFIG_FILE))
+        hf_config = metadata.check_hf_config(config_json, where)
+        processor = path / PREPROCESSOR_FILE
+        data = metadata.hf_data(hf_config, _read_json(processor) if processor.is_file() else None, where)
+    elif config is None and isinstance(config_json, dict) and "pretrained_cfg" in config_json:
+        data, num_heads = metadata.timm_data(config_json, where)
     state_dict, ignored = _to_native(tensors)
     if config is not None:
         config = metadata.check_config(config, str(path))
         metadata.check_matches_tensors(config, state_dict, str(path))
-    return Checkpoint(path, state_dict, config, hf_config, ignored)
+    return Checkpoint(path, state_dict, config, hf_config, data=data, num_heads=num_heads, ignored=ignored)
 
 
 def _read_json(path: Path):
@@ -305,6 +315,8 @@ def infer_architecture(ckpt: Checkpoint) -> tuple[str | None, dict, bool]:
     ]
     if ckpt.hf_config and "num_attention_heads" in ckpt.hf_config:
         kwargs["num_heads"] = int(ckpt.hf_config["num_attention_heads"])
+    elif ckpt.num_heads:
+        kwargs["num_heads"] = ckpt.num_heads
     elif same:
         kwargs["num_heads"] = same[0][1].num_heads
     elif embed_dim % 64 == 0:
