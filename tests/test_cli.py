@@ -35,10 +35,11 @@ def test_convert_between_layouts(tmp_path, capsys):
 
 def test_errors_are_one_line_without_traceback(tmp_path):
     torch.save(deit.create_model("deit_pico_patch4_28").state_dict(), tmp_path / "pico.pth")
+    torch.save(deit.create_model("deit3_pico_distilled_patch7_28").state_dict(), tmp_path / "deit3.pth")
     cases = [
         ["convert", str(tmp_path / "nothing.pth"), str(tmp_path / "out"), "--to", "hf"],
         ["convert", str(tmp_path / "pico.pth"), str(tmp_path / "out"), "--to", "hf", "--model", "deit_nano_patch4_32"],
-        ["convert", str(tmp_path / "pico.pth"), str(tmp_path / "out"), "--to", "timm"],
+        ["convert", str(tmp_path / "deit3.pth"), str(tmp_path / "out"), "--to", "timm"],  # timm has no such model
     ]
     for argv in cases:
         result = subprocess.run([sys.executable, "-m", "deit", *argv], capture_output=True, text=True)

@@ -71,9 +71,11 @@ def timm_twin(ours: torch.nn.Module) -> torch.nn.Module:
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
+    from .interop import timm_model_args
+
     hp = dict(ours.hparams)
     cls = VisionTransformerDistilled if ours.distilled else VisionTransformer
-    twin = cls(**{k: v for k, v in hp.items() if k != "drop_path_rate"}, drop_path_rate=hp.get("drop_path_rate", 0.0))
+    twin = cls(num_classes=hp["num_classes"], drop_path_rate=hp.get("drop_path_rate", 0.0), **timm_model_args(hp))
     twin.load_state_dict(ours.state_dict(), strict=True)
     return twin
 

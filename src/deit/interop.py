@@ -107,15 +107,24 @@ def timm_architecture(model: torch.nn.Module) -> str:
     return "deit_tiny_distilled_patch16_224" if model.distilled else "deit_tiny_patch16_224"
 
 
+def timm_model_args(hparams: dict) -> dict:
+    """Our hparams as the keyword arguments of timm's VisionTransformer (DeiT III: `init_values`,
+    `no_embed_class`)."""
+    args = {
+        key: hparams[key]
+        for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+    }
+    if hparams.get("layer_scale_init") is not None:
+        args["init_values"] = hparams["layer_scale_init"]
+    if hparams.get("no_embed_class"):
+        args["no_embed_class"] = True
+    return args
+
+
 def timm_config(model: torch.nn.Module) -> dict:
     prep = preprocessing(model)
     hp = model.hparams
-    model_args = {
-        key: hp[key]
-        for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
-    }
-    if hp.get("layer_scale_init") is not None:
-        model_args["init_values"] = hp["layer_scale_init"]
+    model_args = timm_model_args(hp)
     return {
         "architecture": timm_architecture(model),
         "num_classes": model.num_classes,
