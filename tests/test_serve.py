@@ -263,3 +263,9 @@ def test_the_openapi_schema_documents_bodies_answers_and_errors(client):
     attention = schema["paths"]["/v1/attention"]["post"]
     assert "image/png" in attention["responses"]["200"]["content"] and "501" in attention["responses"]
     assert "/v1/model" in schema["paths"] and "/" not in schema["paths"]
+
+
+def test_the_other_commands_send_an_onnx_file_to_deit_serve(exported, digits, capsys):
+    assert main(["predict", str(digits[0]), "--weights", str(exported)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "deit serve" in err

@@ -77,6 +77,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not found:
             raise WeightsError(f"{path} is a folder without {', '.join(names)}; give the weights file itself")
         file = found[0]
+    if file.suffix == ".onnx":
+        raise WeightsError(
+            f"{file} is an ONNX file: deit serve --weights {file.name} serves it; this command reads PyTorch weights "
+            "(the checkpoint it was exported from)"
+        )
     tensors, config = _read_file(file)
     if config is None and isinstance(config_json, dict) and config_json.get("format") == "deit":
         config = config_json
