@@ -25,9 +25,9 @@ import torch
 from .data.preprocess import preprocessing
 from .files import atomic_write
 from .models.metadata import WeightsError
-from .models.weights import CONFIG_FILE, WEIGHTS_FILE, export_weights, to_hf
+from .models.weights import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, export_weights, to_hf
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
+LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights (ITU-R 601-2)
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -40,9 +40,6 @@ def export_for(model: torch.nn.Module, path: str | os.PathLike, to: str) -> Path
     if to == "timm" and path.suffix not in FILE_SUFFIXES:
         return write_timm_folder(model, path)
     return export_weights(model, path, to)
-
-
-LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights (ITU-R 601-2)
 
 
 def write_hf(model: torch.nn.Module, path: Path) -> Path:
