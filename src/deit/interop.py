@@ -15,7 +15,6 @@ The reverse, reading such folders with their preprocessing, is `models.weights.r
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -23,9 +22,17 @@ from pathlib import Path
 import torch
 
 from .data.preprocess import preprocessing
-from .files import atomic_write
 from .models.metadata import WeightsError
-from .models.weights import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, export_weights, to_hf
+from .models.weights import (
+    CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    WEIGHTS_FILE,
+    cpu_state_dict,
+    export_weights,
+    to_hf,
+    write_json,
+    write_safetensors,
+)
 
 LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights (ITU-R 601-2)
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -56,9 +63,9 @@ def write_hf(model: torch.nn.Module, path: Path) -> Path:
     config["id2label"] = {str(i): name for i, name in enumerate(prep.class_names)}
     config["label2id"] = {name: i for i, name in enumerate(prep.class_names)}
     path.mkdir(parents=True, exist_ok=True)
-    _write_tensors(tensors, path / WEIGHTS_FILE)
-    _write_json(config, path / CONFIG_FILE)
-    _write_json(
+    write_safetensors(tensors, path / WEIGHTS_FILE, {"format": "pt"})
+    write_json(config, path / CONFIG_FILE)
+    write_json(
         hf_image_processor(prep, model.hparams["img_size"], channels=3 if gray else None), path / PREPROCESSOR_FILE
     )
     return path
@@ -147,16 +154,6 @@ def timm_config(model: torch.nn.Module) -> dict:
 def write_timm_folder(model: torch.nn.Module, path: Path) -> Path:
     config = timm_config(model)
     path.mkdir(parents=True, exist_ok=True)
-    _write_tensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path / WEIGHTS_FILE)
-    _write_json(config, path / CONFIG_FILE)
+    write_safetensors(cpu_state_dict(model), path / WEIGHTS_FILE, {"format": "pt"})
+    write_json(config, path / CONFIG_FILE)
     return path
-
-
-def _write_tensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))

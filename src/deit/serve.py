@@ -394,8 +394,7 @@ def check_bind(host: str, token: str | None, no_auth: bool) -> None:
 
 
 def serve(app, host: str, port: int) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise ValueError("deit serve needs its extra: pip install 'deit[serve]'") from None
+    """uvicorn serving `app` (cmd_serve has checked the extra is installed)."""
+    import uvicorn
+
     uvicorn.run(app, host=host, port=port, log_level="info")

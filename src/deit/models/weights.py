@@ -503,17 +503,17 @@ def deit_config(model: torch.nn.Module, data: dict | None = None) -> dict:
     return config
 
 
-def _cpu_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
+def cpu_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _write_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
+def write_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def _write_json(obj: dict, path: Path) -> None:
+def write_json(obj: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
@@ -524,13 +524,11 @@ def save_weights(model: VisionTransformer, path: str | os.PathLike) -> Path:
     config = deit_config(model)
     if path.suffix == ".safetensors":
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_safetensors(_cpu_state_dict(model), path, {"format": "pt", CONFIG_KEY: json.dumps(config)})
+        write_safetensors(cpu_state_dict(model), path, {"format": "pt", CONFIG_KEY: json.dumps(config)})
     else:
         path.mkdir(parents=True, exist_ok=True)
-        _write_safetensors(
-            _cpu_state_dict(model), path / WEIGHTS_FILE, {"format": "pt", CONFIG_KEY: json.dumps(config)}
-        )
-        _write_json(config, path / CONFIG_FILE)
+        write_safetensors(cpu_state_dict(model), path / WEIGHTS_FILE, {"format": "pt", CONFIG_KEY: json.dumps(config)})
+        write_json(config, path / CONFIG_FILE)
     return path
 
 
@@ -546,14 +544,14 @@ def export_weights(model: VisionTransformer, path: str | os.PathLike, to: str) -
             raise WeightsError(f"timm weights go to a file: name it {path.name}.safetensors or {path.name}.pth")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".safetensors":
-            _write_safetensors(_cpu_state_dict(model), path, {"format": "pt"})
+            write_safetensors(cpu_state_dict(model), path, {"format": "pt"})
         else:
-            atomic_write(path, lambda tmp: torch.save(_cpu_state_dict(model), tmp))
+            atomic_write(path, lambda tmp: torch.save(cpu_state_dict(model), tmp))
         return path
     if to == "hf":
         tensors, config = to_hf(model)
         path.mkdir(parents=True, exist_ok=True)
-        _write_safetensors(tensors, path / WEIGHTS_FILE, {"format": "pt"})
-        _write_json(config, path / CONFIG_FILE)
+        write_safetensors(tensors, path / WEIGHTS_FILE, {"format": "pt"})
+        write_json(config, path / CONFIG_FILE)
         return path
     raise WeightsError(f"unknown weights format {to!r}; choose one of {', '.join(LAYOUTS)}")
