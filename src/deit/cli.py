@@ -1,5 +1,5 @@
 """The `deit` command: `deit demo`, `deit train`, `deit cache-teacher`, `deit predict`, `deit attention`,
-`deit eval`, `deit export`, `deit benchmark`, `deit models`, `deit convert`.
+`deit eval`, `deit export`, `deit benchmark`, `deit models`, `deit convert`, `deit serve`, `deit shard`.
 
 Flag names follow the official DeiT `main.py` where the concept exists. Errors in what the user gave (a missing
 file, a checkpoint of another model, a bad value) print one line and exit with status 2; the exit codes of every
@@ -222,20 +222,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
+    import itertools
+
     from .data.images import image_files
+    from .data.shards import count_in, is_pattern, samples_of
     from .models import create_model
     from .predict import predict
 
     model = create_model(args.model, pretrained=args.weights)
-    files = image_files(args.images)
-    if not files:
+    shards = [a for a in args.images if is_pattern(a)]  # .tar shards and brace patterns of them
+    files = image_files([a for a in args.images if not is_pattern(a)])
+    total = len(files) + (count_in(shards) if shards else 0)
+    if not total:
         raise ValueError(f"no images ({', '.join(args.images)}) to predict")
     predictions, errors = predict(
         model,
-        files,
+        itertools.chain(files, samples_of(shards)),
         topk=args.topk,
         batch_size=args.batch_size,
-        show_progress=len(files) > args.batch_size and sys.stderr.isatty(),
+        show_progress=total > args.batch_size and sys.stderr.isatty(),
+        total=total,
     )
     for line in errors:
         say_error("predict", line)
@@ -318,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(sub)
     _add_benchmark(sub)
     _add_model_use(sub)
+    _add_shard(sub)
     parser.commands = sub.choices  # name -> the command's parser
     return parser
 
@@ -417,7 +424,9 @@ def _add_model_use(sub) -> None:
     from .serve import BACKENDS as SERVE_BACKENDS
 
     p = model_command(sub, "predict", "top-k classes of images or folders of images with a trained model")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "images", nargs="+", help="image files, folders (searched recursively), .tar shards or patterns of them"
+    )
     p.add_argument("--topk", type=count(1), default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image: path, top-k labels, probabilities")
     p.add_argument("--batch-size", type=count(1), default=64)
@@ -429,8 +438,10 @@ def _add_model_use(sub) -> None:
     p.set_defaults(func=cmd_attention)
 
     p = model_command(sub, "eval", "top-1/top-5, per-class accuracy and a confusion matrix on a data set")
-    p.add_argument("--data-set", required=True, help="imagenet or folder (with --data-path), or a built-in")
-    p.add_argument("--data-path", default=None, help="the folder holding val/<class>/ images")
+    p.add_argument("--data-set", required=True, help="imagenet, folder or wds (with --data-path), or a built-in")
+    p.add_argument(
+        "--data-path", default=None, help="the folder holding val/<class>/ images; wds: a shard folder or pattern"
+    )
     p.add_argument("--output_dir", default=None, help="write eval.json and confusion.png here")
     p.add_argument("--batch-size", type=count(1), default=128)
     p.add_argument("--num_workers", type=count(0), default=2)
@@ -470,6 +481,49 @@ def _add_model_use(sub) -> None:
     p.add_argument("--to", required=True, choices=WEIGHTS_LAYOUTS, help="output layout")
     p.add_argument("--model", default=None, help="architecture name, when the checkpoint does not make it clear")
     p.set_defaults(func=cmd_convert)
+
+
+def _add_shard(sub) -> None:
+    p = sub.add_parser(
+        "shard",
+        help="write a folder of images (or a built-in data set) as WebDataset tar shards for --data-set wds",
+        description="Writes SRC's train/ and val/ class folders (or a folder of class folders, or a built-in data "
+        "set) as OUT/{split}-NNNNNN.tar, each image's own bytes with its class, shuffled across shards, and "
+        "OUT/index.json (class names, samples per shard). Interrupted, it keeps the shards it finished.",
+        allow_abbrev=False,
+    )
+    p.add_argument("src", help="a folder with train/ and val/ class folders, a folder of class folders, or a built-in")
+    p.add_argument("out", help="the folder for the shards and index.json")
+    p.add_argument("--split", choices=("train", "val"), default=None, help="write this split only (default: both)")
+    p.add_argument("--shard-size", default="256MB", help="the most bytes per shard (e.g. 256MB, 1GB)")
+    p.add_argument("--seed", type=count(0), default=0, help="the shuffle of samples across shards")
+    p.add_argument("--data-path", default=None, help="the files of a built-in that needs them (cifar10, ...)")
+    p.set_defaults(func=cmd_shard)
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from .data.shards import parse_size, sources, write_split
+
+    size = parse_size(args.shard_size)
+    out = Path(args.out)
+    for split, items, names in sources(args.src, args.split, args.data_path):
+        entry = write_split(
+            items,
+            names,
+            out,
+            split,
+            shard_size=size,
+            seed=args.seed,
+            source=str(args.src),
+            show_progress=sys.stderr.isatty(),
+        )
+        total = sum(s["bytes"] for s in entry["shards"])
+        left = f", {entry['left_out']} unreadable files left out" if entry["left_out"] else ""
+        print(
+            f"{split}: {entry['samples']:,} images of {len(names)} classes in {len(entry['shards'])} shards "
+            f"({total / 1e6:,.1f} MB) in {out}{left}"
+        )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

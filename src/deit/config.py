@@ -159,10 +159,16 @@ class ModelConfig:
 class DataConfig:
     data_set: str = "imagenet"
     """imagenet or folder (an ImageFolder tree with train/ and val/), mnist5k, digits, fashion-mnist (4,000 / 1,000),
-    fashion-mnist-full (60,000 / 10,000), cifar10, cifar100."""
+    fashion-mnist-full (60,000 / 10,000), cifar10, cifar100, wds (WebDataset shards)."""
     data_path: str | None = None
     """Root of the data: train/ and val/ folders, torchvision's CIFAR or FashionMNIST files (Fashion-MNIST's default:
-    where Debian's dataset-fashion-mnist puts them). The digit sets ship in packages."""
+    where Debian's dataset-fashion-mnist puts them). The digit sets ship in packages. For wds: a folder of shards
+    with their index.json (deit shard), or a brace pattern of the training shards (train-{000000..000146}.tar)."""
+    val_path: str | None = None
+    """wds: the validation shards (a pattern, or a folder with an index), when data_path is a pattern; by default
+    the val split of the index beside data_path's shards."""
+    shuffle_buffer: int = 2000
+    """wds: samples each loader worker holds to shuffle its stream (their encoded bytes: ~110 KB each on ImageNet)."""
     grayscale: bool = False
     """Read folder images as 1 channel (a 1-channel model); built-in digit sets are always 1 channel."""
     intensity: str = "minmax"
@@ -182,7 +188,7 @@ class DataConfig:
     """Pinned host memory, for faster copies to the GPU."""
 
     def __post_init__(self):
-        from .data.datasets import BUILTINS, FOLDER_SETS, canonical_name
+        from .data.datasets import DATA_SETS, canonical_name
 
         def known(name: str) -> bool:
             try:
@@ -197,11 +203,22 @@ class DataConfig:
                 (
                     "data_set",
                     known(c.data_set),
-                    f"is not a data set; choose one of {', '.join(FOLDER_SETS + BUILTINS)}",
+                    f"is not a data set; choose one of {', '.join(DATA_SETS)}",
                 ),
                 ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
                 ("repeat", 1 <= c.repeat <= 10**6, "must be >= 1"),
                 ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
+                ("shuffle_buffer", 0 <= c.shuffle_buffer <= 10**7, "must be between 0 (no shuffle) and 10,000,000"),
+                (
+                    "val_path",
+                    c.val_path is None or known(c.data_set) and canonical_name(c.data_set) == "wds",
+                    "is read with --data-set wds only",
+                ),
+                (
+                    "repeat",
+                    c.repeat == 1 or not known(c.data_set) or canonical_name(c.data_set) != "wds",
+                    "is for sets held whole (folders, built-ins); shards are read once per epoch, as a stream",
+                ),
                 ("intensity", c.intensity in INTENSITIES, _one_of(INTENSITIES)),
             ],
         )

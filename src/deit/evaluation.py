@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader
 from .data import build_dataset, canonical_name
 from .data.datasets import collate_readable
 from .data.preprocess import preprocessing
+from .data.shards import EvalStream, ShardSet
+from .data.shards import loader as shard_loader
 from .engine import top5_hits
 from .failures import loader_worker_init
 from .files import write_text
@@ -27,6 +29,9 @@ def evaluation_report(
         canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1, intensity=prep.intensity
     )
     names = prep.class_names
+    counted = isinstance(val, ShardSet) and not val.split.where.endswith(".json")  # shards without an index
+    if counted and info.num_classes <= model.num_classes:
+        info.num_classes, info.class_names = model.num_classes, names  # they hold class indices only
     if info.num_classes != model.num_classes:
         raise ValueError(
             f"the model predicts {model.num_classes} classes but {data_set} has {info.num_classes}; "
@@ -40,13 +45,13 @@ def evaluation_report(
         )
     val.transform = prep.transform
     # an unreadable file is left out and counted, never replaced by another image
-    loader = DataLoader(
-        val,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_readable,
-        worker_init_fn=loader_worker_init,
-    )
+    options = dict(num_workers=num_workers, worker_init_fn=loader_worker_init)
+    if isinstance(val, ShardSet):
+        loader = shard_loader(
+            EvalStream(val, rank=0, world_size=1, batch_size=batch_size, workers=num_workers), options
+        )
+    else:
+        loader = DataLoader(val, batch_size=batch_size, collate_fn=collate_readable, **options)
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)
     top5 = unreadable = 0

@@ -6,6 +6,9 @@ still predicted. The preparation of the images: `data/preprocess.py`.
 
 from __future__ import annotations
 
+import io
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +34,16 @@ def topk_json(labels: list[str], probabilities: list[float]) -> list[dict]:
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, files: list[Path], *, topk: int = 5, batch_size: int = 64, show_progress: bool = False
+    model: torch.nn.Module,
+    files: Iterable[Path | tuple[str, bytes]],
+    *,
+    topk: int = 5,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    total: int | None = None,
 ) -> tuple[list[Prediction], list[str]]:
-    """Predictions for the readable files, and one error line for each file that could not be read."""
+    """Predictions for the readable images, and one error line for each that could not be read. An image is a file,
+    or (name, its bytes) (a sample of a shard); `total`: how many, for the progress bar, when `files` has no len."""
     from .progress import progress
 
     model = model.eval()
@@ -42,13 +52,17 @@ def predict(
     k = min(topk, len(names))
     predictions, errors = [], []
     device = next(model.parameters()).device
-    bar, task = progress("predict", len(files), show_progress)
+    bar, task = progress("predict", total if total is not None else len(files), show_progress)
+    images = iter(files)
     with bar:
-        for start in range(0, len(files), batch_size):
+        while chunk := list(itertools.islice(images, batch_size)):
             batch, paths = [], []
-            for path in files[start : start + batch_size]:
+            for source in chunk:
+                path = source[0] if isinstance(source, tuple) else source
                 try:
-                    batch.append(prep.read(path))
+                    batch.append(
+                        prep.read(io.BytesIO(source[1]), name=path) if isinstance(source, tuple) else prep.read(path)
+                    )
                     paths.append(path)
                 except ValueError as e:
                     errors.append(str(e))

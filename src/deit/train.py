@@ -137,7 +137,19 @@ def _datasets(cfg: TrainConfig, world_size: int) -> tuple[Dataset, Dataset, Data
     train_set, info = build_dataset(
         name, data.data_path, True, labels_per_class=data.labels_per_class, unlabelled=data.unlabelled, **common
     )
-    val_set, _ = build_dataset(name, data.data_path, False, **common)
+    val_path = data.data_path
+    if name == "wds":
+        from .data.shards import val_source
+
+        val_path = data.val_path or val_source(data.data_path)
+    val_set, val_info = build_dataset(name, val_path, False, **common)
+    if name == "wds" and val_info.class_names != info.class_names:
+        if val_set.split.where.endswith(".json") or val_info.num_classes > info.num_classes:
+            raise ValueError(
+                f"the validation shards ({val_set.split.where}) have classes {val_info.class_names[:3]}..., the "
+                f"training shards {info.class_names[:3]}...: give shards of the same classes"
+            )
+        val_set.class_names = info.class_names  # counted shards have class indices only: the training set's names
     world_batch = cfg.run.batch_size * world_size
     if len(train_set) * data.repeat < world_batch:
         raise ValueError(
@@ -192,6 +204,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         world_size=env.world_size,
         repeated_aug=aug.repeated_aug,
         repeat=data.repeat,
+        shuffle_buffer=data.shuffle_buffer,
     )
     options = loader_options(num_workers, pin_memory=data.pin_mem and device.type == "cuda")
     mixup = _mixup(cfg, info.num_classes)
@@ -462,7 +475,8 @@ def _announcement(p: Pieces, cache: TeacherCache | None, n_parameters: int) -> s
     if resized:
         source += f", which sees the views resized to its own {resized} px"
     teacher_note = f", distillation {' + '.join(methods)} from {source}" if methods else ""
-    labelled = sum(t >= 0 for t in p.train_set.targets)
+    targets = getattr(p.train_set, "targets", None)  # shards: streamed, not known ahead
+    labelled = len(p.train_set) if targets is None else sum(t >= 0 for t in targets)
     images = f"{len(p.train_set)} images" + (f" ({labelled} labelled)" if labelled < len(p.train_set) else "")
     images += f", each {cfg.data.repeat} times an epoch" if cfg.data.repeat > 1 else ""
     return (
@@ -505,7 +519,9 @@ def cache_spec(
             "data_set": canonical_name(cfg.data.data_set),
             "size": len(train_set),
             "num_classes": num_classes,
-            "targets": targets_digest(train_set.targets),
+            "targets": train_set.split.labels_digest
+            if hasattr(train_set, "split")
+            else targets_digest(train_set.targets),
             **({"repeat": cfg.data.repeat} if cfg.data.repeat > 1 else {}),
         },
         "views": {
@@ -516,6 +532,12 @@ def cache_spec(
             "repeated_aug": aug.repeated_aug and world_size > 1,
             "batch_size": cfg.run.batch_size,
             "world_size": world_size,
+            # shards: the order within a process also follows from its loader workers and shuffle buffer
+            **(
+                {"stream": {"workers": cfg.data.num_workers, "shuffle_buffer": cfg.data.shuffle_buffer}}
+                if hasattr(train_set, "split")
+                else {}
+            ),
         },
         "teacher": teacher_spec,
         "attention": {"blocks": list(attention.blocks), "grid": attention.grid, "heads": attention.heads}

@@ -61,11 +61,15 @@ class DataInfo:
 
 BUILTINS = ("mnist5k", "digits", "fashion-mnist", "fashion-mnist-full", "cifar10", "cifar100")
 FOLDER_SETS = ("imagenet", "folder")
+SHARD_SETS = ("wds",)
+"""WebDataset tar shards (`shards.py`): a folder with their index, or a brace pattern."""
+DATA_SETS = FOLDER_SETS + SHARD_SETS + BUILTINS
 ALIASES = {
     "imnet": "imagenet",
     "cifar": "cifar100",
     "fashion_mnist": "fashion-mnist",
     "fashion_mnist_full": "fashion-mnist-full",
+    "webdataset": "wds",
 }  # the official DeiT --data-set names, and spellings
 FASHION_MNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's dataset-fashion-mnist package installs the original files."""
@@ -87,8 +91,8 @@ FASHION_DEFAULTS = {**DIGIT_DEFAULTS, "aug.hflip": 0.5}
 
 def canonical_name(data_set: str) -> str:
     name = ALIASES.get(data_set.lower(), data_set.lower())
-    if name not in BUILTINS + FOLDER_SETS:
-        raise ValueError(f"unknown data set {data_set!r}; choose one of {', '.join(FOLDER_SETS + BUILTINS)}")
+    if name not in DATA_SETS:
+        raise ValueError(f"unknown data set {data_set!r}; choose one of {', '.join(DATA_SETS)}")
     return name
 
 
@@ -369,6 +373,8 @@ def build_dataset(
     every image, and the others' targets become UNLABELLED.
     """
     name = canonical_name(data_set)
+    if name in SHARD_SETS:
+        return _shard_set(data_path, train, grayscale, intensity, labels_per_class, unlabelled)
     if name in FOLDER_SETS:
         if data_path is None:
             raise ValueError(f"--data-set {name} needs --data-path: a folder with train/ and val/ class folders")
@@ -413,6 +419,27 @@ def build_dataset(
         else:
             dataset.keep(labelled)
     return dataset, info
+
+
+def _shard_set(data_path, train, grayscale, intensity, labels_per_class, unlabelled):
+    """A split of WebDataset shards: the training or validation split of a folder with an index, or the shards a
+    pattern names."""
+    from .shards import ShardSet, open_split
+
+    if data_path is None:
+        raise ValueError(
+            "--data-set wds needs --data-path: a folder of shards with their index.json (deit shard), or a pattern "
+            "such as 'shards/train-{000000..000146}.tar'"
+        )
+    if train and (labels_per_class is not None or unlabelled):
+        raise ValueError(
+            "--labels-per-class and --unlabelled pick images by class before training, and shards are read as a "
+            "stream: shard the subset you want (deit shard on a folder of those images), or train from the folder"
+        )
+    shards = ShardSet(open_split(data_path, "train" if train else "val"), grayscale=grayscale, intensity=intensity)
+    names = shards.class_names
+    mean, std = (GRAY_MEAN, GRAY_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
+    return shards, DataInfo(len(names), 1 if grayscale else 3, list(names), mean, std)
 
 
 def first_per_class(targets: list[int], k: int) -> list[int]:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..failures import loader_worker_init
 from .batch_aug import BatchAugment
 from .datasets import ArrayDataset, collate_readable
+from .shards import CacheStream, EvalStream, ShardOrder, ShardSet, TrainStream, loader
 from .sampling import EvalBatches, SeededDataset, SeededSampler, ShardSampler, TensorBatches, collate_batch
 from .transforms import Recipe, crop_transform, eval_transform, train_transform
 
@@ -55,8 +56,22 @@ def training_views(
     return BatchAugment(img_size, mean=mean, std=std, recipe=rest, ratio=(1.0, 1.0))
 
 
-def train_loader(train_set: Dataset, sampler: SeededSampler, *, batch_size: int, batch_aug: bool, options: dict):
+def train_loader(
+    train_set: Dataset, sampler: SeededSampler | ShardOrder, *, batch_size: int, batch_aug: bool, options: dict
+):
     """`Batch`es of the training views in the sampler's order, the last partial batch dropped."""
+    if isinstance(sampler, ShardOrder):
+        stream = TrainStream(
+            sampler.shards,
+            seed=sampler.seed,
+            rank=sampler.rank,
+            world_size=sampler.world_size,
+            batch_size=batch_size,
+            workers=options["num_workers"],
+            copies=sampler.copies,
+            shuffle=sampler.shuffle,
+        )
+        return loader(stream, options)
     if batch_aug and isinstance(train_set, ArrayDataset):
         return TensorBatches(train_set.tensor(), train_set.targets, sampler, batch_size)
     return DataLoader(
@@ -72,6 +87,17 @@ def train_loader(train_set: Dataset, sampler: SeededSampler, *, batch_size: int,
 def cache_loader(train_set: Dataset, sampler: SeededSampler, *, batch_size: int, options: dict):
     """Every training view of an epoch, in larger batches, for the teacher's pass (views drawn per image only: views
     drawn per batch need the training batches themselves)."""
+    if isinstance(sampler, ShardOrder):
+        size = max(batch_size, 256)
+        stream = CacheStream(
+            sampler.shards,
+            seed=sampler.seed,
+            rank=sampler.rank,
+            world_size=sampler.world_size,
+            batch_size=size,
+            workers=options["num_workers"],
+        )
+        return loader(stream, options)
     return DataLoader(
         SeededDataset(train_set), batch_size=max(batch_size, 256), sampler=sampler, collate_fn=collate_batch, **options
     )
@@ -92,6 +118,11 @@ def eval_loader(
 ):
     """(images, targets) batches of this process's share of the validation split, prepared for evaluation."""
     val_set.transform = eval_transform(img_size, mean=mean, std=std, interpolation=interpolation, crop_ratio=crop_ratio)
+    if isinstance(val_set, ShardSet):
+        stream = EvalStream(
+            val_set, rank=rank, world_size=world_size, batch_size=batch_size, workers=options["num_workers"]
+        )
+        return loader(stream, options)
     if isinstance(val_set, ArrayDataset) and crop_ratio == 1.0 and val_set.images.shape[1:3] == (img_size, img_size):
         # already at the model's size: evaluation only converts and normalises, a batch at a time
         return EvalBatches(

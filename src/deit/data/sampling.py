@@ -9,6 +9,7 @@ from its seed.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import NamedTuple
 
@@ -61,6 +62,25 @@ def seed_everything(seed: int, cuda: bool = False) -> None:
         torch.random.default_generator.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """The generators seeded for one sample's augmentation. In a DataLoader worker they belong to the worker; in the
+    main process (no workers) their state is restored afterwards, so training randomness (drop path, Mixup) is not
+    disturbed."""
+    if torch.utils.data.get_worker_info() is not None:
+        seed_everything(seed)
+        yield
+        return
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        seed_everything(seed)
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
 class SeededSampler(Sampler):
     """Yields (index, seed, position) keys: the inner sampler's indices, their global position and its seed.
 
@@ -88,11 +108,8 @@ class SeededSampler(Sampler):
 
 class SeededDataset(Dataset):
     """Looks up (index, seed[, position]) keys: seeds the generators, then returns dataset[index] as
-    (image, target, skipped, position, index), so a batch (`collate_batch`) says which views it holds.
-
-    In a DataLoader worker the generators belong to the worker. In the main process (num_workers=0) their state is
-    saved and restored around the sample, so training randomness (drop path, Mixup) is not disturbed.
-    """
+    (image, target, skipped, position, index), so a batch (`collate_batch`) says which views it holds (see `seeded`
+    for whose generators are seeded)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -102,17 +119,8 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key):
         index, seed, position = key if len(key) == 3 else (*key, -1)
-        if torch.utils.data.get_worker_info() is not None:
-            seed_everything(seed)
+        with seeded(seed):
             return self._item(index, position)
-        states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-        try:
-            seed_everything(seed)
-            return self._item(index, position)
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.random.set_rng_state(states[2])
 
     def _item(self, index: int, position: int):
         image, target, *rest = self.dataset[index]
@@ -184,12 +192,26 @@ class ShardSampler(Sampler):
 
 
 def train_sampler(
-    dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool, repeat: int = 1
-) -> SeededSampler:
+    dataset: Dataset,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    repeated_aug: bool,
+    repeat: int = 1,
+    shuffle_buffer: int | None = None,
+):
     """Shuffled order from (seed, epoch), split over processes; repeated augmentation (3 copies) under DDP.
 
     `repeat` R: an epoch passes over the data set R times, shuffled as one set of R copies of each image (each copy
-    in a view of its own: its position in the epoch seeds it)."""
+    in a view of its own: its position in the epoch seeds it). Shards (`shards.ShardSet`) get their `ShardOrder`,
+    shuffled through a buffer of `shuffle_buffer` samples per loader worker."""
+    from .shards import DEFAULT_SHUFFLE, ShardOrder, ShardSet
+
+    if isinstance(dataset, ShardSet):
+        copies = 3 if repeated_aug and world_size > 1 else 1
+        buffer = DEFAULT_SHUFFLE if shuffle_buffer is None else shuffle_buffer
+        return ShardOrder(dataset, seed, rank, world_size, copies, buffer)
     size = len(dataset)
     copies = range(size * repeat)  # the samplers below need only a length
     if repeated_aug and world_size > 1:

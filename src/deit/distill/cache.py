@@ -193,7 +193,7 @@ def _check(meta: dict, spec: dict, root: Path) -> None:
         if section == "attention" and ours is None:
             continue  # the maps are not needed
         if section == "views" and not layout_bound:  # else the batch layout does not change a view
-            ignore = ("batch_size", "world_size")
+            ignore = ("batch_size", "world_size", "stream")
             theirs = {k: v for k, v in (theirs or {}).items() if k not in ignore}
             ours = {k: v for k, v in ours.items() if k not in ignore}
         if theirs != ours:

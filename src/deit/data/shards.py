@@ -1,0 +1,782 @@
+"""WebDataset shards: writing a data set as tar shards (`deit shard`) and streaming them to training, evaluation
+and prediction through the webdataset library.
+
+A shard holds `{key}.{ext}` (the image file's own bytes: jpg, png, tif, ...) and `{key}.cls` (the class index as
+text) per sample. `index.json` beside the shards names the classes and, per split, each shard's sample count, so a
+run knows its epoch length before it reads a byte. A sample's id is its place in the split: the shards in the
+index's order, the samples in each shard's order.
+
+An epoch of training is exact across a job: the shards are put in an order drawn from (seed, epoch) and read as one
+sequence; process r of W takes the r-th contiguous block of steps x batch samples of it, and each of its loader
+workers a contiguous run of whole batches of that block (a block may start or end inside a shard: that shard is
+read by both, each keeping its own samples). Every sample is then seen once per epoch (the last world x batch - 1 at
+most left out, another tail each epoch, as `drop_last` does), every process runs the same number of steps, and the
+order is a function of (seed, epoch, processes, workers, batch, shuffle buffer): a resumed run repeats it. A
+worker's samples pass a shuffle buffer seeded from (seed, epoch, process, worker); each sample is augmented under a
+seed drawn from (seed, epoch, its id), as `sampling.py` does for positions, so a view does not depend on the order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import random
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+from ..failures import first_line
+from .datasets import collate_readable
+from .images import IMAGE_EXTENSIONS, read_image
+from .sampling import Batch, sample_seed, seeded
+
+log = logging.getLogger("deit")
+
+INDEX = "index.json"
+FORMAT, VERSION = "deit-shards", 1
+SPLITS = ("train", "val")
+IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*\.tar$")  # a plain file name beside the index: no folders, no ".."
+DEFAULT_SHUFFLE = 2000
+
+
+def is_pattern(path: str) -> bool:
+    """A brace pattern or a .tar file, rather than a folder with an index."""
+    return "{" in path or str(path).endswith(".tar")
+
+
+def parse_size(text: str) -> int:
+    """'256MB', '1.5GiB', '500k', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
+    if not match:
+        raise ValueError(f"shard size {text!r}: a number of bytes such as 256MB, 1GB or 500KiB")
+    number, unit, binary = match.groups()
+    size = float(number) * (1024 if binary else 1000) ** " kmgt".index(unit or " ")
+    if size < 1024:
+        raise ValueError(f"shard size {text!r} is under 1 KB: give e.g. 256MB")
+    return int(size)
+
+
+# -- the index ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    path: str
+    samples: int
+
+
+@dataclass
+class Split:
+    """A split stored as shards: its files in order, their sample counts, the class names, a digest of the labels."""
+
+    shards: list[ShardFile]
+    class_names: list[str]
+    labels_digest: str
+    where: str  # the index or pattern it came from, for messages
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+
+def labels_digest(labels: Iterable[int]) -> str:
+    return hashlib.sha256(json.dumps([int(t) for t in labels]).encode()).hexdigest()[:16]
+
+
+def read_index(folder: Path) -> dict:
+    """The index of a shard folder, checked: hostile or damaged values are a ValueError naming the file."""
+    path = folder / INDEX
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"no {INDEX} in {folder}: write shards with `deit shard SRC {folder}`, or give --data-path a pattern "
+            "such as 'shards/train-{000000..000009}.tar'"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a shard index ({first_line(e)}); write it again with deit shard") from None
+    bad = _index_problem(index)
+    if bad:
+        raise ValueError(f"{path}: {bad}; write it again with deit shard")
+    return index
+
+
+def _index_problem(index) -> str | None:
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        return f"not a {FORMAT} index"
+    if index.get("version") != VERSION:
+        return f"version {index.get('version')!r}, this deit reads version {VERSION}"
+    names = index.get("class_names")
+    if not (isinstance(names, list) and 2 <= len(names) <= 10**6 and all(isinstance(n, str) and n for n in names)):
+        return "class_names must be a list of at least two non-empty strings"
+    if len(set(names)) != len(names):
+        return "class_names repeat a name"
+    splits = index.get("splits")
+    if not isinstance(splits, dict) or not splits or any(s not in SPLITS for s in splits):
+        return f"splits must map {' and/or '.join(SPLITS)} to their shards"
+    for split, entry in splits.items():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        if not isinstance(shards, list) or not shards:
+            return f"split {split} lists no shards"
+        for shard in shards:
+            if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
+                return f"split {split}: a shard without a name"
+            if not SHARD_NAME.match(shard["name"]):
+                return f"split {split}: shard name {shard['name'][:60]!r} is not a plain .tar file name"
+            n = shard.get("samples")
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10**9:
+                return f"split {split}: shard {shard['name']} has samples={n!r}, not a count"
+        if entry.get("samples") != sum(s["samples"] for s in shards):
+            return f"split {split}: samples={entry.get('samples')!r} is not the sum of its shards' counts"
+        if not isinstance(entry.get("labels_digest"), str):
+            return f"split {split}: no labels_digest"
+    return None
+
+
+def open_split(path: str, split: str) -> Split:
+    """The shards of `split` in a folder with an index, or the shards a brace pattern (or one .tar) names: their
+    counts from the index beside them when it lists exactly those files, else counted from the files."""
+    from braceexpand import braceexpand
+
+    if not is_pattern(path):
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"shard folder not found: {folder}")
+        index = read_index(folder)
+        if split not in index["splits"]:
+            raise ValueError(
+                f"{folder / INDEX} has no {split} split (it has {', '.join(index['splits'])}): write it with "
+                f"`deit shard SRC {folder} --split {split}`"
+            )
+        return _from_index(folder, index, split)
+    files = [Path(p) for p in braceexpand(str(path))]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"shard {missing[0]} not found ({len(missing)} of the {len(files)} files of {path} missing)")
+    folder = files[0].parent
+    if all(f.parent == folder for f in files) and (folder / INDEX).exists():
+        index = read_index(folder)
+        names = [f.name for f in files]
+        for name, entry in index["splits"].items():
+            listed = {s["name"]: s["samples"] for s in entry["shards"]}
+            if [s["name"] for s in entry["shards"]] == names:
+                return _from_index(folder, index, name)
+            if all(n in listed for n in names):  # some shards of a split: their counts; the digest names them
+                digest = labels_digest([int(entry["labels_digest"], 16), *(listed[n] for n in names)])
+                digest = hashlib.sha256((digest + json.dumps(names)).encode()).hexdigest()[:16]
+                shards = [ShardFile(str(f), listed[f.name]) for f in files]
+                return Split(shards, list(index["class_names"]), digest, str(folder / INDEX))
+    log.info(f"no index lists the {len(files)} shards of {path}: counting their samples")
+    counts, labels = zip(*(count_samples(f) for f in files))
+    flat = [t for ts in labels for t in ts]
+    if not flat:
+        raise ValueError(f"the shards of {path} hold no samples")
+    bad = [t for t in flat if t < 0]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} samples have no readable .cls label; give shards with {{key}}.cls")
+    names = [str(i) for i in range(max(max(flat) + 1, 2))]
+    shards = [ShardFile(str(f), n) for f, n in zip(files, counts)]
+    return Split(shards, names, labels_digest(flat), str(path))
+
+
+def _from_index(folder: Path, index: dict, split: str) -> Split:
+    entry = index["splits"][split]
+    shards = [ShardFile(str(folder / s["name"]), s["samples"]) for s in entry["shards"] if s["samples"]]
+    missing = [s.path for s in shards if not os.path.isfile(s.path)]
+    if missing:
+        raise ValueError(
+            f"{folder / INDEX} lists {missing[0]}, which is missing ({len(missing)} of {len(shards)} shards): copy "
+            f"the shards beside the index, or write them again with deit shard"
+        )
+    return Split(shards, list(index["class_names"]), entry["labels_digest"], str(folder / INDEX))
+
+
+def sample_key(name: str) -> tuple[str, str] | None:
+    """A tar member's (sample key, extension), split as webdataset splits it: at the first dot of the file name."""
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def count_samples(path: Path) -> tuple[int, list[int]]:
+    """Samples in one shard and their labels (-1 where a sample has no readable .cls), from the tar's headers and
+    its .cls members only (the images are seeked over, not read)."""
+    labels: dict[str, int] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                parts = sample_key(member.name) if member.isreg() else None
+                if parts is None or parts[0].split("/")[-1].startswith("__"):
+                    continue
+                key, ext = parts
+                labels.setdefault(key, -1)
+                if ext == "cls":
+                    labels[key] = _label(tar.extractfile(member).read())
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable tar shard ({first_line(e)})") from None
+    return len(labels), list(labels.values())
+
+
+def _label(data: bytes) -> int:
+    try:
+        return int(data.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        return -1
+
+
+# -- reading: the epoch's plan -------------------------------------------------------------------------------------
+
+
+def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
+    """The order the shards are read in one epoch of training."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D]))
+    return rng.permutation(n_shards).tolist()
+
+
+def pieces(sizes: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(shard, first, end) runs covering samples [start, stop) of the sequence made by shards of `sizes`, in order;
+    `shard` is the place in `sizes`."""
+    out, offset = [], 0
+    for shard, size in enumerate(sizes):
+        lo, hi = max(start, offset), min(stop, offset + size)
+        if lo < hi:
+            out.append((shard, lo - offset, hi - offset))
+        offset += size
+    return out
+
+
+def train_steps(samples: int, world_size: int, batch_size: int) -> int:
+    return samples // (world_size * batch_size)
+
+
+def worker_span(count: int, worker: int, workers: int, unit: int = 1) -> tuple[int, int]:
+    """Worker `worker`'s contiguous share [a, b) of `count` items handed out in whole units (batches)."""
+    units = -(-count // unit)
+    a, b = units * worker // workers, units * (worker + 1) // workers
+    return min(a * unit, count), min(b * unit, count)
+
+
+def train_span(samples: int, rank: int, world_size: int, batch_size: int, worker: int, workers: int):
+    """Positions [a, b) of the epoch's (expanded) sequence that a training worker reads: whole batches only."""
+    steps = train_steps(samples, world_size, batch_size)
+    block = rank * steps * batch_size
+    a, b = worker_span(steps * batch_size, worker, workers, batch_size)
+    return block + a, block + b
+
+
+def eval_span(samples: int, rank: int, world_size: int, worker: int, workers: int) -> tuple[int, int]:
+    """Samples [a, b) a worker reads when every sample is read once (evaluation, a teacher cache)."""
+    lo, hi = samples * rank // world_size, samples * (rank + 1) // world_size
+    a, b = worker_span(hi - lo, worker, workers)
+    return lo + a, lo + b
+
+
+# -- reading: the streams ----------------------------------------------------------------------------------------
+
+
+class ShardSet:
+    """A split of shards as a data set: `len` samples, a `.transform` set by the run (as on the other data sets),
+    and the epoch its streams read (shared with persistent loader workers)."""
+
+    def __init__(self, split: Split, *, grayscale: bool, intensity: str = "minmax"):
+        self.split, self.mode, self.intensity = split, "L" if grayscale else "RGB", intensity
+        self.class_names = split.class_names
+        self.transform: Callable | None = None
+        self._epoch = multiprocessing.get_context().Value("q", 0, lock=False)
+        self._offsets = np.cumsum([0] + [s.samples for s in split.shards]).tolist()
+
+    def __len__(self) -> int:
+        return self.split.samples
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    def read(self, shard: int, first: int, end: int) -> Iterator[tuple[int, dict | None]]:
+        """(id, webdataset sample) for samples [first, end) of a shard; (id, None) for each sample the shard lacks
+        (a damaged or short file is named in a warning, and the stream keeps its length)."""
+        import webdataset as wds
+
+        path = self.split.shards[shard].path
+        errors: list[str] = []
+
+        def keep_going(error: Exception) -> bool:
+            errors.append(first_line(error))
+            return False  # a damaged tar: stop reading it, the samples it lacks are counted below
+
+        stream = wds.tarfile_to_samples(handler=keep_going)(iter([{"url": path}]))
+        got = 0
+        for got, sample in enumerate(itertools.islice(stream, first, end), start=1):
+            yield self._offsets[shard] + first + got - 1, sample
+        if got < end - first:
+            why = f": {errors[0]}" if errors else ""
+            log.warning(
+                f"{path} ended after {first + got} samples, the index says {self.split.shards[shard].samples}{why}"
+            )
+            for k in range(first + got, end):
+                yield self._offsets[shard] + k, None
+
+    def sequence(self, order: list[int], start: int, stop: int) -> Iterator[tuple[int, dict | None]]:
+        """Samples [start, stop) of the shards read in `order`."""
+        sizes = [self.split.shards[i].samples for i in order]
+        for place, first, end in pieces(sizes, start, stop):
+            yield from self.read(order[place], first, end)
+
+    def decode(self, sample: dict | None, sample_id: int) -> tuple[Image.Image, int]:
+        """The image and class of a sample; ValueError naming it when either is missing or unreadable."""
+        if sample is None:
+            raise ValueError(f"sample {sample_id}: missing from its shard")
+        name = f"{sample.get('__url__', '?')}:{sample.get('__key__', sample_id)}"
+        ext = next((k for k in IMAGE_KEYS if k in sample), None)
+        if ext is None:
+            raise ValueError(f"{name}: no image ({', '.join(sorted(k for k in sample if not k.startswith('_')))})")
+        target = _label(sample.get("cls", b""))
+        if not 0 <= target < len(self.class_names):
+            raise ValueError(f"{name}: class {sample.get('cls', b'')[:20]!r} is not one of the {len(self.class_names)}")
+        return read_image(io.BytesIO(sample[ext]), self.mode, self.intensity, name=f"{name}.{ext}"), target
+
+
+@dataclass
+class ShardOrder:
+    """A training run's order over shards, in the place of a sampler: `set_epoch` moves every stream of the set."""
+
+    shards: ShardSet
+    seed: int
+    rank: int
+    world_size: int
+    copies: int = 1
+    shuffle: int = DEFAULT_SHUFFLE
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shards.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+
+def val_source(data_path: str) -> str:
+    """Where the validation shards of a run training from `data_path` are: the val split of the index in the folder
+    (the pattern's folder, for a pattern)."""
+    from braceexpand import braceexpand
+
+    if not is_pattern(data_path):
+        return data_path
+    folder = Path(next(iter(braceexpand(data_path)))).parent
+    if (folder / INDEX).exists() and "val" in read_index(folder)["splits"]:
+        return str(folder)
+    raise ValueError(
+        f"--data-path {data_path} names training shards and {folder} holds no index with a val split: give the "
+        "validation shards with --val-path (a pattern, or a folder with an index)"
+    )
+
+
+class TrainStream(IterableDataset):
+    """One process's training batches (`Batch`es) of an epoch of shards; see the module's docstring.
+
+    `copies` > 1 is repeated augmentation: each sample read is used `copies` times in a row (before the shuffle
+    buffer), each copy a view of its own (position copy x samples + id), and the epoch keeps its length.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        workers: int,
+        copies: int = 1,
+        shuffle: int = DEFAULT_SHUFFLE,
+    ):
+        self.shards, self.seed, self.rank, self.world_size = shards, seed, rank, world_size
+        self.batch_size, self.workers, self.copies, self.shuffle = batch_size, max(workers, 1), copies, shuffle
+
+    def __len__(self) -> int:
+        return train_steps(len(self.shards), self.world_size, self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        import webdataset as wds
+
+        worker = _worker(self.workers)
+        epoch, n = self.shards.epoch, len(self.shards)
+        a, b = train_span(n, self.rank, self.world_size, self.batch_size, worker, self.workers)
+        order = shard_order(len(self.shards.split.shards), self.seed, epoch)
+        c = self.copies
+        read = self.shards.sequence(order, a // c, (b - 1) // c + 1 if b > a else a // c)
+        views = (
+            (k * n + sample_id, sample_id, sample)
+            for d, (sample_id, sample) in enumerate(read, start=a // c)
+            for k in range(c)
+            if a <= d * c + k < b
+        )
+        if self.shuffle > 1:
+            buffer_seed = int(
+                np.random.SeedSequence([self.seed, epoch, self.rank, worker, 0x5B0F]).generate_state(1)[0]
+            )
+            views = wds.shuffle(self.shuffle, self.shuffle, rng=random.Random(buffer_seed))(views)
+        batch = []
+        for item in _substituted(self.shards, views, self.seed, epoch):
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield Batch(*default_collate(batch))
+                batch = []
+
+
+def _substituted(shards: ShardSet, views, seed: int, epoch: int):
+    """(view, target, skipped, position, id) per view: an unreadable sample is named once and replaced by the last
+    readable one (by the next, before the first), augmented under its own seed, so the stream keeps its length."""
+    last = None
+    waiting = []
+    for position, sample_id, sample in views:
+        try:
+            image, target = shards.decode(sample, sample_id)
+            skipped = 0
+            last = image, target
+        except ValueError as e:
+            if sample is not None:  # a sample the shard lacks was reported with the shard
+                log.warning(f"skipping unreadable sample {e}")
+            if last is None:
+                waiting.append((position, sample_id))
+                continue
+            (image, target), skipped = last, 1
+        for held_position, held_id in waiting:
+            yield _view(shards, image, target, 1, held_position, held_id, seed, epoch)
+        waiting = []
+        yield _view(shards, image, target, skipped, position, sample_id, seed, epoch)
+    if waiting:
+        raise ValueError(f"none of {len(waiting)} samples of {shards.split.where} could be read")
+
+
+def _view(shards: ShardSet, image, target, skipped, position, sample_id, seed, epoch):
+    with seeded(sample_seed(seed, epoch, position)):
+        view = shards.transform(image) if shards.transform else image
+    return view, target, skipped, position, sample_id
+
+
+class CacheStream(IterableDataset):
+    """Every training view of an epoch once, in the index's order (`Batch`es, the last of each worker partial): the
+    teacher's pass for a cache. Views are seeded by id, so they are the training stream's views in any layout."""
+
+    def __init__(self, shards: ShardSet, *, seed: int, rank: int, world_size: int, batch_size: int, workers: int):
+        self.shards, self.seed, self.rank, self.world_size = shards, seed, rank, world_size
+        self.batch_size, self.workers = batch_size, max(workers, 1)
+
+    def __len__(self) -> int:
+        return _eval_batches(len(self.shards), self.rank, self.world_size, self.workers, self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker = _worker(self.workers)
+        a, b = eval_span(len(self.shards), self.rank, self.world_size, worker, self.workers)
+        order = list(range(len(self.shards.split.shards)))
+        views = ((sample_id, sample_id, sample) for sample_id, sample in self.shards.sequence(order, a, b))
+        items = _substituted(self.shards, views, self.seed, self.shards.epoch)
+        for chunk in _chunks(items, self.batch_size):
+            yield Batch(*default_collate(chunk))
+
+
+class EvalStream(IterableDataset):
+    """This process's share of a split for evaluation: (images, targets, unreadable) batches as `collate_readable`
+    makes them; an unreadable sample is left out and counted, never replaced."""
+
+    def __init__(self, shards: ShardSet, *, rank: int, world_size: int, batch_size: int, workers: int):
+        self.shards, self.rank, self.world_size = shards, rank, world_size
+        self.batch_size, self.workers = batch_size, max(workers, 1)
+
+    def __len__(self) -> int:
+        return _eval_batches(len(self.shards), self.rank, self.world_size, self.workers, self.batch_size)
+
+    def __iter__(self):
+        worker = _worker(self.workers)
+        a, b = eval_span(len(self.shards), self.rank, self.world_size, worker, self.workers)
+        order = list(range(len(self.shards.split.shards)))
+        for chunk in _chunks(self.shards.sequence(order, a, b), self.batch_size):
+            yield collate_readable([self._item(sample_id, sample) for sample_id, sample in chunk])
+
+    def _item(self, sample_id: int, sample: dict | None):
+        try:
+            image, target = self.shards.decode(sample, sample_id)
+        except ValueError as e:
+            if sample is not None:
+                log.warning(f"leaving out unreadable sample {e}")
+            return None, -1, 1
+        return (self.shards.transform(image) if self.shards.transform else image), target, 0
+
+
+def _eval_batches(samples: int, rank: int, world_size: int, workers: int, batch_size: int) -> int:
+    spans = (eval_span(samples, rank, world_size, w, workers) for w in range(workers))
+    return sum(-(-(b - a) // batch_size) for a, b in spans)
+
+
+def _worker(workers: int) -> int:
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return 0
+    if info.num_workers != workers:
+        raise RuntimeError(f"a shard stream built for {workers} loader workers runs under {info.num_workers}")
+    return info.id
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def loader(stream: IterableDataset, options: dict) -> DataLoader:
+    """A DataLoader over a stream that batches itself (its `len` is its batch count)."""
+    options = {**options, "num_workers": stream.workers if options.get("num_workers") else 0}
+    if not options["num_workers"]:
+        options["persistent_workers"] = False
+    return DataLoader(stream, batch_size=None, **options)
+
+
+def samples_of(paths: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(name, image bytes) of every sample of the shards at `paths` (patterns expanded), for `deit predict`; a
+    sample without an image gives empty bytes (reported unreadable)."""
+    import webdataset as wds
+    from braceexpand import braceexpand
+
+    for pattern in paths:
+        for path in braceexpand(pattern):
+            if not os.path.isfile(path):
+                raise ValueError(f"no such shard: {path}")
+            errors: list[str] = []
+
+            def stop(error: Exception, errors=errors) -> bool:
+                errors.append(first_line(error))
+                return False
+
+            for sample in wds.tarfile_to_samples(handler=stop)(iter([{"url": path}])):
+                ext = next((k for k in IMAGE_KEYS if k in sample), None)
+                name = f"{path}:{sample['__key__']}"
+                yield (f"{name}.{ext}", sample[ext]) if ext else (name, b"")
+            if errors:
+                raise ValueError(f"{path} is a damaged tar shard ({errors[0]})")
+
+
+def count_in(paths: list[str]) -> int:
+    """Samples in the shards at `paths`: from the index beside them when it lists them, else counted."""
+    return sum(open_split(p, "val").samples for p in paths)
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One image to write: its name (for keys and messages), class, size in bytes, extension, and its bytes."""
+
+    name: str
+    target: int
+    size: int
+    ext: str
+    load: Callable[[], bytes]
+
+
+def items_of(dataset) -> list[Item]:
+    """The images of a built data set as they will be written: a folder's files as they are, in-memory images
+    (the digits, Fashion-MNIST, CIFAR) as PNG."""
+    if hasattr(dataset, "samples"):  # an ImageFolder: the files' own bytes
+        return [
+            Item(path, target, os.path.getsize(path), Path(path).suffix.lower().lstrip("."), Path(path).read_bytes)
+            for path, target in dataset.samples
+        ]
+    items = []
+    mode = "L" if dataset.images.ndim == 3 else "RGB"
+    for i, (image, target) in enumerate(zip(dataset.images, dataset.targets)):
+        buffer = io.BytesIO()
+        Image.fromarray(image, mode).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        items.append(Item(f"{i:06d}", int(target), len(data), "png", lambda data=data: data))
+    return items
+
+
+def tar_bytes(size: int) -> int:
+    """What a sample of `size` image bytes takes in a tar: a header and the padded data per member, and the .cls."""
+    return 512 + -(-size // 512) * 512 + 1024
+
+
+def plan_shards(items: list[Item], shard_size: int, seed: int) -> list[list[int]]:
+    """The items of each shard: all items shuffled by `seed`, then cut into shards of at most `shard_size` bytes
+    (a larger image gets a shard of its own)."""
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x5A2D])).permutation(len(items)).tolist()
+    shards, current, used = [], [], 1024  # a tar ends with two zero blocks
+    for i in order:
+        cost = tar_bytes(items[i].size)
+        if current and used + cost > shard_size:
+            shards.append(current)
+            current, used = [], 1024
+        current.append(i)
+        used += cost
+    if current:
+        shards.append(current)
+    return shards
+
+
+def write_split(
+    items: list[Item],
+    class_names: list[str],
+    out: Path,
+    split: str,
+    *,
+    shard_size: int,
+    seed: int = 0,
+    source: str = "",
+    show_progress: bool = False,
+) -> dict:
+    """Write `items` as shards `{split}-NNNNNN.tar` in `out` and record them in its index; returns the split's entry.
+
+    Resumable: the plan (which item goes where) follows from the items, the seed and the size; finished shards are
+    recorded in `.{split}-progress.json` and kept when the same plan is written again. Files that are not readable
+    images are left out, each named in a warning.
+    """
+    import webdataset as wds
+
+    from ..files import FolderLock, atomic_write, write_text
+    from ..progress import progress
+
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_shards(items, shard_size, seed)
+    digest = hashlib.sha256(
+        json.dumps([seed, shard_size, split, [(i.name, i.size, i.target) for i in items]]).encode()
+    ).hexdigest()[:16]
+    state_path = out / f".{split}-progress.json"
+    owns = (f"{split}-*.tar", INDEX, state_path.name)
+    with FolderLock(out, "deit shard", owns):
+        existing = _existing_index(out)
+        if existing and existing["class_names"] != class_names:
+            raise ValueError(
+                f"{out / INDEX} holds shards of classes {existing['class_names'][:3]}..., these are "
+                f"{class_names[:3]}...: write them to another folder"
+            )
+        state = _progress(state_path)
+        if state.get("plan") != digest:
+            stale = sorted(out.glob(f"{split}-*.tar"))
+            if stale:
+                raise ValueError(
+                    f"{out} holds {split} shards written from another source or with other settings (seed, shard "
+                    f"size): give another folder, or remove its {split}-*.tar to write them again"
+                )
+            state = {"plan": digest, "done": {}}
+        names = [f"{split}-{k:06d}.tar" for k in range(len(plan))]
+        bar, task = progress(f"shard {split}", len(items), show_progress)
+        left_out = 0
+        with bar:
+            for k, (name, members) in enumerate(zip(names, plan)):
+                done = state["done"].get(name)
+                if done and (out / name).is_file() and (out / name).stat().st_size == done["bytes"]:
+                    bar.advance(task, len(members))
+                    continue
+                labels: list[int] = []
+
+                def write(tmp: Path, members=members, labels=labels, k=k) -> None:
+                    with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
+                        for j, i in enumerate(members):
+                            item = items[i]
+                            data = _checked(item)
+                            bar.advance(task)
+                            if data is None:
+                                continue
+                            key = f"{k:06d}{j:06d}_{_key_part(item.name)}"
+                            tar.write({"__key__": key, item.ext: data, "cls": str(item.target).encode()})
+                            labels.append(item.target)
+
+                atomic_write(out / name, write)
+                left_out += len(members) - len(labels)
+                state["done"][name] = {"samples": len(labels), "bytes": (out / name).stat().st_size, "labels": labels}
+                write_text(state_path, json.dumps(state))
+        done = [state["done"][name] for name in names]
+        entry = {
+            "shards": [{"name": n, "samples": d["samples"], "bytes": d["bytes"]} for n, d in zip(names, done)],
+            "samples": sum(d["samples"] for d in done),
+            "class_counts": np.bincount([t for d in done for t in d["labels"]], minlength=len(class_names)).tolist(),
+            "labels_digest": labels_digest(t for d in done for t in d["labels"]),
+            "seed": seed,
+            "shard_size": shard_size,
+            "source": source,
+        }
+        index = existing or {"format": FORMAT, "version": VERSION, "class_names": class_names, "splits": {}}
+        index["splits"][split] = entry
+        write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
+        for stale in sorted(out.glob(f"{split}-*.tar")):
+            if stale.name not in names:
+                stale.unlink()
+    entry["left_out"] = left_out
+    return entry
+
+
+def _checked(item: Item) -> bytes | None:
+    """The item's bytes if they open as an image (the header only: nothing is decoded), else None and a warning."""
+    try:
+        data = item.load()
+        with Image.open(io.BytesIO(data)):
+            pass
+        return data
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        log.warning(f"leaving out {item.name}: not a readable image ({first_line(e)})")
+        return None
+
+
+def _key_part(name: str) -> str:
+    """A source file's stem as a key may hold it: webdataset cuts keys at the first dot."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:48] or "x"
+
+
+def _existing_index(out: Path) -> dict | None:
+    return read_index(out) if (out / INDEX).exists() else None
+
+
+def _progress(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) and isinstance(state.get("done"), dict) else {}
+
+
+def sources(src: str, split: str | None, data_path: str | None = None) -> list[tuple[str, list[Item], list[str]]]:
+    """(split, items, class names) to write for `deit shard SRC`: a built-in data set's splits, a folder's train/
+    and val/ class folders, or a folder of class folders (one split, `split` or train)."""
+    from .datasets import BUILTINS, ImageFolderDataset, _class_folders, build_dataset, canonical_name
+
+    wanted = [split] if split else list(SPLITS)
+    if src.lower() in BUILTINS or src.lower() in ("fashion_mnist", "cifar"):
+        name = canonical_name(src)
+        out = []
+        for s in wanted:
+            dataset, info = build_dataset(name, data_path, s == "train")
+            out.append((s, items_of(dataset), list(info.class_names)))
+        return out
+    root = Path(src)
+    if not root.is_dir():
+        raise ValueError(f"{src} is neither a folder nor a built-in data set ({', '.join(BUILTINS)})")
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if not present:  # the class folders themselves
+        dataset = ImageFolderDataset(root, grayscale=False)
+        return [(split or "train", items_of(dataset), dataset.classes)]
+    if split and split not in present:
+        raise ValueError(f"{root} has no {split}/ folder (it has {', '.join(p + '/' for p in present)})")
+    classes = _class_folders(root / present[0]) if "train" not in present else _class_folders(root / "train")
+    out = []
+    for s in [p for p in present if p in wanted]:
+        dataset = ImageFolderDataset(root / s, grayscale=False, classes=classes)
+        out.append((s, items_of(dataset), classes))
+    return out
