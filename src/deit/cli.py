@@ -220,9 +220,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
-
     import itertools
+    import json
 
     from .data.images import image_files
     from .data.shards import count_in, is_pattern, samples_of
@@ -502,11 +501,12 @@ def _add_shard(sub) -> None:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from .data.shards import parse_size, sources, write_split
+    from .data.datasets import shard_sources
+    from .data.shards import parse_size, write_split
 
     size = parse_size(args.shard_size)
     out = Path(args.out)
-    for split, items, names in sources(args.src, args.split, args.data_path):
+    for split, items, names in shard_sources(args.src, args.split, args.data_path):
         entry = write_split(
             items,
             names,

@@ -211,7 +211,7 @@ class DataConfig:
                 ("shuffle_buffer", 0 <= c.shuffle_buffer <= 10**7, "must be between 0 (no shuffle) and 10,000,000"),
                 (
                     "val_path",
-                    c.val_path is None or known(c.data_set) and canonical_name(c.data_set) == "wds",
+                    c.val_path is None or (known(c.data_set) and canonical_name(c.data_set) == "wds"),
                     "is read with --data-set wds only",
                 ),
                 (

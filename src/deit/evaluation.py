@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import build_dataset, canonical_name
-from .data.datasets import collate_readable
 from .data.preprocess import preprocessing
+from .data.sampling import collate_readable
 from .data.shards import EvalStream, ShardSet
 from .data.shards import loader as shard_loader
 from .engine import top5_hits

@@ -22,8 +22,17 @@ from . import distributed
 from .checkpoint import RunFolder, resume_path, resume_training, training_state, what_is_kept
 from .config import TrainConfig
 from .data import DataInfo, build_dataset, canonical_name, dataset_defaults
-from .data.loaders import cache_loader, eval_loader, loader_options, train_loader, training_views, worker_count
-from .data.sampling import Batch, SeededSampler, batch_seed, process_seed, seed_everything, train_sampler
+from .data.loaders import (
+    cache_loader,
+    eval_loader,
+    loader_options,
+    train_loader,
+    training_order,
+    training_views,
+    worker_count,
+)
+from .data.sampling import Batch, SeededSampler, batch_seed, process_seed, seed_everything
+from .data.shards import ShardOrder
 from .data.transforms import mixup_cutmix
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_blocks
@@ -52,7 +61,7 @@ class Pieces:
     info: DataInfo
     model: nn.Module
     img_size: int
-    sampler: SeededSampler
+    sampler: SeededSampler | ShardOrder
     train_loader: Iterable[Batch]
     val_loader: Iterable
     views: Views
@@ -197,7 +206,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
 
     norm = dict(mean=info.mean, std=info.std)
     augment = training_views(train_set, aug.recipe(), img_size=img_size, batch_aug=aug.batch_aug, **norm)
-    sampler = train_sampler(
+    sampler = training_order(
         train_set,
         seed=cfg.run.seed,
         rank=env.rank,

@@ -4,6 +4,9 @@ loader worker streams in an epoch."""
 import collections
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -18,8 +21,7 @@ from PIL import Image
 import deit.data.shards as shards_module
 from deit.cli import main
 from deit.data import build_dataset
-from deit.data.loaders import cache_loader, eval_loader, loader_options, train_loader
-from deit.data.sampling import train_sampler
+from deit.data.loaders import cache_loader, eval_loader, loader_options, train_loader, training_order
 from deit.data.shards import (
     INDEX,
     ShardSet,
@@ -236,7 +238,7 @@ def make_shards(tmp_path: Path, sizes: list[int]) -> str:
     for k, size in enumerate(sizes):
         name = f"train-{k:06d}.tar"
         with wds.TarWriter(str(out / name), encoder=False) as tar:
-            for j in range(size):
+            for _ in range(size):
                 buffer = io.BytesIO()
                 Image.fromarray(np.full((4, 4), ident % 256, np.uint8)).save(buffer, format="PNG")
                 tar.write({"__key__": f"s{ident:05d}", "png": buffer.getvalue(), "cls": str(ident % 3).encode()})
@@ -259,7 +261,7 @@ def epoch_ids(folder: str, *, world: int, workers: int, batch: int, epoch: int, 
     for rank in range(world):
         shards, _ = build_dataset("wds", folder, True, grayscale=True)
         shards.transform = as_tensor
-        sampler = train_sampler(
+        sampler = training_order(
             shards, seed=5, rank=rank, world_size=world, repeated_aug=repeated_aug, shuffle_buffer=shuffle
         )
         sampler.set_epoch(epoch)
@@ -340,12 +342,12 @@ def test_cache_stream_covers_every_sample_with_the_training_views(tmp_path):
     shards.transform = train_transform(4, mean=(0.5,), std=(0.5,), recipe=Recipe(crop_scale=0.3, hflip=0.5))
     views = {}
     for rank in range(2):
-        sampler = train_sampler(shards, seed=5, rank=rank, world_size=2, repeated_aug=False)
+        sampler = training_order(shards, seed=5, rank=rank, world_size=2, repeated_aug=False)
         sampler.set_epoch(3)
         options = loader_options(2, pin_memory=False)
         for b in train_loader(shards, sampler, batch_size=9, batch_aug=False, options=options):
             views.update({int(p): img for p, img in zip(b.positions, b.images)})
-    sampler = train_sampler(shards, seed=5, rank=0, world_size=1, repeated_aug=False)
+    sampler = training_order(shards, seed=5, rank=0, world_size=1, repeated_aug=False)
     sampler.set_epoch(3)
     cached = {}
     for b in cache_loader(shards, sampler, batch_size=9, options=loader_options(0, pin_memory=False)):
@@ -375,3 +377,40 @@ def test_wds_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="needs --data-path"):
         build_dataset("wds", None, True)
     assert isinstance(build_dataset("wds", folder, True)[0], ShardSet)
+
+
+def test_two_gloo_processes_with_two_workers_each_see_every_sample_once(tmp_path):
+    """The acceptance check: 2 processes (torch.distributed.run, gloo) x 2 loader workers over 5 shards of uneven
+    size; the ids of every step are logged by each process (tests/data/shard_ranks.py)."""
+    sizes = [17, 3, 26, 9, 17]  # 72 samples = 2 processes x 6 steps x batch 6
+    folder = make_shards(tmp_path, sizes)
+    out = tmp_path / "ids"
+    out.mkdir()
+    script = Path(__file__).with_name("shard_ranks.py")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29531",
+            str(script),
+            folder,
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in range(2)]
+    orders = []
+    for epoch in range(2):
+        steps = [ranks[r][epoch]["steps"] for r in range(2)]
+        assert len(steps[0]) == len(steps[1]) == ranks[0][epoch]["declared"] == 6  # in step, as declared
+        ids = [i for r in steps for step in r for i in step]
+        assert sorted(ids) == list(range(72)), collections.Counter(ids).most_common(3)  # each sample once
+        assert all(ranks[r][epoch]["pixels_match"] for r in range(2))
+        orders.append(steps)
+    assert orders[0] != orders[1]  # each epoch its own order

@@ -4,7 +4,7 @@ local files.
 Every data set yields (image, target, skipped). In a training split, `skipped` counts the unreadable files passed
 over to produce this sample (always 0 but for folders), so a training loop can report them without stopping. An
 evaluation split never stands one image in for another: an unreadable file yields (None, target, 1), which
-`collate_readable` leaves out of its batch and counts.
+`sampling.collate_readable` leaves out of its batch and counts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from .images import IMAGE_EXTENSIONS, read_image, walk_files
 
@@ -192,17 +192,6 @@ class ImageFolderDataset(Dataset):
                 continue
             return (self.transform(image) if self.transform else image), target, skipped
         raise ValueError(f"no image under {self.samples[0][0]}'s folder tree could be read")
-
-
-def collate_readable(samples: list[tuple]) -> tuple:
-    """Batch an evaluation split's samples, leaving out unreadable files: (images, targets, unreadable count);
-    images and targets are None when none of the batch could be read."""
-    readable = [(image, target) for image, target, *_ in samples if image is not None]
-    unreadable = torch.tensor(len(samples) - len(readable))
-    if not readable:
-        return None, None, unreadable
-    images, targets = default_collate(readable)
-    return images, targets, unreadable
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -451,3 +440,33 @@ def first_per_class(targets: list[int], k: int) -> list[int]:
             seen[target] = seen.get(target, 0) + 1
             keep.append(index)
     return keep
+
+
+def shard_sources(src: str, split: str | None, data_path: str | None = None) -> list[tuple[str, list, list[str]]]:
+    """(split, `shards.Item`s, class names) to write for `deit shard SRC`: a built-in data set's splits, a
+    folder's train/ and val/ class folders, or a folder of class folders (one split, `split` or train)."""
+    from .shards import SPLITS, items_of
+
+    wanted = [split] if split else list(SPLITS)
+    if src.lower() in BUILTINS or src.lower() in ("fashion_mnist", "cifar"):
+        name = canonical_name(src)
+        out = []
+        for s in wanted:
+            dataset, info = build_dataset(name, data_path, s == "train")
+            out.append((s, items_of(dataset), list(info.class_names)))
+        return out
+    root = Path(src)
+    if not root.is_dir():
+        raise ValueError(f"{src} is neither a folder nor a built-in data set ({', '.join(BUILTINS)})")
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if not present:  # the class folders themselves
+        dataset = ImageFolderDataset(root, grayscale=False)
+        return [(split or "train", items_of(dataset), dataset.classes)]
+    if split and split not in present:
+        raise ValueError(f"{root} has no {split}/ folder (it has {', '.join(p + '/' for p in present)})")
+    classes = _class_folders(root / present[0]) if "train" not in present else _class_folders(root / "train")
+    out = []
+    for s in [p for p in present if p in wanted]:
+        dataset = ImageFolderDataset(root / s, grayscale=False, classes=classes)
+        out.append((s, items_of(dataset), classes))
+    return out

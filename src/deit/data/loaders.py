@@ -5,19 +5,32 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..failures import loader_worker_init
 from .batch_aug import BatchAugment
-from .datasets import ArrayDataset, collate_readable
-from .shards import CacheStream, EvalStream, ShardOrder, ShardSet, TrainStream, loader
-from .sampling import EvalBatches, SeededDataset, SeededSampler, ShardSampler, TensorBatches, collate_batch
+from .datasets import ArrayDataset
+from .sampling import (
+    EvalBatches,
+    SeededDataset,
+    SeededSampler,
+    ShardSampler,
+    TensorBatches,
+    collate_batch,
+    collate_readable,
+    train_sampler,
+)
+from .shards import DEFAULT_SHUFFLE, CacheStream, EvalStream, ShardOrder, ShardSet, TrainStream, loader
 from .transforms import Recipe, crop_transform, eval_transform, train_transform
 
 
 def loader_options(num_workers: int, pin_memory: bool) -> dict:
-    """DataLoader settings shared by a run's loaders."""
+    """DataLoader settings shared by a run's loaders. Their own generator: a DataLoader draws its workers' base seed
+    from it whenever it starts an iterator, which a persistent loader does in the first epoch a process runs only;
+    drawn from the global one, a resumed run's drop path and Mixup would be shifted from the uninterrupted run's."""
     return dict(
+        generator=torch.Generator(),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
@@ -54,6 +67,27 @@ def training_views(
     train_set.transform = crop_transform(img_size, recipe)
     rest = replace(recipe, crop_scale=1.0, hflip=0.0)
     return BatchAugment(img_size, mean=mean, std=std, recipe=rest, ratio=(1.0, 1.0))
+
+
+def training_order(
+    train_set: Dataset,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    repeated_aug: bool,
+    repeat: int = 1,
+    shuffle_buffer: int | None = None,
+) -> SeededSampler | ShardOrder:
+    """Which training samples a process sees in each epoch: a `SeededSampler` (`sampling.train_sampler`), or for
+    shards their `ShardOrder`, shuffled through a buffer of `shuffle_buffer` samples per loader worker."""
+    if isinstance(train_set, ShardSet):
+        copies = 3 if repeated_aug and world_size > 1 else 1
+        buffer = DEFAULT_SHUFFLE if shuffle_buffer is None else shuffle_buffer
+        return ShardOrder(train_set, seed, rank, world_size, copies, buffer)
+    return train_sampler(
+        train_set, seed=seed, rank=rank, world_size=world_size, repeated_aug=repeated_aug, repeat=repeat
+    )
 
 
 def train_loader(

@@ -81,6 +81,17 @@ def seeded(seed: int):
         torch.random.set_rng_state(states[2])
 
 
+def collate_readable(samples: list[tuple]) -> tuple:
+    """Batch an evaluation split's samples, leaving out unreadable files: (images, targets, unreadable count);
+    images and targets are None when none of the batch could be read."""
+    readable = [(image, target) for image, target, *_ in samples if image is not None]
+    unreadable = torch.tensor(len(samples) - len(readable))
+    if not readable:
+        return None, None, unreadable
+    images, targets = default_collate(readable)
+    return images, targets, unreadable
+
+
 class SeededSampler(Sampler):
     """Yields (index, seed, position) keys: the inner sampler's indices, their global position and its seed.
 
@@ -192,26 +203,12 @@ class ShardSampler(Sampler):
 
 
 def train_sampler(
-    dataset: Dataset,
-    *,
-    seed: int,
-    rank: int,
-    world_size: int,
-    repeated_aug: bool,
-    repeat: int = 1,
-    shuffle_buffer: int | None = None,
-):
+    dataset: Dataset, *, seed: int, rank: int, world_size: int, repeated_aug: bool, repeat: int = 1
+) -> SeededSampler:
     """Shuffled order from (seed, epoch), split over processes; repeated augmentation (3 copies) under DDP.
 
     `repeat` R: an epoch passes over the data set R times, shuffled as one set of R copies of each image (each copy
-    in a view of its own: its position in the epoch seeds it). Shards (`shards.ShardSet`) get their `ShardOrder`,
-    shuffled through a buffer of `shuffle_buffer` samples per loader worker."""
-    from .shards import DEFAULT_SHUFFLE, ShardOrder, ShardSet
-
-    if isinstance(dataset, ShardSet):
-        copies = 3 if repeated_aug and world_size > 1 else 1
-        buffer = DEFAULT_SHUFFLE if shuffle_buffer is None else shuffle_buffer
-        return ShardOrder(dataset, seed, rank, world_size, copies, buffer)
+    in a view of its own: its position in the epoch seeds it)."""
     size = len(dataset)
     copies = range(size * repeat)  # the samplers below need only a length
     if repeated_aug and world_size > 1:

@@ -38,9 +38,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from ..failures import first_line
-from .datasets import collate_readable
 from .images import IMAGE_EXTENSIONS, read_image
-from .sampling import Batch, sample_seed, seeded
+from .sampling import Batch, collate_readable, sample_seed, seeded
 
 log = logging.getLogger("deit")
 
@@ -750,33 +749,3 @@ def _progress(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) and isinstance(state.get("done"), dict) else {}
-
-
-def sources(src: str, split: str | None, data_path: str | None = None) -> list[tuple[str, list[Item], list[str]]]:
-    """(split, items, class names) to write for `deit shard SRC`: a built-in data set's splits, a folder's train/
-    and val/ class folders, or a folder of class folders (one split, `split` or train)."""
-    from .datasets import BUILTINS, ImageFolderDataset, _class_folders, build_dataset, canonical_name
-
-    wanted = [split] if split else list(SPLITS)
-    if src.lower() in BUILTINS or src.lower() in ("fashion_mnist", "cifar"):
-        name = canonical_name(src)
-        out = []
-        for s in wanted:
-            dataset, info = build_dataset(name, data_path, s == "train")
-            out.append((s, items_of(dataset), list(info.class_names)))
-        return out
-    root = Path(src)
-    if not root.is_dir():
-        raise ValueError(f"{src} is neither a folder nor a built-in data set ({', '.join(BUILTINS)})")
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    if not present:  # the class folders themselves
-        dataset = ImageFolderDataset(root, grayscale=False)
-        return [(split or "train", items_of(dataset), dataset.classes)]
-    if split and split not in present:
-        raise ValueError(f"{root} has no {split}/ folder (it has {', '.join(p + '/' for p in present)})")
-    classes = _class_folders(root / present[0]) if "train" not in present else _class_folders(root / "train")
-    out = []
-    for s in [p for p in present if p in wanted]:
-        dataset = ImageFolderDataset(root / s, grayscale=False, classes=classes)
-        out.append((s, items_of(dataset), classes))
-    return out
