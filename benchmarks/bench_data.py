@@ -37,7 +37,7 @@ def write_folder(root: Path, count: int) -> None:
         (folder / f"{i:06d}.jpg").write_bytes(blob)
 
 
-def loader_of(data_set: str, path: Path, *, batch_size: int, num_workers: int, batch_aug: bool):
+def loader_of(data_set: str, path: Path, *, batch_size: int, num_workers: int, batch_aug: bool, shuffle_buffer: int):
     """`deit train`'s training loader and sampler for the data at `path`."""
     from deit.data import build_dataset
     from deit.data.loaders import loader_options, train_loader, training_order, training_views
@@ -46,7 +46,7 @@ def loader_of(data_set: str, path: Path, *, batch_size: int, num_workers: int, b
     dataset, info = build_dataset(data_set, str(path), True)
     recipe = Recipe()  # the DeiT recipe's per-image part (timm's defaults as the paper's Table 9 sets them)
     training_views(dataset, recipe, img_size=224, mean=info.mean, std=info.std, batch_aug=batch_aug)
-    sampler = training_order(dataset, seed=0, rank=0, world_size=1, repeated_aug=False)
+    sampler = training_order(dataset, seed=0, rank=0, world_size=1, repeated_aug=False, shuffle_buffer=shuffle_buffer)
     options = loader_options(num_workers, pin_memory=False)
     return train_loader(dataset, sampler, batch_size=batch_size, batch_aug=batch_aug, options=options), sampler
 
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-aug", action="store_true", help="the workers' part of batch augmentation only")
+    parser.add_argument("--shard-size", default="256MB")
+    parser.add_argument("--shuffle-buffer", type=int, default=2000, help="of the shards' stream, per worker")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
@@ -73,9 +75,14 @@ def main() -> None:
         root = Path(scratch)
         write_folder(root / "folder", args.images)
         for split, items, names in shard_sources(str(root / "folder"), "train"):
-            write_split(items, names, root / "shards", split, shard_size=parse_size("256MB"))
+            write_split(items, names, root / "shards", split, shard_size=parse_size(args.shard_size))
         size_mb = sum(f.stat().st_size for f in (root / "shards").glob("*.tar")) / 1e6
-        options = dict(batch_size=args.batch_size, num_workers=args.num_workers, batch_aug=args.batch_aug)
+        options = dict(
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            batch_aug=args.batch_aug,
+            shuffle_buffer=args.shuffle_buffer,
+        )
         loaders = {
             "folder": loader_of("folder", root / "folder", **options),
             "shards": loader_of("wds", root / "shards", **options),
@@ -104,14 +111,18 @@ def main() -> None:
         f"  shards / folder: {statistics.median(ratios):.2f}x (median of rounds; {min(ratios):.2f}-{max(ratios):.2f})"
     )
     record = {
-        "benchmark": "bench_data_batch_aug" if args.batch_aug else "bench_data",
+        "benchmark": "bench_data"
+        + ("_batch_aug" if args.batch_aug else "")
+        + (f"_shards{args.shard_size}" if args.shard_size != "256MB" else ""),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "images": args.images,
         "jpeg_size": [500, 375],
         "shards_mb": round(size_mb, 1),
+        "shard_size": args.shard_size,
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
+        "shuffle_buffer": args.shuffle_buffer,
         "pipeline": part,
         "img_s": rates,
         "times_s": times,

@@ -110,3 +110,37 @@ def same_topk(a: list[dict], b: list[dict], tol: float = 1e-6) -> bool:
         if abs(p - min((pb if label in pa else pa).values())) > bound:
             return False
     return all(abs(pa[label] - pb[label]) <= bound for label in pa.keys() & pb.keys())
+
+
+def interrupted_then_resumed(monkeypatch, config_for, folder: Path, stop_epoch: int) -> None:
+    """Train with `config_for(output_dir, resume)`, stopped by Ctrl-C during epoch `stop_epoch`, then resumed from
+    the folder's checkpoint."""
+    import torch
+
+    import deit.train as train_module
+
+    real = train_module.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run(config_for(folder, None))
+    assert torch.load(folder / "checkpoint.pth", weights_only=True)["epoch"] == stop_epoch - 1
+    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    train_module.run(config_for(folder, folder))
+
+
+def assert_same_run(a: Path, b: Path, parts=("model", "model_ema")) -> None:
+    """Two run folders hold bit-equal weights and the same training losses."""
+    import torch
+
+    first = torch.load(a / "checkpoint.pth", weights_only=True)
+    second = torch.load(b / "checkpoint.pth", weights_only=True)
+    for part in parts:
+        for key, value in first[part].items():
+            assert torch.equal(value, second[part][key]), f"{part}.{key}"
+    assert [line["train_loss"] for line in read_log(a)] == [line["train_loss"] for line in read_log(b)]

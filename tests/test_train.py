@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, read_log
+from conftest import FAST, assert_same_run, interrupted_then_resumed, read_log
 
 import deit
 import deit.train as train_module
@@ -109,28 +109,11 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, m
     }
     run(config(**settings, **{"run.output_dir": str(tmp_path / "whole")}))
 
-    real = train_module.train_one_epoch
+    def config_for(out, resume):
+        return config(**settings, **{"run.output_dir": str(out), **({"run.resume": str(resume)} if resume else {})})
 
-    def interrupted(*args, epoch, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the third epoch
-        return real(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(config(**settings, **{"run.output_dir": str(tmp_path / "split")}))
-    assert torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
-    run(config(**settings, **{"run.output_dir": str(tmp_path / "split"), "run.resume": str(tmp_path / "split")}))
-
-    whole = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
-    split = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
-    for part in ("model", "model_ema"):
-        for key, value in whole[part].items():
-            assert torch.equal(value, split[part][key]), f"{part}.{key}"
-    assert [line["train_loss"] for line in read_log(tmp_path / "whole")] == [
-        line["train_loss"] for line in read_log(tmp_path / "split")
-    ]
+    interrupted_then_resumed(monkeypatch, config_for, tmp_path / "split", stop_epoch=2)  # Ctrl-C in the third epoch
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path, monkeypatch):

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import read_log
+from conftest import assert_same_run, interrupted_then_resumed, read_log
 from PIL import Image
 
-import deit.train as train_module
 from deit.cli import main
 from deit.config import TrainConfig, merge
 from deit.data import build_dataset
@@ -106,23 +104,11 @@ def test_resume_with_loader_workers_gives_the_uninterrupted_result(tmp_path, mon
         "model.drop_path": 0.1,
     }
     run(config(**settings, **{"run.output_dir": str(tmp_path / "whole")}))
-    real = train_module.train_one_epoch
 
-    def interrupted(*args, epoch, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(*args, epoch=epoch, **kwargs)
+    def config_for(out, resume):
+        return config(**settings, **{"run.output_dir": str(out), **({"run.resume": str(resume)} if resume else {})})
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(config(**settings, **{"run.output_dir": str(tmp_path / "split")}))
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
-    run(config(**settings, **{"run.output_dir": str(tmp_path / "split"), "run.resume": str(tmp_path / "split")}))
-    whole = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
-    split = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
-    for part in ("model", "model_ema"):
-        for key, value in whole[part].items():
-            assert torch.equal(value, split[part][key]), f"{part}.{key}"
+    interrupted_then_resumed(monkeypatch, config_for, tmp_path / "split", stop_epoch=2)
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
     losses = [line["train_loss"] for line in read_log(tmp_path / "whole")]
-    assert losses == [line["train_loss"] for line in read_log(tmp_path / "split")]
     assert len(set(np.round(losses, 6))) == 3

@@ -2,6 +2,7 @@
 loader worker streams in an epoch."""
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -414,3 +415,24 @@ def test_two_gloo_processes_with_two_workers_each_see_every_sample_once(tmp_path
         assert all(ranks[r][epoch]["pixels_match"] for r in range(2))
         orders.append(steps)
     assert orders[0] != orders[1]  # each epoch its own order
+
+
+def test_a_reader_starting_inside_a_shard_seeks_to_the_same_samples(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_module, "SEEK_EVERY", 4)
+    src = tmp_path / "src"
+    write_images(src, {"a": 14, "b": 13})
+    out = tmp_path / "out"
+    assert main(["shard", str(src), str(out), "--split", "train"]) == 0  # one shard of 27
+    index = json.loads((out / INDEX).read_text())
+    shard = index["splits"]["train"]["shards"][0]
+    assert index["splits"]["train"]["seek_every"] == 4 and len(shard["seeks"]) == 7
+    with tarfile.open(out / shard["name"]) as tar:  # each offset is where a sample's first member begins
+        starts = {m.offset for m in tar.getmembers() if m.name.endswith(".cls")}
+    assert set(shard["seeks"]) <= starts
+    seeking = ShardSet(open_split(str(out), "train"), grayscale=False)
+    plain = ShardSet(open_split(str(out), "train"), grayscale=False)
+    plain.split.shards = [dataclasses.replace(s, seeks=()) for s in plain.split.shards]
+    for first, end in ((0, 27), (5, 9), (8, 27), (13, 14), (26, 27), (24, 30)):
+        got = [(i, s and s["__key__"], s and s.get("png", s.get("jpg"))) for i, s in seeking.read(0, first, end)]
+        want = [(i, s and s["__key__"], s and s.get("png", s.get("jpg"))) for i, s in plain.read(0, first, end)]
+        assert got == want and [i for i, *_ in got] == list(range(first, end))

@@ -21,7 +21,7 @@ from .sampling import (
     collate_readable,
     train_sampler,
 )
-from .shards import DEFAULT_SHUFFLE, CacheStream, EvalStream, ShardOrder, ShardSet, TrainStream, loader
+from .shards import DEFAULT_SHUFFLE, EvalStream, ShardOrder, ShardSet, loader
 from .transforms import Recipe, crop_transform, eval_transform, train_transform
 
 
@@ -95,17 +95,7 @@ def train_loader(
 ):
     """`Batch`es of the training views in the sampler's order, the last partial batch dropped."""
     if isinstance(sampler, ShardOrder):
-        stream = TrainStream(
-            sampler.shards,
-            seed=sampler.seed,
-            rank=sampler.rank,
-            world_size=sampler.world_size,
-            batch_size=batch_size,
-            workers=options["num_workers"],
-            copies=sampler.copies,
-            shuffle=sampler.shuffle,
-        )
-        return loader(stream, options)
+        return loader(sampler.train_stream(batch_size, options["num_workers"]), options)
     if batch_aug and isinstance(train_set, ArrayDataset):
         return TensorBatches(train_set.tensor(), train_set.targets, sampler, batch_size)
     return DataLoader(
@@ -118,20 +108,11 @@ def train_loader(
     )
 
 
-def cache_loader(train_set: Dataset, sampler: SeededSampler, *, batch_size: int, options: dict):
+def cache_loader(train_set: Dataset, sampler: SeededSampler | ShardOrder, *, batch_size: int, options: dict):
     """Every training view of an epoch, in larger batches, for the teacher's pass (views drawn per image only: views
     drawn per batch need the training batches themselves)."""
     if isinstance(sampler, ShardOrder):
-        size = max(batch_size, 256)
-        stream = CacheStream(
-            sampler.shards,
-            seed=sampler.seed,
-            rank=sampler.rank,
-            world_size=sampler.world_size,
-            batch_size=size,
-            workers=options["num_workers"],
-        )
-        return loader(stream, options)
+        return loader(sampler.cache_stream(max(batch_size, 256), options["num_workers"]), options)
     return DataLoader(
         SeededDataset(train_set), batch_size=max(batch_size, 256), sampler=sampler, collate_fn=collate_batch, **options
     )

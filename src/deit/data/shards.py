@@ -49,6 +49,7 @@ SPLITS = ("train", "val")
 IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 SHARD_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*\.tar$")  # a plain file name beside the index: no folders, no ".."
 DEFAULT_SHUFFLE = 2000
+SEEK_EVERY = 256  # samples between the byte offsets the index keeps per shard
 
 
 def is_pattern(path: str) -> bool:
@@ -75,6 +76,9 @@ def parse_size(text: str) -> int:
 class ShardFile:
     path: str
     samples: int
+    seeks: tuple[int, ...] = ()
+    """Byte offsets of samples 0, SEEK_EVERY, 2 x SEEK_EVERY, ... (from the index): a reader starting inside the
+    shard seeks to the nearest one instead of reading what comes before."""
 
 
 @dataclass
@@ -138,6 +142,17 @@ def _index_problem(index) -> str | None:
             n = shard.get("samples")
             if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10**9:
                 return f"split {split}: shard {shard['name']} has samples={n!r}, not a count"
+            seeks = shard.get("seeks", [])
+            every = entry.get("seek_every", SEEK_EVERY)
+            if not (
+                isinstance(seeks, list)
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in seeks)
+                and (not seeks or (seeks[0] == 0 and len(seeks) == -(-n // every)))
+                and all(a < b for a, b in zip(seeks, seeks[1:]))
+                and isinstance(every, int)
+                and every >= 1
+            ):
+                return f"split {split}: shard {shard['name']} has seeks that are not its samples' offsets"
         if entry.get("samples") != sum(s["samples"] for s in shards):
             return f"split {split}: samples={entry.get('samples')!r} is not the sum of its shards' counts"
         if not isinstance(entry.get("labels_digest"), str):
@@ -193,7 +208,13 @@ def open_split(path: str, split: str) -> Split:
 
 def _from_index(folder: Path, index: dict, split: str) -> Split:
     entry = index["splits"][split]
-    shards = [ShardFile(str(folder / s["name"]), s["samples"]) for s in entry["shards"] if s["samples"]]
+    if entry.get("seek_every", SEEK_EVERY) != SEEK_EVERY:  # offsets at another spacing: read from the start
+        entry = {**entry, "shards": [{k: v for k, v in s.items() if k != "seeks"} for s in entry["shards"]]}
+    shards = [
+        ShardFile(str(folder / s["name"]), s["samples"], tuple(s.get("seeks", ())))
+        for s in entry["shards"]
+        if s["samples"]
+    ]
     missing = [s.path for s in shards if not os.path.isfile(s.path)]
     if missing:
         raise ValueError(
@@ -318,10 +339,28 @@ class ShardSet:
             errors.append(first_line(error))
             return False  # a damaged tar: stop reading it, the samples it lacks are counted below
 
-        stream = wds.tarfile_to_samples(handler=keep_going)(iter([{"url": path}]))
+        seeks = self.split.shards[shard].seeks
+        block = min(first // SEEK_EVERY, len(seeks) - 1) if seeks else 0
+        opened = None
+        if block > 0:  # start at the nearest recorded sample: a tar member's header begins there
+            try:
+                opened = open(path, "rb")  # noqa: SIM115 (closed below, when the generator ends or is closed)
+                opened.seek(seeks[block])
+            except OSError:
+                opened, block = None, 0
+        if opened is None:
+            stream = wds.tarfile_to_samples(handler=keep_going)(iter([{"url": path}]))
+        else:
+            files = wds.tariterators.tar_file_expander(iter([{"url": path, "stream": opened}]), handler=keep_going)
+            stream = wds.tariterators.group_by_keys(files, handler=keep_going)
+        skip = first - block * SEEK_EVERY
         got = 0
-        for got, sample in enumerate(itertools.islice(stream, first, end), start=1):
-            yield self._offsets[shard] + first + got - 1, sample
+        try:
+            for got, sample in enumerate(itertools.islice(stream, skip, skip + end - first), start=1):
+                yield self._offsets[shard] + first + got - 1, sample
+        finally:
+            if opened is not None:
+                opened.close()
         if got < end - first:
             why = f": {errors[0]}" if errors else ""
             log.warning(
@@ -366,6 +405,28 @@ class ShardOrder:
 
     def __len__(self) -> int:
         return len(self.shards)
+
+    def train_stream(self, batch_size: int, workers: int) -> TrainStream:
+        return TrainStream(
+            self.shards,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=batch_size,
+            workers=workers,
+            copies=self.copies,
+            shuffle=self.shuffle,
+        )
+
+    def cache_stream(self, batch_size: int, workers: int) -> CacheStream:
+        return CacheStream(
+            self.shards,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=batch_size,
+            workers=workers,
+        )
 
 
 def val_source(data_path: str) -> str:
@@ -683,8 +744,9 @@ def write_split(
                     bar.advance(task, len(members))
                     continue
                 labels: list[int] = []
+                seeks: list[int] = []
 
-                def write(tmp: Path, members=members, labels=labels, k=k) -> None:
+                def write(tmp: Path, members=members, labels=labels, seeks=seeks, k=k) -> None:
                     with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
                         for j, i in enumerate(members):
                             item = items[i]
@@ -692,18 +754,25 @@ def write_split(
                             bar.advance(task)
                             if data is None:
                                 continue
+                            if len(labels) % SEEK_EVERY == 0:
+                                seeks.append(tar.tarstream.offset)  # where this sample's first member begins
                             key = f"{k:06d}{j:06d}_{_key_part(item.name)}"
                             tar.write({"__key__": key, item.ext: data, "cls": str(item.target).encode()})
                             labels.append(item.target)
 
                 atomic_write(out / name, write)
                 left_out += len(members) - len(labels)
-                state["done"][name] = {"samples": len(labels), "bytes": (out / name).stat().st_size, "labels": labels}
+                size = (out / name).stat().st_size
+                state["done"][name] = {"samples": len(labels), "bytes": size, "seeks": seeks, "labels": labels}
                 write_text(state_path, json.dumps(state))
         done = [state["done"][name] for name in names]
         entry = {
-            "shards": [{"name": n, "samples": d["samples"], "bytes": d["bytes"]} for n, d in zip(names, done)],
+            "shards": [
+                {"name": n, "samples": d["samples"], "bytes": d["bytes"], "seeks": d["seeks"]}
+                for n, d in zip(names, done)
+            ],
             "samples": sum(d["samples"] for d in done),
+            "seek_every": SEEK_EVERY,
             "class_counts": np.bincount([t for d in done for t in d["labels"]], minlength=len(class_names)).tolist(),
             "labels_digest": labels_digest(t for d in done for t in d["labels"]),
             "seed": seed,
