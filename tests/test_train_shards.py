@@ -33,9 +33,10 @@ DIGIT_FLAGS = {
     "optim.lr": 0.032,
     "optim.min_lr": 2e-3,
 }
-# benchmarks/shards_accuracy.py: the same runs over seeds 0-7 reach 93.3 +- 1.7 from the folder, 91.7 +- 3.1 from
-# the shards; a folder run and a shard run differ by 3.6 points (one standard deviation of their difference)
-NOISE_POINTS = 10.0
+# benchmarks/shards_accuracy.py, seeds 0-7: 93.3 +- 1.7 from the folder, 91.6 +- 3.1 from the shards; a seed's
+# folder - shards difference has a standard deviation of 4.0 points and reaches 7.0 (seed 0, this test's). Another
+# CPU's rounding makes another draw: 3 standard deviations
+NOISE_POINTS = 12.0
 
 
 def write_digits(root: Path, per_class: int | None = None) -> Path:

@@ -409,9 +409,7 @@ class ShardOrder:
     def train_stream(self, batch_size: int, workers: int) -> TrainStream:
         return TrainStream(
             self.shards,
-            seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
+            **self._place(),
             batch_size=batch_size,
             workers=workers,
             copies=self.copies,
@@ -419,14 +417,10 @@ class ShardOrder:
         )
 
     def cache_stream(self, batch_size: int, workers: int) -> CacheStream:
-        return CacheStream(
-            self.shards,
-            seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            batch_size=batch_size,
-            workers=workers,
-        )
+        return CacheStream(self.shards, **self._place(), batch_size=batch_size, workers=workers)
+
+    def _place(self) -> dict:
+        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size}
 
 
 def val_source(data_path: str) -> str:
