@@ -113,3 +113,71 @@ def test_resume_with_loader_workers_gives_the_uninterrupted_result(tmp_path, mon
     assert_same_run(tmp_path / "whole", tmp_path / "split")
     losses = [line["train_loss"] for line in read_log(tmp_path / "whole")]
     assert len(set(np.round(losses, 6))) == 3
+
+
+def test_eval_and_predict_read_shards(trained, tmp_path, capsys):
+    from deit.evaluation import evaluation_report
+    from deit.models import create_model
+
+    out = tmp_path / "val"
+    assert main(["shard", "mnist5k", str(out), "--split", "val", "--shard-size", "100KB"]) == 0
+    model = create_model(None, pretrained=str(trained))
+    arrays = evaluation_report(model, "mnist5k", None, num_workers=0)
+    shards = evaluation_report(model, "wds", str(out), num_workers=2)
+    assert shards["images"] == arrays["images"] == 1000
+    assert shards["confusion"] == arrays["confusion"]  # the same PNG pixels, the same preprocessing
+    names = sorted(p.name for p in out.glob("val-*.tar"))
+    pattern = f"{out}/val-{{{names[0][4:10]}..{names[-1][4:10]}}}.tar"
+    capsys.readouterr()
+    assert main(["predict", "--weights", str(trained), pattern, "--json", "--topk", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 1000 and lines[0]["path"].startswith(str(out / names[0]) + ":")
+    import webdataset as wds
+
+    truth = {}
+    for name in names:
+        for s in wds.tarfile_to_samples()(iter([{"url": str(out / name)}])):
+            truth[f"{out / name}:{s['__key__']}.png"] = s["cls"].decode()
+    top1 = sum(line["topk"][0]["label"] == truth[line["path"]] for line in lines) / 10
+    assert top1 == pytest.approx(arrays["acc1"])
+
+
+def test_teacher_cache_from_shards(teacher, tmp_path, capsys):
+    root = write_digits(tmp_path / "folder", per_class=40)
+    shards = tmp_path / "shards"
+    assert main(["shard", str(root), str(shards), "--shard-size", "16KB"]) == 0
+    flags = [
+        "train", "--model", "deit_pico_distilled_patch4_28", "--data-set", "wds", "--data-path", str(shards),
+        "--grayscale", "--batch-size", "32", "--epochs", "1", "--no-model-ema", "--mixup", "0", "--cutmix", "0",
+        "--distillation-type", "hard", "--eval-crop-ratio", "1",
+    ]  # fmt: skip
+    teacher_flags = ["--teacher-path", str(teacher / "checkpoint.pth"), "--teacher-model", "small_cnn"]
+    # views per image: the cache serves another loader-worker count
+    cache = tmp_path / "cache"
+    run_a = [*flags, *teacher_flags, "--teacher-cache", str(cache), "--num_workers", "2"]
+    assert main([*run_a, "--output_dir", str(tmp_path / "a")]) == 0
+    assert main([*flags, "--teacher-cache", str(cache), "--num_workers", "1", "--output_dir", str(tmp_path / "b")]) == 0
+    assert "cached in" in capsys.readouterr().out
+    # batch augmentation (views per batch, from the shards: decode and crop in the workers): made and read with 2
+    # workers, the same run again; refused with 1, naming why
+    bound = tmp_path / "bound"
+    run_c = [*flags, "--batch-aug", "--teacher-cache", str(bound), "--num_workers", "2"]
+    assert main([*run_c, *teacher_flags, "--output_dir", str(tmp_path / "c")]) == 0
+    assert main([*run_c, "--output_dir", str(tmp_path / "d")]) == 0
+    c, d = read_log(tmp_path / "c"), read_log(tmp_path / "d")  # the second student repeats the first
+    assert [(x["train_loss"], x["test_acc1"]) for x in c] == [(x["train_loss"], x["test_acc1"]) for x in d]
+    capsys.readouterr()
+    code = main(
+        [
+            *flags,
+            "--batch-aug",
+            "--teacher-cache",
+            str(bound),
+            "--num_workers",
+            "1",
+            "--output_dir",
+            str(tmp_path / "e"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "stream" in err and len(err.strip().splitlines()) == 1, err
