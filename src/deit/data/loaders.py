@@ -26,15 +26,16 @@ from .transforms import Recipe, crop_transform, eval_transform, train_transform
 
 
 def loader_options(num_workers: int, pin_memory: bool) -> dict:
-    """DataLoader settings shared by a run's loaders. Their own generator: a DataLoader draws its workers' base seed
-    from it whenever it starts an iterator, which a persistent loader does in the first epoch a process runs only;
-    drawn from the global one, a resumed run's drop path and Mixup would be shifted from the uninterrupted run's."""
+    """DataLoader settings shared by a run's loaders. With loader processes, a generator of their own: a DataLoader
+    draws its workers' base seed whenever it starts an iterator, which a persistent loader does in the first epoch
+    a process runs only; drawn from the global generator, a resumed run's drop path and Mixup would be shifted from
+    the uninterrupted run's. (Without processes, every epoch starts an iterator: one draw each, resumed or not.)"""
     return dict(
-        generator=torch.Generator(),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=loader_worker_init,
+        **({"generator": torch.Generator()} if num_workers > 0 else {}),
     )
 
 
