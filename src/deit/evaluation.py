@@ -29,8 +29,7 @@ def evaluation_report(
         canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1, intensity=prep.intensity
     )
     names = prep.class_names
-    counted = isinstance(val, ShardSet) and not val.split.where.endswith(".json")  # shards without an index
-    if counted and info.num_classes <= model.num_classes:
+    if isinstance(val, ShardSet) and val.split.counted and info.num_classes <= model.num_classes:
         info.num_classes, info.class_names = model.num_classes, names  # they hold class indices only
     if info.num_classes != model.num_classes:
         raise ValueError(

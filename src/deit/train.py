@@ -153,7 +153,7 @@ def _datasets(cfg: TrainConfig, world_size: int) -> tuple[Dataset, Dataset, Data
         val_path = data.val_path or val_source(data.data_path)
     val_set, val_info = build_dataset(name, val_path, False, **common)
     if name == "wds" and val_info.class_names != info.class_names:
-        if val_set.split.where.endswith(".json") or val_info.num_classes > info.num_classes:
+        if not val_set.split.counted or val_info.num_classes > info.num_classes:
             raise ValueError(
                 f"the validation shards ({val_set.split.where}) have classes {val_info.class_names[:3]}..., the "
                 f"training shards {info.class_names[:3]}...: give shards of the same classes"

@@ -89,6 +89,8 @@ class Split:
     class_names: list[str]
     labels_digest: str
     where: str  # the index or pattern it came from, for messages
+    counted: bool = False
+    """No index lists these shards: counted from the files, their classes are the .cls indices ("0", "1", ...)."""
 
     @property
     def samples(self) -> int:
@@ -185,13 +187,16 @@ def open_split(path: str, split: str) -> Split:
         index = read_index(folder)
         names = [f.name for f in files]
         for name, entry in index["splits"].items():
-            listed = {s["name"]: s["samples"] for s in entry["shards"]}
+            listed = {s["name"]: s for s in entry["shards"]}
             if [s["name"] for s in entry["shards"]] == names:
                 return _from_index(folder, index, name)
             if all(n in listed for n in names):  # some shards of a split: their counts; the digest names them
-                digest = labels_digest([int(entry["labels_digest"], 16), *(listed[n] for n in names)])
-                digest = hashlib.sha256((digest + json.dumps(names)).encode()).hexdigest()[:16]
-                shards = [ShardFile(str(f), listed[f.name]) for f in files]
+                digest = hashlib.sha256(json.dumps([entry["labels_digest"], names]).encode()).hexdigest()[:16]
+                same_spacing = entry.get("seek_every", SEEK_EVERY) == SEEK_EVERY
+                shards = [
+                    ShardFile(str(f), listed[f.name]["samples"], tuple(listed[f.name].get("seeks", ())) * same_spacing)
+                    for f in files
+                ]
                 return Split(shards, list(index["class_names"]), digest, str(folder / INDEX))
     log.info(f"no index lists the {len(files)} shards of {path}: counting their samples")
     counts, labels = zip(*(count_samples(f) for f in files))
@@ -203,7 +208,7 @@ def open_split(path: str, split: str) -> Split:
         raise ValueError(f"{path}: {len(bad)} samples have no readable .cls label; give shards with {{key}}.cls")
     names = [str(i) for i in range(max(max(flat) + 1, 2))]
     shards = [ShardFile(str(f), n) for f, n in zip(files, counts)]
-    return Split(shards, names, labels_digest(flat), str(path))
+    return Split(shards, names, labels_digest(flat), str(path), counted=True)
 
 
 def _from_index(folder: Path, index: dict, split: str) -> Split:
