@@ -27,9 +27,11 @@ def test_benchmark_measures_each_part_against_its_baseline(tmp_path):
         "data pipeline (0 workers)",
         "data pipeline, batch aug on cpu",
         "end to end, distilled (0 workers)",
+        "end to end, distilled, batch aug on cpu",
     ]
     for result in record["results"]:
         assert result["ratio"] > 0 and all(v > 0 for v in result["img_s"].values())
         assert result["baseline"] in result["img_s"] and result["ours"] in result["img_s"]
     assert record["results"][2]["cached_ratio"] > 0 and "ours + cache" in record["results"][2]["img_s"]
+    assert record["results"][-1]["threads"]["ours"] == torch.get_num_threads()  # no loader processes to share with
     assert record["machine"] and record["batch_size"] == 32

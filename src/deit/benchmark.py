@@ -11,7 +11,9 @@ rounds of the paired times, so a machine that slows down moves both alike):
 - distilled step, teacher cached: ours reading the teacher's outputs from a teacher cache, against the official
   loop;
 - data pipeline alone: the DeiT training augmentation on JPEG bytes held in memory, ours (per-sample seeded)
-  against timm's transform, through a DataLoader with the given workers.
+  against timm's transform, through a DataLoader with the given workers;
+- end to end, distilled: loader, augmentation, teacher and student step over the JPEGs, the official loop against
+  ours as `deit train` runs it (the teacher cached; views per image, or with batch augmentation).
 
 On CUDA: bf16 autocast. Random inputs; JPEGs are random-content images at ImageNet's typical size (500x375).
 """
@@ -23,6 +25,7 @@ import functools
 import io
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -396,24 +399,53 @@ def _distilled_pass(loader, model, opt, loss, amp, dev, augment=None, cache=None
     _sync(dev)
 
 
+def _threads_for(fn: Callable[[], None], threads: int) -> None:
+    """`fn` run with `threads` compute threads, the count restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fn()
+    finally:
+        torch.set_num_threads(before)
+
+
 def _measure_e2e(
     models, optimizers, best, cfg, distillation, jpegs, transforms, x, amp, *, bs, num_workers, rounds, dev
 ) -> list[dict]:
-    """A whole distilled pass over the JPEGs: loader, augmentation, teacher (or its cache), student step. Ours:
-    batch augmentation on the device, the teacher cached. Baseline: the official loop."""
+    """A whole distilled pass over the JPEGs: loader, augmentation, teacher (or its cache), student step.
+
+    Baseline: the official loop (timm's transform in the loader processes, the teacher's forward every step). Ours
+    as `deit train` runs: the teacher cached; the views augmented per image in the loader processes (its default)
+    or, with --batch-aug, cropped there and augmented a batch at a time on the device; on the CPU with the compute
+    threads `deit train` gives itself beside its loader processes (`distributed.share_cpu_cores`).
+    """
     teacher, loss, cached_loss = distillation
     batches = len(jpegs) // bs
     loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=num_workers, dev=dev)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and num_workers:
+        threads = max(1, (os.cpu_count() or 1) - num_workers)
     with tempfile.TemporaryDirectory() as folder:
         cache, spans = _synthetic_cache(folder, cfg, teacher, x, batches, amp)
         official = loader(transforms["timm"], False), models["timm"], optimizers["timm"], loss, amp, dev
-        ours = loader(transforms["crop"], True), models["ours" + best], optimizers["ours"], cached_loss, amp, dev
+        ours = models["ours" + best], optimizers["ours"], cached_loss, amp, dev
+        per_image = functools.partial(_distilled_pass, loader(transforms["ours"], True), *ours, None, cache, spans, x)
+        batch_aug = functools.partial(
+            _distilled_pass, loader(transforms["crop"], True), *ours, transforms["batch"], cache, spans, x
+        )
         run = {
             "official loop": functools.partial(_distilled_pass, *official),
-            "ours": functools.partial(_distilled_pass, *ours, transforms["batch"], cache, spans, x),
+            "ours": functools.partial(_threads_for, per_image, threads),
+            "ours, batch aug": functools.partial(_threads_for, batch_aug, threads),
         }
         measured = paired_rates(run, batches * bs, rounds, 1, _no_sync)
-    return [_report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop")]
+    results = [
+        _report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop"),
+        _report(f"end to end, distilled, batch aug on {dev.type}", measured, "ours, batch aug", "official loop"),
+    ]
+    for result in results:
+        result["threads"] = {"official loop": torch.get_num_threads(), "ours": threads}
+    return results
 
 
 # -- the whole run --------------------------------------------------------------------------------------------------

@@ -84,11 +84,10 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()  # exact GELU, as in the official models
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x)))  # exact GELU, as in the official models
 
 
 class LayerScale(nn.Module):
@@ -129,16 +128,18 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
-        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        # None without LayerScale: a small model's step is mostly per-call cost, an Identity module is one more
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else None
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else None
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, attn_form: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, attn = self.attn(self.norm1(x), attn_form)
-        x = x + drop_path(self.ls1(y), self.drop_path, self.training)
-        x = x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path, self.training)
+        x = x + drop_path(y if self.ls1 is None else self.ls1(y), self.drop_path, self.training)
+        y = self.mlp(self.norm2(x))
+        x = x + drop_path(y if self.ls2 is None else self.ls2(y), self.drop_path, self.training)
         return x, attn
 
 
@@ -252,7 +253,11 @@ class VisionTransformer(nn.Module):
         model reaches that path only through forward)."""
         if attn_blocks is not None:
             return self.forward_attention(x, attn_blocks, attn_form)
-        return self.forward_head(self.forward_features(x))
+        x = self.embed(x)
+        for block in self.blocks:
+            x, _ = block(x)
+        # the head reads the prefix tokens only, and LayerNorm acts on each token alone: normalise just those
+        return self.forward_head(self.norm(x[:, : self.num_prefix_tokens]))
 
     def forward_attention(
         self, x: torch.Tensor, blocks: int | list[int] | tuple[int, ...] | None = None, form: str = "full"
