@@ -114,17 +114,21 @@ def test_randaugment_draws_follow_the_policy():
     layers = aug._draw_ops(n, torch.Generator().manual_seed(0))
     assert len(layers) == 2 and len(aug.ops) == 15
     counts = torch.zeros(n, dtype=torch.int64)
+    twice = torch.zeros(n, dtype=torch.bool)
     first = {name: chosen for name, (chosen, _) in layers[0].items()}
     for name, (chosen, level) in layers[1].items():
         counts += chosen
-        if name in first:  # two layers never draw the same op for an image
-            assert not (first[name] & chosen).any()
+        if name in first:
+            twice |= first[name] & chosen
         if name == "Rotate":
             degrees = level[chosen]
             assert degrees.abs().max() <= 30 and (degrees < 0).float().mean().sub(0.5).abs() < 0.1
             assert degrees.abs().mean().sub(27).abs() < 0.5  # magnitude 9 of 10 -> 27 degrees, std 0.5 -> 1.5
     applied = counts.float().mean()
     assert abs(applied - 0.5) < 0.02  # each layer's op is applied with probability 0.5
+    # as timm's np.random.choice(ops, 2, replace=True): the same op in both layers for 1 image in 15, applied
+    # twice in a quarter of those: 1/60 = 0.0167, binomial std over 20,000 images 0.0009
+    assert abs(twice.float().mean() - 1 / 60) < 0.004
 
 
 def test_random_erasing_rate_and_box_sizes(digits):

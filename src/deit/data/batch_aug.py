@@ -165,10 +165,10 @@ class BatchAugment:
         if not self.ops:
             return []
         n = len(self.ops)
-        if self.weights is None:  # timm draws the layers' ops without replacement
-            choice = torch.rand(b, n, generator=g).argsort(dim=1)[:, : self.num_layers]
-        else:
-            choice = torch.multinomial(self.weights.expand(b, n), self.num_layers, replacement=True, generator=g)
+        if self.weights is None:  # as timm: uniform, with replacement (the same op may come twice)
+            choice = torch.randint(0, n, (b, self.num_layers), generator=g)
+        else:  # weighted: timm draws without replacement
+            choice = torch.multinomial(self.weights.expand(b, n), self.num_layers, replacement=False, generator=g)
         layers = []
         for layer in range(self.num_layers):
             applied = torch.rand(b, generator=g)

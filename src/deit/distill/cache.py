@@ -28,7 +28,7 @@ import torch
 from ..files import atomic_write
 
 META = "meta.json"
-VERSION = 2  # 2: batch augmentation in the views spec
+VERSION = 3  # 2: batch augmentation in the views spec; 3: views of other seeds and RandAugment draws
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 FILL = 1e4  # classes outside the top k sit this far below the k-th logit: probability 0 at any temperature
 
