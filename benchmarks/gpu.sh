@@ -6,9 +6,12 @@
 #
 # 1. deit benchmark --preset gpu --compile: DeiT-S inference and train step, eager and compiled, ours against timm;
 #    the distilled step with a RegNetY-16GF teacher online (official loop) and from a teacher cache; the data
-#    pipeline on JPEGs in memory. bf16, batch 256.
+#    pipeline on JPEGs in memory, and end to end (loader, augmentation per image or on the GPU, teacher or
+#    its cache, student). bf16, batch 256.
 # 2. bench_models.py on CUDA: forward and forward+backward, DeiT-Ti/S/B, eager and compiled.
-# 3. bench_data.py: the training input pipeline (the whole DeiT recipe per image, and batch augmentation's loader
+# 3. bench_views.py: the per-image training view step by step against timm's transform, per core of this
+#    machine's CPU (what caps the official loop on a GPU), and the loader part of batch augmentation.
+# 4. bench_data.py: the training input pipeline (the whole DeiT recipe per image, and batch augmentation's loader
 #    part) from an ImageFolder against the same JPEGs as WebDataset shards, with the machine's loader workers.
 #    It needs webdataset: where it is not installed, wheels in benchmarks/wheels/ are installed from
 #    (`pip download webdataset braceexpand -d benchmarks/wheels` on a machine with an index; the device tool carries
@@ -27,6 +30,7 @@ timeout 120 $PY benchmarks/bench_models.py --device cuda --batch-size 256 --repe
     --models deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224 2>&1 | grep -v Warning
 timeout 180 $PY benchmarks/bench_models.py --device cuda --batch-size 256 --repeats 7 --compile \
     --models deit_small_patch16_224 2>&1 | grep -v Warning
+timeout 120 $PY benchmarks/bench_views.py --rounds 5 2>&1 | grep -v Warning
 if ! $PY -c "import webdataset" 2> /dev/null && ls benchmarks/wheels/webdataset-*.whl > /dev/null 2>&1; then
     $PY -m pip install -q --no-index --find-links benchmarks/wheels webdataset || true
 fi
