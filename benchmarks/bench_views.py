@@ -10,8 +10,8 @@ JPEGs cropped to 224 px, ImageNet's typical size), the CPU time of each step of 
 seed (`sample_seed` and seeding the generators; the SeedSequence draw it replaced, for reference), and per batch
 of 32 the collation and hand-over from two loader processes to the training process. Ours: `deit train`'s
 per-image views (`data/transforms.py`); timm's: `timm.data.create_transform`, as the official loop builds it.
-Steps are timed in alternated rounds on one thread, median of rounds; prints microseconds and timm / ours, and
-saves benchmarks/results/bench_views_<machine>_<date>.json.
+Steps are timed on one thread in rounds, ours and timm's taking turns, median of rounds; prints microseconds and
+timm / ours, and saves benchmarks/results/bench_views_<machine>_<date>.json.
 """
 
 from __future__ import annotations
@@ -45,25 +45,26 @@ ROLES = {  # a step's class -> its part of the recipe (timm's to-tensor and norm
 }
 
 
-def step_times(blobs: list[bytes], mode: str, transform, rounds: int) -> dict[str, list[float]]:
-    """Per part of the recipe (and the decode before it), CPU microseconds per sample in each round."""
+def step_times(blobs: list[bytes], mode: str, transforms: dict, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """For each transform, per part of the recipe (and the decode before it), CPU microseconds per sample in each
+    round; the transforms take turns round by round, in alternating order."""
     from PIL import Image
 
-    roles = [ROLES.get(type(step).__name__, type(step).__name__) for step in transform.transforms]
-    names = ["decode", *dict.fromkeys(roles)]
-    times = {name: [] for name in names}
-    for _ in range(rounds):
-        spent = dict.fromkeys(names, 0.0)
-        for blob in blobs:
-            start = time.process_time()
-            x = Image.open(io.BytesIO(blob)).convert(mode)
-            spent["decode"] += time.process_time() - start
-            for role, step in zip(roles, transform.transforms):
+    roles = {k: [ROLES.get(type(s).__name__, type(s).__name__) for s in t.transforms] for k, t in transforms.items()}
+    times = {k: {name: [] for name in ["decode", *dict.fromkeys(r)]} for k, r in roles.items()}
+    for round_ in range(rounds):
+        for key in list(transforms) if round_ % 2 == 0 else list(transforms)[::-1]:
+            spent = dict.fromkeys(times[key], 0.0)
+            for blob in blobs:
                 start = time.process_time()
-                x = step(x)
-                spent[role] += time.process_time() - start
-        for name in names:
-            times[name].append(spent[name] / len(blobs) * 1e6)
+                x = Image.open(io.BytesIO(blob)).convert(mode)
+                spent["decode"] += time.process_time() - start
+                for role, step in zip(roles[key], transforms[key].transforms):
+                    start = time.process_time()
+                    x = step(x)
+                    spent[role] += time.process_time() - start
+            for name, value in spent.items():
+                times[key][name].append(value / len(blobs) * 1e6)
     return times
 
 
@@ -149,17 +150,17 @@ def main() -> None:
     for kind, (in_chans, jpeg_size, size) in KINDS.items():
         jpegs = jpeg_dataset(args.images, in_chans, jpeg_size)
         transforms = _transforms(size, in_chans)
-        ours = step_times(jpegs.blobs, jpegs.mode, transforms["ours"], args.rounds)
-        timm = step_times(jpegs.blobs, jpegs.mode, transforms["timm"], args.rounds)
-        med = {k: statistics.median(v) for k, v in ours.items()}
-        base = {k: statistics.median(v) for k, v in timm.items()}
+        pick = {key: transforms[key] for key in ("ours", "timm", "crop")}
+        measured = step_times(jpegs.blobs, jpegs.mode, pick, args.rounds)
+        med = {k: statistics.median(v) for k, v in measured["ours"].items()}
+        base = {k: statistics.median(v) for k, v in measured["timm"].items()}
         print(f"{kind}: {args.images} JPEGs {jpeg_size[0]}x{jpeg_size[1]}, CPU us per sample, median of rounds")
         print(f"  {'step':24s} {'timm us':>8s} {'ours us':>8s} {'timm / ours':>12s}")
         for name in base:
             print(f"  {name:24s} {base[name]:8.1f} {med[name]:8.1f} {base[name] / med[name]:11.2f}x")
         total_t, total_o = sum(base.values()), sum(med.values())
         print(f"  {'total':24s} {total_t:8.1f} {total_o:8.1f} {total_t / total_o:11.2f}x")
-        loader_part = step_times(jpegs.blobs, jpegs.mode, transforms["crop"], args.rounds)
+        loader_part = measured["crop"]
         part = sum(statistics.median(v) for v in loader_part.values())
         name = "--batch-aug loader part"  # decode, crop, flip: the rest is done on the device
         print(f"  {name:24s} {total_t:8.1f} {part:8.1f} {total_t / part:11.2f}x")

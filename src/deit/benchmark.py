@@ -326,6 +326,7 @@ def _transforms(size: int, in_chans: int) -> dict:
         mean=mean,
         std=std,
     )
+    # (random erasing with timm's default fill, "const", cheaper than the recipe's per-pixel noise ours draws)
     keep_posterize_bits(timm_tf)  # as ours: this Pillow refuses timm's 0-bit posterize
     return {
         "ours": ours_tf,
