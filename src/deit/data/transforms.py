@@ -2,8 +2,8 @@
 III's), random erasing; for evaluation, resize and centre crop.
 
 timm builds the training pipeline; four of its steps are then swapped for ones that draw the same way and cost
-less per image (their own line each, see `faster_steps`), which matters most for the small images of few-label
-data sets, where Python-level overhead is most of the time.
+less per image (`faster_steps`), which matters most for small images, where per-call overhead is most of a view's
+time.
 """
 
 from __future__ import annotations
@@ -196,8 +196,8 @@ class FastRandAugment(RandAugment):
 
 class ToNormalizedTensor:
     """An 8-bit "L" or "RGB" image -> float tensor (C, H, W), (x / 255 - mean) / std: the float32 operations
-    ToTensor and Normalize apply, done by NumPy on the (H, W, C) pixels, whose per-call cost is a fraction of
-    torch's for small images. Other modes take ToTensor and Normalize."""
+    ToTensor and Normalize apply, done by NumPy, whose per-call cost is a fraction of torch's for small images.
+    Other modes (and a mean of another length) take ToTensor and Normalize."""
 
     def __init__(self, mean, std):
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
