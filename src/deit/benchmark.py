@@ -25,7 +25,6 @@ import functools
 import io
 import itertools
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .distributed import DistEnv, cpu_name, resolve_device
+from .distributed import DistEnv, cpu_name, resolve_device, threads_beside
 from .files import atomic_write, slug
 
 PRESETS = {
@@ -423,9 +422,7 @@ def _measure_e2e(
     teacher, loss, cached_loss = distillation
     batches = len(jpegs) // bs
     loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=num_workers, dev=dev)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu" and num_workers:
-        threads = max(1, (os.cpu_count() or 1) - num_workers)
+    threads = threads_beside(num_workers) if dev.type == "cpu" and num_workers else torch.get_num_threads()
     with tempfile.TemporaryDirectory() as folder:
         cache, spans = _synthetic_cache(folder, cfg, teacher, x, batches, amp)
         official = loader(transforms["timm"], False), models["timm"], optimizers["timm"], loss, amp, dev

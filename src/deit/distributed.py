@@ -59,7 +59,12 @@ def share_cpu_cores(num_workers: int) -> None:
     An explicit OMP_NUM_THREADS, and torchrun's one thread per process, are kept."""
     if "OMP_NUM_THREADS" in os.environ or num_workers == 0:
         return
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
+    torch.set_num_threads(threads_beside(num_workers))
+
+
+def threads_beside(num_workers: int) -> int:
+    """Compute threads that leave a core to each of `num_workers` loader processes (at least one)."""
+    return max(1, (os.cpu_count() or 1) - num_workers)
 
 
 def cleanup() -> None:

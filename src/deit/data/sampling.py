@@ -149,9 +149,8 @@ class SeededSampler(Sampler):
 
     def __iter__(self):
         indices = list(self.sampler)
-        positions = range(self.rank, self.rank + len(indices) * self.world_size, self.world_size)
-        seeds = sample_seeds(self.seed, self.epoch, np.arange(positions.start, positions.stop, positions.step))
-        return zip(indices, seeds, positions)
+        positions = np.arange(len(indices)) * self.world_size + self.rank
+        return zip(indices, sample_seeds(self.seed, self.epoch, positions), positions.tolist())
 
 
 class SeededDataset(Dataset):

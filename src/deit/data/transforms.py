@@ -207,9 +207,8 @@ class ToNormalizedTensor:
     def __call__(self, img) -> torch.Tensor:
         if not isinstance(img, Image.Image) or img.mode not in ("L", "RGB") or len(self.mean) != len(img.mode):
             return TF.normalize(TF.to_tensor(img), self.mean, self.std)
-        pixels = np.asarray(img)
         # channels first while still bytes (a quarter of the memory to move), then a new float32 array
-        x = np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)).astype(np.float32)
+        x = _channels_first(np.asarray(img)).astype(np.float32)
         x /= 255
         x -= self._mean
         x /= self._std
@@ -222,18 +221,18 @@ class ToNormalizedTensor:
 class ToUint8Tensor:
     """A Pillow image -> uint8 tensor (C, H, W), as PILToTensor."""
 
-    @staticmethod
-    def of(img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image) -> torch.Tensor:
         if img.mode not in ("L", "RGB"):
             return TF.pil_to_tensor(img)
-        pixels = torch.from_numpy(np.array(img))
-        return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self.of(img)
+        return torch.from_numpy(_channels_first(np.array(img)))  # a copy of the pixels: the tensor may write
 
     def __repr__(self) -> str:
         return "ToUint8Tensor()"
+
+
+def _channels_first(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) pixels -> a contiguous (C, H, W) array (a view where it already is one)."""
+    return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
 
 
 def keep_posterize_bits(transform) -> None:

@@ -238,12 +238,16 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.prefix_tokens(x.shape[0]), x], dim=1)  # (B, prefix + N, C)
         return x + self.pos_embed
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, in_chans, H, W) -> normalised tokens (B, prefix + N, C)."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, in_chans, H, W) -> the last block's tokens (B, prefix + N, C), before the final norm."""
         x = self.embed(x)
         for block in self.blocks:
             x, _ = block(x)
-        return self.norm(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, in_chans, H, W) -> normalised tokens (B, prefix + N, C)."""
+        return self.norm(self.encode(x))
 
     def forward_head(self, x: torch.Tensor):
         return self.head(x[:, 0])
@@ -253,11 +257,8 @@ class VisionTransformer(nn.Module):
         model reaches that path only through forward)."""
         if attn_blocks is not None:
             return self.forward_attention(x, attn_blocks, attn_form)
-        x = self.embed(x)
-        for block in self.blocks:
-            x, _ = block(x)
         # the head reads the prefix tokens only, and LayerNorm acts on each token alone: normalise just those
-        return self.forward_head(self.norm(x[:, : self.num_prefix_tokens]))
+        return self.forward_head(self.norm(self.encode(x)[:, : self.num_prefix_tokens]))
 
     def forward_attention(
         self, x: torch.Tensor, blocks: int | list[int] | tuple[int, ...] | None = None, form: str = "full"
