@@ -56,8 +56,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         with torch.device("meta"):  # shapes only: no memory, no arithmetic
             model = create_model(name).eval()
             x = torch.empty(1, 3, spec.img_size, spec.img_size)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
+        with FlopCounterMode(display=False) as counter:  # every token through every block, as the paper counts
+            model.forward_head(model.forward_features(x))  # (forward() skips the last block's patch tokens)
         params = sum(p.numel() for p in model.parameters())
         table.add_row(
             name,

@@ -64,10 +64,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_form: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, attn_form: str | None = None, queries: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, C) tokens -> (B, N, C), or with `queries` the output of the first `queries` tokens only (every
+        token still a key and a value), and the attention map `attn_form` asks for (None without it)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if queries is not None:
+            q = q[:, :, :queries]
         attn = None
         if attn_form == "full":
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
@@ -76,7 +82,7 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(q, k, v)
             if attn_form == "cls":
                 attn = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)  # (B, heads, N)
-        x = x.transpose(1, 2).reshape(B, N, C)
+        x = x.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.proj(x), attn
 
 
@@ -135,8 +141,14 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else None
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor, attn_form: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, attn = self.attn(self.norm1(x), attn_form)
+    def forward(
+        self, x: torch.Tensor, attn_form: str | None = None, keep: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens (B, N, C) -> (B, N, C), or with `keep` the first `keep` tokens' outputs only, computed without the
+        others' (the rest only serve as keys and values); and the attention map `attn_form` asks for."""
+        y, attn = self.attn(self.norm1(x), attn_form, keep)
+        if keep is not None:
+            x = x[:, :keep]
         x = x + drop_path(y if self.ls1 is None else self.ls1(y), self.drop_path, self.training)
         y = self.mlp(self.norm2(x))
         x = x + drop_path(y if self.ls2 is None else self.ls2(y), self.drop_path, self.training)
@@ -238,11 +250,13 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.prefix_tokens(x.shape[0]), x], dim=1)  # (B, prefix + N, C)
         return x + self.pos_embed
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, in_chans, H, W) -> the last block's tokens (B, prefix + N, C), before the final norm."""
+    def encode(self, x: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """Images (B, in_chans, H, W) -> the last block's tokens (B, prefix + N, C), before the final norm; with
+        `keep`, the first `keep` of them only, the last block computing no others."""
         x = self.embed(x)
-        for block in self.blocks:
-            x, _ = block(x)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, keep=keep if i == last else None)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,8 +271,10 @@ class VisionTransformer(nn.Module):
         model reaches that path only through forward)."""
         if attn_blocks is not None:
             return self.forward_attention(x, attn_blocks, attn_form)
-        # the head reads the prefix tokens only, and LayerNorm acts on each token alone: normalise just those
-        return self.forward_head(self.norm(self.encode(x)[:, : self.num_prefix_tokens]))
+        # The head reads the prefix tokens only, and after the last attention every token goes on alone (LayerNorm,
+        # MLP): the last block computes the prefix tokens' outputs only (the demo's student's train step, measured in
+        # docs/benchmarks.md).
+        return self.forward_head(self.norm(self.encode(x, keep=self.num_prefix_tokens)))
 
     def forward_attention(
         self, x: torch.Tensor, blocks: int | list[int] | tuple[int, ...] | None = None, form: str = "full"
