@@ -191,3 +191,41 @@ def test_cache_spec_names_a_teacher_that_sees_resized_views():
     }
     assert specs[None]["teacher"] == specs[28]["teacher"] and "input_size" not in specs[28]["teacher"]
     assert specs[8]["teacher"]["input_size"] == 8
+
+
+@pytest.mark.parametrize("write_amp", [False, True], ids=["written-fp32", "written-bf16"])
+@pytest.mark.parametrize("read_amp", [False, True], ids=["read-fp32", "read-bf16"])
+def test_checksums_writes_and_lookups_ignore_the_callers_autocast(tmp_path, write_amp, read_amp):
+    """A benchmark looked a cache up under bf16 autocast and stopped ('BFloat16 did not match Float'): the checksum,
+    what is stored and what is read back are the same numbers whatever autocast the caller runs under."""
+    from contextlib import nullcontext
+
+    from deit.distill.cache import view_checksum
+
+    def amp(on: bool):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if on else nullcontext()
+
+    views, logits = torch.randn(6, 3, 16, 16), torch.randn(6, 10)
+    positions = indices = torch.arange(6)
+    plain = view_checksum(views)
+    spec = {
+        "data": {"data_set": "random", "size": 6, "num_classes": 10},
+        "views": {"seed": 0, "mixup": None, "repeated_aug": False, "batch_aug": False, "batch_size": 6},
+        "teacher": {"name": "small_cnn"},
+        "attention": None,
+        "epochs": 1,
+        "topk": 10,
+        "dtype": "float32",
+        "distillation_type": "soft",
+    }
+    cache = TeacherCache.open_or_create(
+        tmp_path / "cache", {**spec, "views": {**spec["views"], "world_size": 1}}, create=True
+    )
+    with amp(write_amp):
+        assert torch.equal(view_checksum(views), plain) and plain.dtype == torch.float32
+        entries = cache.entries(positions, indices, views, logits, None)
+    assert torch.equal(entries["checksums"], plain)
+    cache.write_epoch(0, 0, [entries])
+    with amp(read_amp):
+        read, maps = cache.lookup(0, positions, indices, views)
+    assert maps is None and read.dtype == torch.float32 and torch.equal(read, logits)  # fp32 and k = classes: exact

@@ -3,10 +3,36 @@
 import pytest
 import timm
 import torch
+from conftest import FAST, read_log
+from timm.models import register_model
+from torch import nn
 
 import deit
+from deit.cli import main
 from deit.models.weights import deit_config
 from deit.teachers import SmallCNN, Teacher, create_cnn, load_teacher
+
+
+class TensorWidthsCNN(nn.Module):
+    """A CNN whose constructor computes its widths with tensors, as timm 1.0.29's RegNet does (`torch.unique`)."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, **kwargs):
+        super().__init__()
+        widths = torch.unique(torch.tensor([8.0, 8.0, 16.0]).round().int()).tolist()
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1)
+        self.body = nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1)
+        self.fc = nn.Linear(widths[1], num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(self.stem(x).relu()).relu().mean(dim=(2, 3)))
+
+
+@register_model
+def tensor_widths_cnn_for_tests(pretrained: bool = False, **kwargs) -> nn.Module:
+    return TensorWidthsCNN(**kwargs)
 
 
 def save_run_checkpoint(path, model, config):
@@ -29,6 +55,33 @@ def test_timm_state_dict_of_a_named_architecture(tmp_path):
     teacher = load_teacher("resnet18", tmp_path / "resnet18.pth", num_classes=10, in_chans=3)
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(teacher(x), reference(x))
+
+
+def test_an_architecture_that_computes_with_tensors_as_it_is_built(tmp_path):
+    """Its state dict loads as a teacher (one built on the meta device to read the head's size failed:
+    'aten::_unique2: attempted to run this operator with Meta tensors'), and a wrong class count is still named."""
+    reference = TensorWidthsCNN(num_classes=10, in_chans=1).eval()
+    torch.save(reference.state_dict(), tmp_path / "cnn.pth")
+    teacher = load_teacher("tensor_widths_cnn_for_tests", tmp_path / "cnn.pth", num_classes=10, in_chans=1)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(teacher(x), reference(x))
+    with pytest.raises(ValueError, match="predicts 10 classes but the data has 7"):
+        load_teacher("tensor_widths_cnn_for_tests", tmp_path / "cnn.pth", num_classes=7, in_chans=1)
+
+
+@pytest.mark.smoke
+def test_the_papers_teacher_regnety_160_from_a_timm_state_dict_distils_online_and_cached(tmp_path):
+    """`deit train --teacher-model regnety_160 --teacher-path STATE_DICT`, as the paper distils DeiT, on every
+    stack CI runs (timm 1.0.29 builds RegNet's widths with tensors); with the teacher online and from a cache."""
+    torch.save(timm.create_model("regnety_160", num_classes=10, in_chans=1).state_dict(), tmp_path / "regnety.pth")
+    common = ["--model", "deit_pico_distilled_patch4_28", *FAST, "--labels-per-class", "8", "--epochs", "1"]
+    common += ["--distillation-type", "hard", "--teacher-model", "regnety_160"]
+    common += ["--teacher-path", str(tmp_path / "regnety.pth")]
+    assert main(["train", *common, "--output_dir", str(tmp_path / "online")]) == 0
+    cache = ["--teacher-cache", str(tmp_path / "cache")]
+    assert main(["train", *common, *cache, "--output_dir", str(tmp_path / "cached")]) == 0
+    online, cached = read_log(tmp_path / "online")[0], read_log(tmp_path / "cached")[0]
+    assert online["distill_loss"] > 0 and cached["distill_loss"] == pytest.approx(online["distill_loss"], rel=1e-5)
 
 
 def test_deit_teacher(tmp_path):

@@ -130,9 +130,10 @@ def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes
         teacher_classes, teacher_chans = model.num_classes, model.hparams["in_chans"]
     else:
         name = model_name
-        teacher_classes = _head_classes(ckpt, model_name, num_classes, in_chans)
-        model = create_cnn(model_name, num_classes=teacher_classes, in_chans=in_chans)
-        _load_cnn(model, ckpt, model_name)
+        model = create_cnn(model_name, num_classes=num_classes, in_chans=in_chans)
+        teacher_classes = _head_classes(model, ckpt, num_classes)
+        if teacher_classes == num_classes:  # else refused below, naming both counts
+            _load_cnn(model, ckpt, model_name)
         teacher_chans = in_chans
     if teacher_classes != num_classes:
         raise ValueError(
@@ -144,17 +145,18 @@ def load_teacher(model_name: str, path: str | os.PathLike | None, *, num_classes
     return Teacher(model, name, teacher_classes, input_size)
 
 
-def _head_classes(ckpt: Checkpoint, name: str, num_classes: int, in_chans: int) -> int:
-    """The class count of a foreign CNN state dict: the output size of the architecture's classifier in it."""
-    with torch.device("meta"):
-        model = create_cnn(name, num_classes=num_classes, in_chans=in_chans)
+def _head_classes(model: nn.Module, ckpt: Checkpoint, num_classes: int) -> int:
+    """The class count of a foreign CNN state dict: the rows of `model`'s classifier weight in it (`num_classes`,
+    which `model` was built with, when it holds no such key: the load then reports what does not fit).
+
+    `model` is a real one, built on the CPU: not a shape-only copy on the meta device, which fails for
+    architectures whose constructor computes with tensors (timm 1.0.29's RegNet widths, built with torch.unique)."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if head is None:  # torchvision: the last Linear layer
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     key = next(k for k, p in model.named_parameters() if p is head.weight)
-    if key in ckpt.state_dict:
-        return ckpt.state_dict[key].shape[0]
-    return num_classes  # no such key: the load below reports what does not fit
+    weight = ckpt.state_dict.get(key)
+    return weight.shape[0] if weight is not None and weight.dim() > 0 else num_classes
 
 
 def _load_cnn(model: nn.Module, ckpt: Checkpoint, name: str) -> None:

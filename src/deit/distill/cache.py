@@ -34,16 +34,21 @@ FILL = 1e4  # classes outside the top k sit this far below the k-th logit: proba
 
 
 def view_checksum(images: torch.Tensor) -> torch.Tensor:
-    """(B, ...) views -> (B,) projections on a fixed random direction: equal views, equal numbers; a flipped,
-    shifted or re-coloured view, another number."""
-    flat = images.detach().flatten(1).float()
-    return flat @ _direction(flat.shape[1], str(flat.device)) / flat.shape[1] ** 0.5
+    """(B, ...) views -> (B,) float32 projections on a fixed random direction: equal views, equal numbers; a
+    flipped, shifted or re-coloured view, another number.
+
+    Computed in float64 with autocast off, so that the caller's autocast (bf16 under `--precision bf16`) or TF32
+    matmuls cannot change the numbers a cache stores and a student compares."""
+    with torch.autocast(images.device.type, enabled=False):
+        flat = images.detach().flatten(1).double()
+        checksum = flat @ _direction(flat.shape[1], str(flat.device)) / flat.shape[1] ** 0.5
+    return checksum.float()
 
 
 @functools.lru_cache(maxsize=4)
 def _direction(size: int, device: str) -> torch.Tensor:
     """The fixed direction of `view_checksum`: drawn once per image size and device, not at every step."""
-    return torch.randn(size, generator=torch.Generator().manual_seed(0x7EAC)).to(device)
+    return torch.randn(size, generator=torch.Generator().manual_seed(0x7EAC)).double().to(device)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
