@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from deit.benchmark import timm_twin
@@ -16,8 +17,12 @@ def test_the_timm_twin_computes_what_ours_does():
     assert torch.allclose(ours(x), twin(x), atol=1e-5)
 
 
-def test_benchmark_measures_each_part_against_its_baseline(tmp_path):
-    assert main(["benchmark", "--rounds", "1", "--steps", "1", "--num_workers", "0", "--out", str(tmp_path)]) == 0
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_benchmark_measures_each_part_against_its_baseline(tmp_path, precision):
+    """bf16: every part under CPU bf16 autocast, the dtypes CUDA's autocast gives (a part that mixes them up, as
+    the cache lookup once did on the GPU, stops here without one)."""
+    argv = ["benchmark", "--rounds", "1", "--steps", "1", "--num_workers", "0", "--precision", precision]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("deit_benchmark_cpu_*.json")).read_text())
     names = [r["measurement"] for r in record["results"]]
     assert names == [
@@ -34,4 +39,4 @@ def test_benchmark_measures_each_part_against_its_baseline(tmp_path):
         assert result["baseline"] in result["img_s"] and result["ours"] in result["img_s"]
     assert record["results"][2]["cached_ratio"] > 0 and "ours + cache" in record["results"][2]["img_s"]
     assert record["results"][-1]["threads"]["ours"] == torch.get_num_threads()  # no loader processes to share with
-    assert record["machine"] and record["batch_size"] == 32
+    assert record["machine"] and record["batch_size"] == 32 and record["precision"] == precision

@@ -15,12 +15,13 @@ rounds of the paired times, so a machine that slows down moves both alike):
 - end to end, distilled: loader, augmentation, teacher and student step over the JPEGs, the official loop against
   ours as `deit train` runs it (the teacher cached; views per image, or with batch augmentation).
 
-On CUDA: bf16 autocast. Random inputs; JPEGs are random-content images at ImageNet's typical size (500x375).
+bf16 autocast on CUDA, fp32 on the CPU, unless `precision` says otherwise (bf16 on the CPU runs the GPU's
+dtype paths where a test can: `deit benchmark --precision bf16`). Random inputs; JPEGs are random-content images
+at ImageNet's typical size (500x375).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import itertools
@@ -447,11 +448,12 @@ def _measure_e2e(
 
 
 # -- the whole run --------------------------------------------------------------------------------------------------
-def _start_record(cfg: dict, preset: str, dev: torch.device, bs: int, compiled: bool, rounds: int, steps: int):
+def _start_record(cfg: dict, preset: str, dev: torch.device, bs: int, dtype, compiled: bool, rounds: int, steps: int):
     """The record's settings, with no results yet; printed as one line."""
     machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     print(
-        f"{machine} | torch {torch.__version__} | batch {bs} | {'bf16' if dev.type == 'cuda' else 'fp32'}"
+        f"{machine} | torch {torch.__version__} | batch {bs} | {precision}"
         f"{' | compiled' if compiled else ''} | {rounds} rounds of {steps} steps"
     )
     return {
@@ -461,6 +463,7 @@ def _start_record(cfg: dict, preset: str, dev: torch.device, bs: int, compiled: 
         "student": cfg["student"],
         "teacher": cfg["teacher"],
         "batch_size": bs,
+        "precision": precision,
         "compiled": compiled,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -472,6 +475,7 @@ def run_benchmark(
     *,
     preset: str = "cpu",
     device: str = "auto",
+    precision: str = "auto",
     batch_size: int | None = None,
     rounds: int = 5,
     steps: int = 5,
@@ -481,19 +485,21 @@ def run_benchmark(
     parts: tuple[str, ...] = ("inference", "train", "distilled", "data", "e2e"),
 ) -> dict:
     """Run the measurements; returns a record (machine, settings, one entry per measurement)."""
+    from .engine import amp_dtype, autocast
     from .models import create_model
 
     cfg = PRESETS[preset]
     dev = resolve_device(device, DistEnv())  # one line naming the fix when the device is absent
     bs = batch_size or cfg["batch_size"]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    dtype = amp_dtype(precision, dev)
+    amp = autocast(dev, dtype)
     torch.manual_seed(0)
     ours = create_model(cfg["student"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"]).to(dev)
     twin = timm_twin(ours).to(dev)
     size = ours.hparams["img_size"]
     x = torch.randn(bs, cfg["in_chans"], size, size, device=dev)
     y = torch.randint(0, cfg["num_classes"], (bs,), device=dev)
-    record = _start_record(cfg, preset, dev, bs, compile_models, rounds, steps)
+    record = _start_record(cfg, preset, dev, bs, dtype, compile_models, rounds, steps)
     results = record["results"]
 
     models, best = _models(ours, twin, compile_models), " compiled" if compile_models else ""

@@ -188,6 +188,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     record = run_benchmark(
         preset=args.preset,
         device=args.device,
+        precision=args.precision,
         batch_size=args.batch_size,
         rounds=args.rounds,
         steps=args.steps,
@@ -388,6 +389,8 @@ def _add_training(sub) -> None:
 
 
 def _add_benchmark(sub) -> None:
+    from .engine import PRECISIONS
+
     p = sub.add_parser(
         "benchmark",
         help="time inference, the train step, distilled steps (teacher online / cached) and the data pipeline "
@@ -401,6 +404,9 @@ def _add_benchmark(sub) -> None:
         help="cpu: the demo's student and teacher; gpu: DeiT-S distilled from RegNetY-16GF, batch 256",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="auto (bf16 on CUDA, fp32 on the CPU), bf16 or fp32"
+    )
     p.add_argument("--batch-size", type=count(1), default=None, help="the preset's unless given")
     p.add_argument("--rounds", type=count(1), default=5, help="timed rounds per implementation (median reported)")
     p.add_argument("--steps", type=count(1), default=5, help="steps per round")

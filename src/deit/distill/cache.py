@@ -18,6 +18,7 @@ count (positions are global) unless Mixup/CutMix or repeated augmentation tie th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,16 +34,26 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32}
 FILL = 1e4  # classes outside the top k sit this far below the k-th logit: probability 0 at any temperature
 
 
+def autocast_off(fn):
+    """`fn` run with autocast off on the CPU and on CUDA: what a cache stores and reads back must not depend on
+    its caller's autocast (a training step's or a benchmark's bf16 region)."""
+
+    @functools.wraps(fn)
+    def outside_autocast(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args, **kwargs)
+
+    return outside_autocast
+
+
+@autocast_off
 def view_checksum(images: torch.Tensor) -> torch.Tensor:
     """(B, ...) views -> (B,) float32 projections on a fixed random direction: equal views, equal numbers; a
-    flipped, shifted or re-coloured view, another number.
-
-    Computed in float64 with autocast off, so that the caller's autocast (bf16 under `--precision bf16`) or TF32
-    matmuls cannot change the numbers a cache stores and a student compares."""
-    with torch.autocast(images.device.type, enabled=False):
-        flat = images.detach().flatten(1).double()
-        checksum = flat @ _direction(flat.shape[1], str(flat.device)) / flat.shape[1] ** 0.5
-    return checksum.float()
+    flipped, shifted or re-coloured view, another number. In float64, so that TF32 matmuls cannot move it either."""
+    flat = images.detach().flatten(1).double()
+    return (flat @ _direction(flat.shape[1], str(flat.device)) / flat.shape[1] ** 0.5).float()
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,6 +120,7 @@ class TeacherCache:
     def missing_epochs(self, rank: int, epochs: int) -> list[int]:
         return [e for e in range(epochs) if not (self.root / epoch_file(e, rank)).exists()]
 
+    @autocast_off
     def write_epoch(self, epoch: int, rank: int, parts: list[dict[str, torch.Tensor]]) -> None:
         """Store one epoch of one process: `parts` are `entries(...)` of its batches."""
         from safetensors.torch import save_file
@@ -116,6 +128,7 @@ class TeacherCache:
         tensors = {key: torch.cat([p[key] for p in parts]).contiguous() for key in parts[0]}
         atomic_write(self.root / epoch_file(epoch, rank), lambda tmp: save_file(tensors, str(tmp)))
 
+    @autocast_off
     def entries(self, positions, indices, views, logits, maps) -> dict[str, torch.Tensor]:
         """What one batch stores: positions, indices, view checksums, top-k logits and classes, maps."""
         k = min(self.meta["topk"], logits.shape[1])
@@ -133,6 +146,7 @@ class TeacherCache:
         return out
 
     # -- reading it ---------------------------------------------------------------------------------------------
+    @autocast_off
     def lookup(
         self, epoch: int, positions: torch.Tensor, indices: torch.Tensor, views: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
