@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 
+class _Silent:
+    """What a disabled bar is: nothing written at all (rich 13.7's disabled bar still wrote a newline on stop,
+    which put a blank line before `deit predict --json`'s first row)."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, task: int, **fields) -> None:
+        pass
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        pass
+
+
 def progress(description: str, total: int, enabled: bool):
     """A rich progress bar with a free-text field (loss, img/s): (bar, task). A silent stand-in when disabled."""
+    if not enabled:
+        return _Silent(), 0
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -21,7 +40,6 @@ def progress(description: str, total: int, enabled: bool):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        disable=not enabled,
         transient=False,
     )
     task = bar.add_task(description, total=total, info="")

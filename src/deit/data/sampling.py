@@ -76,12 +76,12 @@ def sample_seeds(seed: int, epoch: int, positions: np.ndarray) -> list[int]:
 
 def process_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of a training process's own randomness (Mixup, drop path) in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def batch_seed(seed: int, epoch: int, rank: int, step: int) -> int:
     """The seed of one batch's Mixup/CutMix draw (its lambda, box, and which images are mixed)."""
-    return int(np.random.SeedSequence([seed, epoch, rank, step, 0xB47C]).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, epoch, rank, step, 0xB47C]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def seed_everything(seed: int, cuda: bool = False) -> None:
