@@ -60,6 +60,9 @@ PRESETS = {
 }
 
 
+PARTS = ("inference", "train", "distilled", "data", "e2e")
+
+
 def save_record(record: dict, out_dir: str | Path) -> Path:
     """Write `record` as <out_dir>/<benchmark>_<machine>_<date>.json and say where."""
     out = Path(out_dir) / f"{record['benchmark']}_{slug(record['machine'])}_{record['date']}.json"
@@ -482,7 +485,7 @@ def run_benchmark(
     compile_models: bool = False,
     num_workers: int = 2,
     data_images: int = 512,
-    parts: tuple[str, ...] = ("inference", "train", "distilled", "data", "e2e"),
+    parts: tuple[str, ...] = PARTS,
 ) -> dict:
     """Run the measurements; returns a record (machine, settings, one entry per measurement)."""
     from .engine import amp_dtype, autocast

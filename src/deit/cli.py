@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import datetime
 
-    from .benchmark import run_benchmark, save_record
+    from .benchmark import PARTS, run_benchmark, save_record
 
     record = run_benchmark(
         preset=args.preset,
@@ -194,13 +194,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         steps=args.steps,
         compile_models=args.compile,
         num_workers=args.num_workers,
+        data_images=args.data_images,
         parts=tuple(args.parts),
     )
-    if args.out:
-        save_record(
-            {"benchmark": f"deit_benchmark_{args.preset}", "date": datetime.date.today().isoformat(), **record},
-            args.out,
-        )
+    if args.out:  # a subset of the parts is named by them: a script running parts one by one keeps each record
+        subset = "" if set(args.parts) == set(PARTS) else "_" + "-".join(args.parts)
+        name = f"deit_benchmark_{args.preset}{subset}"
+        save_record({"benchmark": name, "date": datetime.date.today().isoformat(), **record}, args.out)
     return 0
 
 
@@ -389,6 +389,7 @@ def _add_training(sub) -> None:
 
 
 def _add_benchmark(sub) -> None:
+    from .benchmark import PARTS
     from .engine import PRECISIONS
 
     p = sub.add_parser(
@@ -413,11 +414,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--num_workers", type=count(0), default=2, help="data loader processes for the data pipeline part")
     p.add_argument(
-        "--parts",
-        nargs="+",
-        default=["inference", "train", "distilled", "data", "e2e"],
-        choices=("inference", "train", "distilled", "data", "e2e"),
+        "--data-images", type=count(1), default=512, help="JPEGs held in memory for the data and end-to-end parts"
     )
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--out", default=None, help="a folder to save the JSON record in (e.g. benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)
 
