@@ -1,35 +1,18 @@
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+from short_runs import FAST, read_log, train_teacher
+
+__all__ = ["FAST", "read_log"]  # the tests' shared flags and log reader, with the short runs they bound
 
 # Property tests draw their examples from a fixed seed (a CI run is reproducible); HYPOTHESIS_PROFILE=explore draws
 # new ones, ten times more of them.
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-# Small and fast: few images per class, no workers, no EMA unless asked.
-FAST = [
-    "--data-set",
-    "mnist5k",
-    "--num_workers",
-    "0",
-    "--batch-size",
-    "32",
-    "--warmup-epochs",
-    "0.5",
-    "--no-model-ema",
-    "--lr",
-    "0.02",
-]
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(autouse=True)
@@ -39,27 +22,9 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def teacher(tmp_path_factory) -> Path:
-    """A small CNN trained by `deit train` on 2,000 digits."""
-    from deit.cli import main
-
+    """A small CNN trained by `deit train` on 2,000 digits (`short_runs.teacher_argv`)."""
     out = tmp_path_factory.mktemp("teacher")
-    code = main(
-        [
-            "train",
-            "--model",
-            "small_cnn",
-            *FAST,
-            "--lr",
-            "0.1",
-            "--labels-per-class",
-            "200",
-            "--epochs",
-            "2",
-            "--output_dir",
-            str(out),
-        ]
-    )
-    assert code == 0
+    train_teacher(out)
     return out
 
 

@@ -16,7 +16,7 @@ from deit.data.transforms import Recipe, train_transform
 from deit.distill.losses import class_criterion
 from deit.train import build_student
 from tests.conftest import FAST
-from tests.test_train import read_log
+from tests.short_runs import deit3_recipe
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -102,17 +102,10 @@ def test_bce_with_images_without_labels_is_refused_in_one_line(capsys):
 
 def test_a_short_run_with_the_deit3_recipe_learns(tmp_path):
     """deit3_pico with Simple Random Crop, 3-Augment, BCE on Mixup targets and LAMB at an unscaled lr: above
-    chance after two epochs on the digits (LayerScale starting at 1e-4 learns slowly in so short a run)."""
-    recipe = ["--src", "--ThreeAugment", "--aa", "none", "--bce-loss", "--smoothing", "0", "--reprob", "0"]
-    recipe += ["--mixup", "0.8", "--cutmix", "0", "--opt", "lamb", "--lr", "4e-3", "--unscale-lr"]
+    chance (10%) after two epochs on the digits (LayerScale starting at 1e-4 learns slowly in so short a run). Over
+    10 seeds (benchmarks/seed_spread.py) 20.5 +- 1.9 (18.2 to 23.2): the bound is 4 standard deviations below."""
     out = tmp_path / "run"
-    assert (
-        main(["train", "--model", "deit3_pico_patch7_28", *FAST, *recipe, "--epochs", "2", "--output_dir", str(out)])
-        == 0
-    )
-    log = read_log(out)
-    assert (
-        all(np.isfinite(line["train_loss"]) for line in log) and log[-1]["test_acc1"] > 15
-    )  # chance is 10%; 21.8 here
+    log = deit3_recipe(out)
+    assert all(np.isfinite(line["train_loss"]) for line in log) and log[-1]["test_acc1"] > 12.5
     saved = (out / "config.yaml").read_text()
     assert "bce_loss: true" in saved and "src: true" in saved

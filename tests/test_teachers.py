@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 from conftest import FAST, read_log
+from short_runs import cnn_on_8px_digits
 from timm.models import register_model
 from torch import nn
 
@@ -114,53 +115,14 @@ def test_class_count_mismatch_and_missing_weights_are_clear(tmp_path):
 
 
 def test_teacher_sees_the_views_at_the_size_it_was_trained_at(tmp_path):
-    # a CNN trained on the 8 px digits, distilling into a 28 px student: the student's views are resized back to
-    # 8 px for it. Fed the 28 px views as they come, the same network is near chance (a distilled student then
-    # learns a near-constant teacher label).
-    import torch.nn.functional as F
-
-    from deit.cli import main
-    from deit.data import build_dataset
-
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "small_cnn",
-                "--data-set",
-                "digits",
-                "--num_workers",
-                "0",
-                "--batch-size",
-                "32",
-                "--epochs",
-                "4",
-                "--lr",
-                "0.05",
-                "--warmup-epochs",
-                "0.5",
-                "--no-model-ema",
-                "--output_dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
-    teacher = load_teacher("ignored", tmp_path, num_classes=10, in_chans=1)
-    assert teacher.input_size == 8
-    test, info = build_dataset("digits", None, False)
-    images = (torch.from_numpy(test.images).float().unsqueeze(1) / 255 - info.mean[0]) / info.std[0]
-    targets = torch.tensor(test.targets)
-    views = F.interpolate(images, size=(28, 28), mode="bicubic", align_corners=False)  # as the student takes them
-
-    def accuracy(logits):
-        return (logits.argmax(1) == targets).float().mean().item()
-
-    native, resized, raw = accuracy(teacher(images)), accuracy(teacher(views)), accuracy(teacher.model(views))
-    assert native > 0.8
-    assert resized > native - 0.08 and raw < resized - 0.3
-    assert torch.equal(teacher(images), teacher.model(images))  # at its own size: untouched
+    """A CNN trained on the 8 px digits, distilling into a 28 px student: the student's views are resized back to
+    8 px for it. Fed the 28 px views as they come, the same network is near chance (a distilled student then
+    learns a near-constant teacher label). Over 10 seeds (benchmarks/seed_spread.py): native 0.974 +- 0.008,
+    resized minus native -0.012 +- 0.004, raw minus resized -0.85 +- 0.03; each bound over 5 standard deviations
+    away."""
+    top1 = cnn_on_8px_digits(tmp_path)
+    assert top1["native"] > 0.8
+    assert top1["resized"] > top1["native"] - 0.08 and top1["raw"] < top1["resized"] - 0.3
 
 
 def test_vit_teacher_of_another_size_takes_the_students_views(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import short_runs
 import torch
 from conftest import FAST, assert_same_run, interrupted_then_resumed, read_log
 
@@ -32,46 +33,14 @@ def config(**dotted) -> TrainConfig:
 
 
 def test_teacher_then_hard_distilled_student(teacher, tmp_path):
+    # bounds from the spread over 10 seeds (benchmarks/seed_spread.py, docs/tests.md): the teacher 89.5 +- 1.5,
+    # the student 53.3 +- 6.6 (43.9 to 64.8); each bound over 5 standard deviations below the mean; chance is 10%
     teacher_log = read_log(teacher)
-    assert len(teacher_log) == 2 and teacher_log[-1]["test_acc1"] > 80  # chance is 10%
+    assert len(teacher_log) == 2 and teacher_log[-1]["test_acc1"] > 80
     out = tmp_path / "student"
-    # a ViT learns slowly from 2,000 images: lighter augmentation for a short run
-    code = main(
-        [
-            "train",
-            "--model",
-            "deit_pico_distilled_patch4_28",
-            *FAST,
-            "--lr",
-            "0.032",
-            "--min-lr",
-            "2e-3",
-            "--epochs",
-            "3",
-            "--aa",
-            "none",
-            "--mixup",
-            "0",
-            "--reprob",
-            "0",
-            "--crop-scale",
-            "1",
-            "--distillation-type",
-            "hard",
-            "--teacher-path",
-            str(teacher / "checkpoint.pth"),
-            "--model-ema",
-            "--model-ema-decay",
-            "0.9",
-            "--output_dir",
-            str(out),
-            "--tensorboard",
-        ]
-    )
-    assert code == 0
-    log = read_log(out)
+    log = short_runs.hard_distilled_student(out, teacher)
     assert [line["epoch"] for line in log] == [0, 1, 2]
-    assert log[-1]["test_acc1"] > 40  # chance is 10%; a ViT learns slowly from 4,000 images
+    assert log[-1]["test_acc1"] > 20
     for key in (
         "lr",
         "train_loss",
@@ -492,30 +461,9 @@ def test_images_without_labels_are_marked_through_mixup():
 
 def test_unlabelled_images_teach_the_student_through_the_teacher(teacher, tmp_path, capsys):
     """50 labelled digits and 3,950 without labels (--unlabelled): the student learns the teacher's answers on all
-    of them and ends well above the same student trained on the 50 labelled alone for as many steps."""
-    common = [
-        "train",
-        "--model",
-        "small_cnn",
-        *FAST,
-        "--lr",
-        "0.1",
-        "--aa",
-        "none",
-        "--reprob",
-        "0",
-        "--crop-scale",
-        "1",
-        "--labels-per-class",
-        "5",
-        "--distillation-type",
-        "hard",
-        "--teacher-path",
-        str(teacher / "checkpoint.pth"),
-    ]
-    assert main([*common, "--unlabelled", "--epochs", "1", "--output_dir", str(tmp_path / "semi")]) == 0
+    of them, ends near its teacher and above the same student trained on the 50 labelled alone for as many steps.
+    Over 10 seeds (benchmarks/seed_spread.py): the student minus its teacher 2.3 +- 0.8 points, minus the few-label
+    student 11.0 +- 2.5 (7.5 to 16.6); each bound over 4 standard deviations below the mean."""
+    top1 = short_runs.unlabelled_against_few_labels(tmp_path, teacher)
     assert "4000 images (50 labelled)" in capsys.readouterr().out
-    # 50 images make one batch of 32 a step: 125 epochs are the 125 steps of one epoch over 4,000
-    assert main([*common, "--epochs", "125", "--warmup-epochs", "10", "--output_dir", str(tmp_path / "few")]) == 0
-    semi, few = read_log(tmp_path / "semi")[-1]["test_acc1"], read_log(tmp_path / "few")[-1]["test_acc1"]
-    assert semi >= read_log(teacher)[-1]["test_acc1"] - 3 and semi > few + 2
+    assert top1["semi"] >= read_log(teacher)[-1]["test_acc1"] - 3 and top1["semi"] > top1["few"]
