@@ -74,7 +74,7 @@ def seed_times(count: int, rounds: int) -> dict[str, list[float]]:
     from deit.data.sampling import sample_seed, sample_seeds, seed_everything
 
     def seedsequence(position: int) -> int:
-        return int(np.random.SeedSequence([0, 1, position]).generate_state(1, np.uint64)[0] >> 1)
+        return int(np.random.SeedSequence([0, 1, position]).generate_state(1, np.uint64)[0]) >> 1
 
     ways = {
         "seed: SeedSequence (before)": lambda: [seedsequence(i) for i in range(count)],

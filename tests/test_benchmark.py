@@ -17,6 +17,7 @@ def test_the_timm_twin_computes_what_ours_does():
     assert torch.allclose(ours(x), twin(x), atol=1e-5)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_benchmark_measures_each_part_against_its_baseline(tmp_path, precision):
     """bf16: every part under CPU bf16 autocast, the dtypes CUDA's autocast gives (a part that mixes them up, as

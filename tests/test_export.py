@@ -17,6 +17,7 @@ def real_digits(count: int) -> torch.Tensor:
     return torch.stack([val[i][0] for i in range(count)])
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", ["deit_pico_patch7_28", "deit_pico_distilled_patch7_28"])
 def test_onnx_matches_pytorch_at_batch_1_and_7_on_random_and_real_digits(name, tmp_path):
     model = deit.create_model(name, num_classes=10, in_chans=1).eval()

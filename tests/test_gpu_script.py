@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ["compute", "distilled", "data-e2e", "train", "views", "shards"]
 
 
+@pytest.mark.smoke
 def test_the_gpu_script_rehearses_every_part_on_the_cpu(tmp_path):
     results, out = tmp_path / "results", tmp_path / "out"
     out.mkdir()

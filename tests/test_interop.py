@@ -98,7 +98,9 @@ def test_timm_folder_loads_in_timm_with_the_same_logits_and_preprocessing(traine
         assert (model(x) - reference(x)).abs().max().item() <= 1e-5
     data = timm.data.resolve_data_config({}, model=model)
     prep = deit.data.preprocess.preprocessing(reference)
-    assert data["input_size"] == (1, 28, 28) and tuple(data["mean"]) == prep.mean and tuple(data["std"]) == prep.std
+    assert (
+        tuple(data["input_size"]) == (1, 28, 28) and tuple(data["mean"]) == prep.mean and tuple(data["std"]) == prep.std
+    )
     assert data["crop_pct"] == prep.crop_ratio and data["interpolation"] == prep.interpolation
     assert model.pretrained_cfg["label_names"] == prep.class_names
     transform = timm.data.create_transform(**data)

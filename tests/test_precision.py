@@ -11,6 +11,8 @@ from conftest import FAST, read_log
 from deit.cli import main
 from deit.engine import amp_dtype, evaluate
 
+pytestmark = pytest.mark.smoke
+
 # a distilled student with every part that runs under autocast: the teacher (or its cache), attention maps, EMA,
 # batch augmentation on the training device
 STUDENT = [

@@ -12,6 +12,7 @@ from deit.data import build_dataset, eval_transform
 from deit.engine import evaluate
 
 
+@pytest.mark.smoke
 def test_predict_gives_evaluations_accuracy_and_reports_bad_files(trained, tmp_path, capsys):
     val, info = build_dataset("mnist5k", None, False)
     keep = list(range(len(val)))  # the 1,000 test digits

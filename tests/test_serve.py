@@ -43,6 +43,7 @@ def client(trained):
         yield c
 
 
+@pytest.mark.smoke
 def test_predict_gives_deit_predicts_numbers_and_evals_accuracy(client, trained, digits, capsys):
     assert main(["predict", str(digits[0].parent.parent), "--weights", str(trained), "--json"]) == 0
     expected = {row["path"]: row["topk"] for row in map(json.loads, capsys.readouterr().out.splitlines())}

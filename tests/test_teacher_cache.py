@@ -60,6 +60,7 @@ def test_a_view_replayed_from_its_seed_is_the_identical_tensor():
     assert not torch.equal(mixed(4), mixed(5)) and not torch.equal(mixed(4), a)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])
 def test_a_cached_run_matches_the_online_teacher(teacher, tmp_path, batch_aug):
     """fp32 cache, k = class count: the same losses, step after step, and the same weights at the end; with views
@@ -193,6 +194,7 @@ def test_cache_spec_names_a_teacher_that_sees_resized_views():
     assert specs[8]["teacher"]["input_size"] == 8
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_checksums_writes_and_lookups_ignore_the_callers_autocast(tmp_path, dtype):
     """A benchmark looked a cache up under bf16 autocast and stopped ('BFloat16 did not match Float'; on the CPU a

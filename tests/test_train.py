@@ -63,6 +63,7 @@ def test_teacher_then_hard_distilled_student(teacher, tmp_path):
     assert student.model_name == "deit_pico_distilled_patch4_28"
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch, batch_aug):
     settings = {

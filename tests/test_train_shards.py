@@ -123,6 +123,7 @@ def test_resume_with_loader_workers_gives_the_uninterrupted_result(tmp_path, mon
     assert len(set(np.round(losses, 6))) == 3
 
 
+@pytest.mark.smoke
 def test_eval_and_predict_read_shards(trained, tmp_path, capsys):
     from deit.evaluation import evaluation_report
     from deit.models import create_model

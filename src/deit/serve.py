@@ -68,6 +68,8 @@ class Batcher:
 
     async def __call__(self, images: list[torch.Tensor]) -> list:
         """The results for these images, computed in whatever batches they fall into."""
+        if self.task is None or self.task.done():  # never queue for a loop that is gone: the client would wait forever
+            raise RequestError(503, "the model's batching loop is not running; restart deit serve")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
         for image, future in zip(images, futures):
@@ -85,7 +87,7 @@ class Batcher:
                     break
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     break
             batch = torch.stack([image for image, _ in items])
             try:

@@ -156,6 +156,16 @@ def test_repeated_augmentation_gives_each_copy_its_own_seed():
     assert len({seed for _, seed, _ in pairs}) == len(pairs)
 
 
+@pytest.mark.smoke
+def test_repeated_augmentation_on_a_data_set_under_256_keeps_its_epoch():
+    """An epoch of repeated augmentation keeps len / processes samples a process (a multiple of 256 when there are
+    that many), on every timm deit supports: timm 1.0.29's sampler kept none of a data set under 256."""
+    for size, per_process in ((40, 14), (300, 85)):
+        samplers = [train_sampler(list(range(size)), seed=0, rank=r, world_size=3, repeated_aug=True) for r in range(3)]
+        assert [len(list(s)) for s in samplers] == [per_process] * 3, size
+        assert [len(s) for s in samplers] == [per_process] * 3
+
+
 def test_shard_sampler_covers_each_sample_once():
     shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(10))

@@ -42,6 +42,7 @@ def test_same_tensors_as_timm_strict(name):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", PLAIN)
 def test_same_outputs_as_timm_on_the_same_random_weights(name):
     depth = {"depth": 2} if any(size in name for size in LARGE) else {}

@@ -36,6 +36,7 @@ def timm_model(name: str, in_chans: int = 3):
     )
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", [n for n in deit.list_models() if not n.startswith("deit3_")])  # test_deit3.py
 def test_same_network_as_timm(name):
     spec = MODELS[name]

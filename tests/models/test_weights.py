@@ -34,6 +34,7 @@ def images():
     return torch.randn(2, 3, 224, 224)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("distilled", [True, False])
 def test_hf_transformers_saves_load_with_hf_logits(tmp_path, images, distilled):
     if distilled:  # distilled DeiT in HF: DeiTForImageClassificationWithTeacher

@@ -250,8 +250,12 @@ def train_sampler(
     if repeated_aug and world_size > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
 
-        # RepeatAugSampler seeds its shuffle with the epoch only: fold the run seed into its epoch counter.
-        inner = _RunSeeded(RepeatAugSampler(copies, num_replicas=world_size, rank=rank, shuffle=True), seed)
+        # RepeatAugSampler seeds its shuffle with the epoch only: fold the run seed into its epoch counter. An epoch
+        # keeps a multiple of 256 samples when there are that many, else every sample: timm 1.0.30's rule, spelt
+        # out because timm 1.0.29 kept none of a data set under 256 (an empty epoch)
+        whole = 256 if len(copies) >= 256 else 0
+        sampler = RepeatAugSampler(copies, num_replicas=world_size, rank=rank, shuffle=True, selected_round=whole)
+        inner = _RunSeeded(sampler, seed)
     else:
         inner = DistributedSampler(copies, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     return SeededSampler(_Modulo(inner, size) if repeat > 1 else inner, seed, rank, world_size)
