@@ -61,9 +61,9 @@ def test_bf16_evaluation_counts_what_its_logits_say(trained):
     fp32 = evaluate(model, loader, device=cpu)
     bf16 = evaluate(model, loader, device=cpu, amp_dtype=torch.bfloat16)
     with torch.inference_mode():  # the logits of the same batches
-        exact = torch.cat([model(images) for images, _ in loader])
+        exact = torch.cat([model(images) for images, *_ in loader])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            rounded = torch.cat([model(images).float() for images, _ in loader])
+            rounded = torch.cat([model(images).float() for images, *_ in loader])
     change = (rounded - exact).abs().max().item()
     top2 = exact.topk(2, dim=1).values
     flippable = int((top2[:, 0] - top2[:, 1] <= 2 * change).sum())
