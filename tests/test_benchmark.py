@@ -23,6 +23,7 @@ def test_benchmark_measures_each_part_against_its_baseline(tmp_path, precision):
     """bf16: every part under CPU bf16 autocast, the dtypes CUDA's autocast gives (a part that mixes them up, as
     the cache lookup once did on the GPU, stops here without one)."""
     argv = ["benchmark", "--rounds", "1", "--steps", "1", "--num_workers", "0", "--precision", precision]
+    argv += ["--data-images", "64"]  # two batches: every part runs, quickly
     assert main([*argv, "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("deit_benchmark_cpu_*.json")).read_text())
     names = [r["measurement"] for r in record["results"]]
