@@ -8,8 +8,8 @@
 # or runs out of time loses no other); the limits never add up to more than BUDGET seconds (420): a part that
 # would start with under 20 s left is skipped, saying so. gpu_run_<machine>_<date>.json lists every part's exit
 # status and seconds.
-#  1. compute: deit benchmark --parts inference train --compile: DeiT-S inference and train step, eager and
-#     compiled, ours against timm's, bf16, batch 256.
+#  1. compute: deit benchmark --parts inference train: DeiT-S inference and train step, ours against timm's, eager,
+#     bf16, batch 256.
 #  2. distilled: the distilled step with a RegNetY-16GF teacher online (the official loop's and ours) and from a
 #     teacher cache.
 #  3. data, end to end: the input pipeline alone and loader + augmentation + teacher (cached) + student step over
@@ -17,13 +17,14 @@
 #     loop), with the machine's cores but two as loader processes.
 #  4. deit train: a distilled DeiT-S on a generated ImageFolder of 500x375 JPEGs with a RegNetY-16GF state dict as
 #     teacher: online, then cache + batch augmentation + compile; images/s per epoch (benchmarks/bench_train.py).
-#  5. views: a training view's CPU time step by step against timm's transform, per core (bench_views.py).
-#  6. shards: the input pipeline from an ImageFolder against the same JPEGs as WebDataset shards (bench_data.py).
+#  5. compiled: part 1 again with --compile, eager and compiled side by side (compilation takes most of its time).
+#  6. views: a training view's CPU time step by step against timm's transform, per core (bench_views.py).
+#  7. shards: the input pipeline from an ImageFolder against the same JPEGs as WebDataset shards (bench_data.py).
 #
 # Packages the GPU image lacks: webdataset and braceexpand (part 6) are installed from wheels in benchmarks/wheels/
 # (ignored by git). Fill it on a machine with an index, before the run:
 #     pip download --no-deps -d benchmarks/wheels webdataset braceexpand
-# and carry it (the device tool: carry=["benchmarks/wheels"]). Without them part 6 is skipped, saying so.
+# and carry it (the device tool: carry=["benchmarks/wheels"]). Without them part 7 is skipped, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -35,8 +36,8 @@ STATUS=$(mktemp)
 trap 'rm -f "$STATUS"' EXIT
 
 if [ -n "${SMALL:-}" ]; then  # the rehearsal: the same commands, tiny sizes, on the CPU
-    DEVICE=(--device cpu); PRESET=cpu; WORKERS=1; IMAGES=64; ROUNDS=(--rounds 1 --steps 1); E2E=(); COMPILE=()
-    TRAIN=(--small --no-compile --timeout 120); VIEWS=(--images 4 --rounds 1); DATA=(--images 64 --batch-size 16)
+    DEVICE=(--device cpu); PRESET=cpu; WORKERS=1; IMAGES=64; ROUNDS=(--rounds 1 --steps 1); E2E=(); COMPILE=(--compile)
+    TRAIN=(--small --timeout 120); VIEWS=(--images 4 --rounds 1); DATA=(--images 64 --batch-size 16)
 else
     DEVICE=(); PRESET=gpu; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); IMAGES=3072; ROUNDS=(--rounds 5 --steps 10)
     E2E=(--rounds 3); COMPILE=(--compile); TRAIN=(--timeout 170); VIEWS=(--images 48 --rounds 5); DATA=(--images 3072 --batch-size 256)
@@ -70,10 +71,11 @@ if ! $PY -c "import webdataset" 2> /dev/null && ls benchmarks/wheels/webdataset-
 fi
 
 BENCH=($PY -m deit benchmark --preset "$PRESET" "${DEVICE[@]}" "${ROUNDS[@]}" --num_workers "$WORKERS" --out "$RESULTS")
-part compute 110 "${BENCH[@]}" "${COMPILE[@]}" --parts inference train
+part compute 50 "${BENCH[@]}" --parts inference train
 part distilled 60 "${BENCH[@]}" --parts distilled
 part data-e2e 120 "${BENCH[@]}" "${E2E[@]}" --parts data e2e --data-images "$IMAGES"
 part train 180 $PY benchmarks/bench_train.py "${DEVICE[@]}" "${TRAIN[@]}" --num_workers "$WORKERS" --out "$RESULTS"
+part compiled 150 "${BENCH[@]}" "${COMPILE[@]}" --parts inference train
 part views 40 $PY benchmarks/bench_views.py "${VIEWS[@]}" --out "$RESULTS"
 if $PY -c "import webdataset" 2> /dev/null; then
     part shards 60 $PY benchmarks/bench_data.py "${DATA[@]}" --num_workers "$WORKERS" --rounds 3 --shard-size 128MB \

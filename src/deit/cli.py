@@ -199,7 +199,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     if args.out:  # a subset of the parts is named by them: a script running parts one by one keeps each record
         subset = "" if set(args.parts) == set(PARTS) else "_" + "-".join(args.parts)
-        name = f"deit_benchmark_{args.preset}{subset}"
+        name = f"deit_benchmark_{args.preset}{subset}{'_compiled' if args.compile else ''}"
         save_record({"benchmark": name, "date": datetime.date.today().isoformat(), **record}, args.out)
     return 0
 
