@@ -58,9 +58,8 @@ def hard_distilled_student(out: Path, teacher: Path, seed: int = 0) -> list[dict
     """deit_pico distilled from the teacher for 3 epochs (with EMA and tensorboard, which the test also checks)."""
     _train(
         "--model", "deit_pico_distilled_patch4_28", *FAST, "--lr", "0.032", "--min-lr", "2e-3", "--epochs", "3",
-        "--aa", "none", "--mixup", "0", "--reprob", "0", "--crop-scale", "1", "--distillation-type", "hard",
-        "--teacher-path", str(teacher / "checkpoint.pth"), "--model-ema", "--model-ema-decay", "0.9",
-        "--seed", str(seed), "--output_dir", str(out), "--tensorboard",
+        *LIGHT, "--distillation-type", "hard", "--teacher-path", str(teacher / "checkpoint.pth"), "--model-ema",
+        "--model-ema-decay", "0.9", "--seed", str(seed), "--output_dir", str(out), "--tensorboard",
     )  # fmt: skip
     return read_log(out)
 
