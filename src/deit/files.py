@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .failures import first_line
+
 log = logging.getLogger("deit")
 
 LOCK = ".deit.lock"
@@ -103,6 +105,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class JSONFileError(ValueError):
+    """A JSON file a user gave that cannot be read within its bounds; the message names the file and the problem,
+    the caller adds the fix."""
+
+
+def read_json(path: str | os.PathLike, limit: int):
+    """The JSON value in `path`, read only when the file is at most `limit` bytes: a hostile file can neither fill
+    the memory (its size is checked before a byte is read) nor the stack (nesting deeper than the parser's
+    recursion limit is refused, where it would end in a RecursionError)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > limit:
+        raise JSONFileError(f"{path} is {size:,} bytes, over the {limit:,} such a file may take")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(limit + 1).decode()
+        return json.loads(text)
+    except RecursionError:
+        raise JSONFileError(f"{path} nests its values too deeply to be read") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise JSONFileError(f"{path} is not valid JSON ({first_line(e)})") from None
 
 
 class FolderBusy(ValueError):

@@ -35,7 +35,7 @@ def topk_json(labels: list[str], probabilities: list[float]) -> list[dict]:
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
-    files: Iterable[Path | tuple[str, bytes]],
+    files: Iterable[Path | tuple[str, bytes | ValueError]],
     *,
     topk: int = 5,
     batch_size: int = 64,
@@ -43,7 +43,8 @@ def predict(
     total: int | None = None,
 ) -> tuple[list[Prediction], list[str]]:
     """Predictions for the readable images, and one error line for each that could not be read. An image is a file,
-    or (name, its bytes) (a sample of a shard); `total`: how many, for the progress bar, when `files` has no len."""
+    or (name, its bytes) (a sample of a shard; (name, ValueError) for one its reader could not give); `total`: how
+    many, for the progress bar, when `files` has no len."""
     from .progress import progress
 
     model = model.eval()
@@ -60,6 +61,8 @@ def predict(
             for source in chunk:
                 path = source[0] if isinstance(source, tuple) else source
                 try:
+                    if isinstance(source, tuple) and isinstance(source[1], Exception):
+                        raise source[1]
                     batch.append(
                         prep.read(io.BytesIO(source[1]), name=path) if isinstance(source, tuple) else prep.read(path)
                     )

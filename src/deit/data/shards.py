@@ -1,5 +1,6 @@
-"""WebDataset shards: writing a data set as tar shards (`deit shard`) and streaming them to training, evaluation
-and prediction through the webdataset library.
+"""WebDataset shards: writing a data set as tar shards (`deit shard`, with webdataset's writer) and streaming them
+to training, evaluation and prediction (our reader: webdataset's sample format, each member's size checked in its
+header before it is read).
 
 A shard holds `{key}.{ext}` (the image file's own bytes: jpg, png, tif, ...) and `{key}.cls` (the class index as
 text) per sample. `index.json` beside the shards names the classes and, per split, each shard's sample count, so a
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import random
 import re
+import string
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -51,10 +53,94 @@ SHARD_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*\.tar$")  # a plain file name besi
 DEFAULT_SHUFFLE = 2000
 SEEK_EVERY = 256  # samples between the byte offsets the index keeps per shard
 
+# Bounds on what a user's files and patterns may ask for (docs/safety.md): past one, a line saying so, exit code 2
+MAX_SHARDS = 100_000  # per split or pattern: 25 TB of 256 MB shards
+MAX_PATTERN = 4096  # characters in a brace pattern, and 32 levels of braces
+MAX_INDEX_BYTES = 64 * 2**20  # an index lists each shard's name, count and offsets: ImageNet's takes 200 KB
+MAX_CLASSES = 1_000_000
+MAX_MEMBER_BYTES = 256 * 2**20  # a tar member read: an uncompressed 8-bit RGB image at Pillow's pixel limit
+MAX_LABEL_BYTES = 64  # a .cls member: a class index as text
+MAX_HEADER_BYTES = 2**16  # a member's extended header (a long name, pax records)
+
 
 def is_pattern(path: str) -> bool:
     """A brace pattern or a .tar file, rather than a folder with an index."""
     return "{" in path or str(path).endswith(".tar")
+
+
+def expand(pattern: str) -> list[str]:
+    """The paths a brace pattern names (`train-{000000..000009}.tar`), counted before they are made: a pattern
+    naming more than MAX_SHARDS files is refused, where expanding it would fill the memory."""
+    from braceexpand import braceexpand
+
+    count = pattern_count(pattern)
+    if count > MAX_SHARDS:
+        raise ValueError(
+            f"the pattern {pattern[:80]} names {count:,} files, over the {MAX_SHARDS:,} shards a split may have: "
+            "give the range of the shards that exist"
+        )
+    return list(braceexpand(pattern))
+
+
+_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
+_CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
+_LETTERS = string.ascii_uppercase + string.ascii_lowercase
+
+
+def pattern_count(pattern: str) -> int:
+    """How many strings the braceexpand library makes of `pattern` (its grammar: `{a,b}` alternatives, `{1..10}`,
+    `{01..10..2}` and `{a..e}` ranges, nesting, backslash escapes), from the sizes of its parts alone."""
+    if len(pattern) > MAX_PATTERN:
+        raise ValueError(f"a shard pattern of {len(pattern):,} characters: at most {MAX_PATTERN} are read")
+    return _product_count(pattern, 0)
+
+
+def _scan(text: str) -> tuple[list[tuple[int, int]], list[int], int]:
+    """The top-level {...} groups of `text` as (start, end), its top-level commas, and the brace depth at its end
+    (0 when balanced); a backslash escapes the character after it."""
+    groups, commas, depth, start, pos = [], [], 0, 0, 0
+    while pos < len(text):
+        ch = text[pos]
+        if ch == "\\":
+            pos += 2
+            continue
+        if ch == "{":
+            start = pos if depth == 0 else start
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                groups.append((start, pos))
+        elif ch == "," and depth == 0:
+            commas.append(pos)
+        pos += 1
+    return groups, commas, depth
+
+
+def _product_count(text: str, level: int) -> int:
+    if level > 32:
+        raise ValueError("a shard pattern with more than 32 levels of braces")
+    groups, _, depth = _scan(text)
+    if depth != 0:
+        raise ValueError(f"unbalanced braces in the shard pattern {text[:80]!r}")
+    count = 1
+    for start, end in groups:
+        count *= _expression_count(text[start + 1 : end], level + 1)
+    return count
+
+
+def _expression_count(expr: str, level: int) -> int:
+    if match := _INT_RANGE.match(expr):
+        a, b, step = int(match.group(1)), int(match.group(2)), int(match.group(3) or 1) or 1
+        return len(range(a, b + 1, step) if a < b else range(a, b - 1, -step))
+    if match := _CHAR_RANGE.match(expr):
+        a, b, step = _LETTERS.index(match.group(1)), _LETTERS.index(match.group(2)), int(match.group(3) or 1) or 1
+        return len(_LETTERS[a : b + 1 : step] if a < b else _LETTERS[a : (b or -len(_LETTERS)) - 1 : -step])
+    _, commas, depth = _scan(expr)
+    if not commas or depth != 0:
+        return _product_count(expr, level)  # not alternatives: its braces stay as text around what they hold
+    bounds = [-1, *commas, len(expr)]
+    return sum(_product_count(expr[a + 1 : b], level) for a, b in zip(bounds, bounds[1:]))
 
 
 def parse_size(text: str) -> int:
@@ -103,15 +189,17 @@ def labels_digest(labels: Iterable[int]) -> str:
 
 def read_index(folder: Path) -> dict:
     """The index of a shard folder, checked: hostile or damaged values are a ValueError naming the file."""
+    from ..files import read_json
+
     path = folder / INDEX
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.is_file():
         raise ValueError(
             f"no {INDEX} in {folder}: write shards with `deit shard SRC {folder}`, or give --data-path a pattern "
             "such as 'shards/train-{000000..000009}.tar'"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        )
+    try:
+        index = read_json(path, MAX_INDEX_BYTES)
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path} is not a shard index ({first_line(e)}); write it again with deit shard") from None
     bad = _index_problem(index)
     if bad:
@@ -119,44 +207,71 @@ def read_index(folder: Path) -> dict:
     return index
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _count(value, top: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+
+
 def _index_problem(index) -> str | None:
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         return f"not a {FORMAT} index"
     if index.get("version") != VERSION:
-        return f"version {index.get('version')!r}, this deit reads version {VERSION}"
+        return f"version {_shown(index.get('version'))}, this deit reads version {VERSION}"
     names = index.get("class_names")
-    if not (isinstance(names, list) and 2 <= len(names) <= 10**6 and all(isinstance(n, str) and n for n in names)):
-        return "class_names must be a list of at least two non-empty strings"
+    if not (isinstance(names, list) and 2 <= len(names) <= MAX_CLASSES):
+        return f"class_names must be a list of at least two names (at most {MAX_CLASSES:,})"
+    if not all(isinstance(n, str) and 0 < len(n) <= 1000 for n in names):
+        return "class_names must be non-empty strings of at most 1,000 characters"
     if len(set(names)) != len(names):
         return "class_names repeat a name"
     splits = index.get("splits")
     if not isinstance(splits, dict) or not splits or any(s not in SPLITS for s in splits):
         return f"splits must map {' and/or '.join(SPLITS)} to their shards"
+    owner: dict[str, str] = {}
     for split, entry in splits.items():
         shards = entry.get("shards") if isinstance(entry, dict) else None
         if not isinstance(shards, list) or not shards:
             return f"split {split} lists no shards"
+        if len(shards) > MAX_SHARDS:
+            return f"split {split} lists {len(shards):,} shards, over the {MAX_SHARDS:,} a split may have"
+        every = entry.get("seek_every", SEEK_EVERY)
+        if not (_count(every, 10**9) and every >= 1):
+            return f"split {split}: seek_every={_shown(every)} is not a positive count of samples"
         for shard in shards:
             if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
                 return f"split {split}: a shard without a name"
-            if not SHARD_NAME.match(shard["name"]):
-                return f"split {split}: shard name {shard['name'][:60]!r} is not a plain .tar file name"
+            name = shard["name"]
+            if not SHARD_NAME.match(name):
+                return f"split {split}: shard name {name[:60]!r} is not a plain .tar file name"
+            if name in owner:  # read twice, its samples would count twice (or leak from val into train)
+                return f"shard {name} is listed twice (in {owner[name]} and in {split})"
+            owner[name] = split
             n = shard.get("samples")
-            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10**9:
-                return f"split {split}: shard {shard['name']} has samples={n!r}, not a count"
+            if not _count(n, 10**9):
+                return f"split {split}: shard {name} has samples={_shown(n)}, not a count"
             seeks = shard.get("seeks", [])
-            every = entry.get("seek_every", SEEK_EVERY)
             if not (
                 isinstance(seeks, list)
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in seeks)
+                and all(_count(o, 2**62) for o in seeks)
                 and (not seeks or (seeks[0] == 0 and len(seeks) == -(-n // every)))
                 and all(a < b for a, b in zip(seeks, seeks[1:]))
-                and isinstance(every, int)
-                and every >= 1
             ):
-                return f"split {split}: shard {shard['name']} has seeks that are not its samples' offsets"
-        if entry.get("samples") != sum(s["samples"] for s in shards):
-            return f"split {split}: samples={entry.get('samples')!r} is not the sum of its shards' counts"
+                return f"split {split}: shard {name} has seeks that are not its samples' offsets"
+        total = sum(s["samples"] for s in shards)
+        if entry.get("samples") != total:
+            return f"split {split}: samples={_shown(entry.get('samples'))} is not the sum of its shards' counts"
+        counts = entry.get("class_counts")
+        if counts is not None and not (
+            isinstance(counts, list)
+            and len(counts) == len(names)
+            and all(_count(c, 10**9) for c in counts)
+            and sum(counts) == total
+        ):
+            return f"split {split}: class_counts must give each of the {len(names)} classes a count, {total} in all"
         if not isinstance(entry.get("labels_digest"), str):
             return f"split {split}: no labels_digest"
     return None
@@ -165,8 +280,6 @@ def _index_problem(index) -> str | None:
 def open_split(path: str, split: str) -> Split:
     """The shards of `split` in a folder with an index, or the shards a brace pattern (or one .tar) names: their
     counts from the index beside them when it lists exactly those files, else counted from the files."""
-    from braceexpand import braceexpand
-
     if not is_pattern(path):
         folder = Path(path)
         if not folder.is_dir():
@@ -178,26 +291,10 @@ def open_split(path: str, split: str) -> Split:
                 f"`deit shard SRC {folder} --split {split}`"
             )
         return _from_index(folder, index, split)
-    files = [Path(p) for p in braceexpand(str(path))]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise ValueError(f"shard {missing[0]} not found ({len(missing)} of the {len(files)} files of {path} missing)")
-    folder = files[0].parent
-    if all(f.parent == folder for f in files) and (folder / INDEX).exists():
-        index = read_index(folder)
-        names = [f.name for f in files]
-        for name, entry in index["splits"].items():
-            listed = {s["name"]: s for s in entry["shards"]}
-            if [s["name"] for s in entry["shards"]] == names:
-                return _from_index(folder, index, name)
-            if all(n in listed for n in names):  # some shards of a split: their counts; the digest names them
-                digest = hashlib.sha256(json.dumps([entry["labels_digest"], names]).encode()).hexdigest()[:16]
-                same_spacing = entry.get("seek_every", SEEK_EVERY) == SEEK_EVERY
-                shards = [
-                    ShardFile(str(f), listed[f.name]["samples"], tuple(listed[f.name].get("seeks", ())) * same_spacing)
-                    for f in files
-                ]
-                return Split(shards, list(index["class_names"]), digest, str(folder / INDEX))
+    files = _pattern_files(path)
+    indexed = _indexed(files)
+    if indexed is not None:
+        return indexed
     log.info(f"no index lists the {len(files)} shards of {path}: counting their samples")
     counts, labels = zip(*(count_samples(f) for f in files))
     flat = [t for ts in labels for t in ts]
@@ -206,9 +303,44 @@ def open_split(path: str, split: str) -> Split:
     bad = [t for t in flat if t < 0]
     if bad:
         raise ValueError(f"{path}: {len(bad)} samples have no readable .cls label; give shards with {{key}}.cls")
+    if max(flat) >= MAX_CLASSES:  # the classes are the .cls indices: one of 10^9 would make a head of 10^9
+        raise ValueError(f"{path}: a sample of class {max(flat):,}, over the {MAX_CLASSES:,} classes deit trains")
     names = [str(i) for i in range(max(max(flat) + 1, 2))]
     shards = [ShardFile(str(f), n) for f, n in zip(files, counts)]
     return Split(shards, names, labels_digest(flat), str(path), counted=True)
+
+
+def _pattern_files(path: str) -> list[Path]:
+    files = [Path(p) for p in expand(str(path))]
+    if len(set(files)) != len(files):
+        twice = next(f for f in files if files.count(f) > 1)
+        raise ValueError(f"the pattern {path} names {twice} twice: its samples would count twice")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"shard {missing[0]} not found ({len(missing)} of the {len(files)} files of {path} missing)")
+    return files
+
+
+def _indexed(files: list[Path]) -> Split | None:
+    """The split of the index beside `files` that lists them all (all of its shards, or some), if there is one."""
+    folder = files[0].parent
+    if not (all(f.parent == folder for f in files) and (folder / INDEX).exists()):
+        return None
+    index = read_index(folder)
+    names = [f.name for f in files]
+    for name, entry in index["splits"].items():
+        listed = {s["name"]: s for s in entry["shards"]}
+        if [s["name"] for s in entry["shards"]] == names:
+            return _from_index(folder, index, name)
+        if all(n in listed for n in names):  # some shards of a split: their counts; the digest names them
+            digest = hashlib.sha256(json.dumps([entry["labels_digest"], names]).encode()).hexdigest()[:16]
+            same_spacing = entry.get("seek_every", SEEK_EVERY) == SEEK_EVERY
+            shards = [
+                ShardFile(str(f), listed[f.name]["samples"], tuple(listed[f.name].get("seeks", ())) * same_spacing)
+                for f in files
+            ]
+            return Split(shards, list(index["class_names"]), digest, str(folder / INDEX))
+    return None
 
 
 def _from_index(folder: Path, index: dict, split: str) -> Split:
@@ -230,31 +362,104 @@ def _from_index(folder: Path, index: dict, split: str) -> Split:
 
 
 def sample_key(name: str) -> tuple[str, str] | None:
-    """A tar member's (sample key, extension), split as webdataset splits it: at the first dot of the file name."""
-    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
-    return (match.group(1), match.group(2).lower()) if match else None
+    """A tar member's (sample key, extension), split as webdataset splits it: at the first dot of the file name
+    (any character, a newline included, may stand in a key)."""
+    folder, slash, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (folder + slash + stem, ext.lower()) if stem and dot and "/" not in ext else None
+
+
+@dataclass
+class Tally:
+    """What a tar reader met besides samples: for the warning that names them."""
+
+    damage: str | None = None  # why the tar stopped being readable
+    oversized: int = 0  # members over their bound, left out of their samples
+    strays: int = 0  # members that are not a sample's {key}.{ext} file (no extension, a link, a device)
+
+    def report(self, path: str) -> str:
+        parts = []
+        if self.oversized:
+            parts.append(
+                f"{self.oversized} members over their bound ({MAX_MEMBER_BYTES // 2**20} MiB for an image, "
+                f"{MAX_LABEL_BYTES} bytes for a .cls) left out"
+            )
+        if self.strays:
+            parts.append(f"{self.strays} members that are not a sample's {{key}}.{{ext}} file left out")
+        return f"{path}: {'; '.join(parts)}" if parts else ""
+
+
+_EXTENDED = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+class _BoundedHeader(tarfile.TarInfo):
+    """A member header whose extension (a long name, pax records), which tarfile reads whole, is at most
+    MAX_HEADER_BYTES. `_proc_member` is tarfile's step from a header block to the member (unchanged since 2.x)."""
+
+    def _proc_member(self, tar):
+        if self.type in _EXTENDED and self.size > MAX_HEADER_BYTES:
+            raise tarfile.ReadError(f"a member header of {self.size:,} bytes, over {MAX_HEADER_BYTES:,}")
+        return super()._proc_member(tar)
+
+
+def tar_samples(path: str, start: int = 0, *, tally: Tally, wanted: tuple[str, ...] | None = None) -> Iterator[dict]:
+    """The samples of a tar shard, from byte `start` (where a member's header begins) on: a dict {"__key__",
+    "__url__", ext: bytes, ...} for each run of members sharing a key, as webdataset groups them.
+
+    Only members with an extension in `wanted` (images and .cls) are read, each only when its header says it is
+    within its bound (MAX_MEMBER_BYTES, MAX_LABEL_BYTES for .cls); the others stand in their sample as None (an
+    image over the bound: `__oversized__` says so). A damaged tar ends the stream, its error in `tally`."""
+    wanted = wanted or (*IMAGE_KEYS, "cls")
+    sample: dict | None = None
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            tar = tarfile.open(fileobj=f, mode="r:", tarinfo=_BoundedHeader)  # noqa: SIM115 (f is the file to close)
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # read once, in order: no list of a long shard's headers
+                parts = sample_key(member.name) if member.isreg() else None
+                if parts is None:
+                    tally.strays += not member.isdir()
+                    continue
+                key, ext = parts
+                if key.rpartition("/")[2].startswith("__"):  # webdataset's metadata members (__index__, ...)
+                    continue
+                if sample is None or key != sample["__key__"] or ext in sample:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": path}
+                bound = MAX_LABEL_BYTES if ext == "cls" else MAX_MEMBER_BYTES
+                if ext in wanted and member.size > bound:
+                    tally.oversized += 1
+                    sample["__oversized__"] = f"{ext} member of {member.size:,} bytes, over the {bound:,} read"
+                sample[ext] = tar.extractfile(member).read() if ext in wanted and member.size <= bound else None
+    except (OSError, tarfile.TarError, EOFError) as e:
+        tally.damage = first_line(e)
+    if sample is not None:
+        yield sample
 
 
 def count_samples(path: Path) -> tuple[int, list[int]]:
     """Samples in one shard and their labels (-1 where a sample has no readable .cls), from the tar's headers and
     its .cls members only (the images are seeked over, not read)."""
-    labels: dict[str, int] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                parts = sample_key(member.name) if member.isreg() else None
-                if parts is None or parts[0].split("/")[-1].startswith("__"):
-                    continue
-                key, ext = parts
-                labels.setdefault(key, -1)
-                if ext == "cls":
-                    labels[key] = _label(tar.extractfile(member).read())
-    except (OSError, tarfile.TarError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable tar shard ({first_line(e)})") from None
-    return len(labels), list(labels.values())
+    tally = Tally()
+    labels = [_label(sample.get("cls")) for sample in tar_samples(str(path), tally=tally, wanted=("cls",))]
+    if tally.damage:
+        raise ValueError(f"{path} is not a readable tar shard ({tally.damage})")
+    if tally.report(str(path)):
+        log.warning(tally.report(str(path)))
+    return len(labels), labels
 
 
-def _label(data: bytes) -> int:
+def _label(data: bytes | None) -> int:
+    if data is None:
+        return -1
     try:
         return int(data.decode().strip())
     except (UnicodeDecodeError, ValueError):
@@ -333,41 +538,22 @@ class ShardSet:
         self._epoch.value = epoch
 
     def read(self, shard: int, first: int, end: int) -> Iterator[tuple[int, dict | None]]:
-        """(id, webdataset sample) for samples [first, end) of a shard; (id, None) for each sample the shard lacks
-        (a damaged or short file is named in a warning, and the stream keeps its length)."""
-        import webdataset as wds
-
+        """(id, sample as `tar_samples` gives it) for samples [first, end) of a shard; (id, None) for each sample the
+        shard lacks (a damaged or short file is named in a warning, and the stream keeps its length)."""
         path = self.split.shards[shard].path
-        errors: list[str] = []
-
-        def keep_going(error: Exception) -> bool:
-            errors.append(first_line(error))
-            return False  # a damaged tar: stop reading it, the samples it lacks are counted below
-
         seeks = self.split.shards[shard].seeks
-        block = min(first // SEEK_EVERY, len(seeks) - 1) if seeks else 0
-        opened = None
-        if block > 0:  # start at the nearest recorded sample: a tar member's header begins there
-            try:
-                opened = open(path, "rb")  # noqa: SIM115 (closed below, when the generator ends or is closed)
-                opened.seek(seeks[block])
-            except OSError:
-                opened, block = None, 0
-        if opened is None:
-            stream = wds.tarfile_to_samples(handler=keep_going)(iter([{"url": path}]))
-        else:
-            files = wds.tariterators.tar_file_expander(iter([{"url": path, "stream": opened}]), handler=keep_going)
-            stream = wds.tariterators.group_by_keys(files, handler=keep_going)
+        block = min(first // SEEK_EVERY, len(seeks) - 1) if seeks else 0  # start at the nearest recorded sample
+        tally = Tally()
+        stream = tar_samples(path, seeks[block] if block > 0 else 0, tally=tally)
         skip = first - block * SEEK_EVERY
         got = 0
-        try:
-            for got, sample in enumerate(itertools.islice(stream, skip, skip + end - first), start=1):
-                yield self._offsets[shard] + first + got - 1, sample
-        finally:
-            if opened is not None:
-                opened.close()
+        for got, sample in enumerate(itertools.islice(stream, skip, skip + end - first), start=1):
+            yield self._offsets[shard] + first + got - 1, sample
+        stream.close()
+        if tally.report(path):
+            log.warning(tally.report(path))
         if got < end - first:
-            why = f": {errors[0]}" if errors else ""
+            why = f": {tally.damage}" if tally.damage else ""
             log.warning(
                 f"{path} ended after {first + got} samples, the index says {self.split.shards[shard].samples}{why}"
             )
@@ -385,12 +571,16 @@ class ShardSet:
         if sample is None:
             raise ValueError(f"sample {sample_id}: missing from its shard")
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', sample_id)}"
-        ext = next((k for k in IMAGE_KEYS if k in sample), None)
+        ext = next((k for k in IMAGE_KEYS if sample.get(k) is not None), None)
         if ext is None:
+            if "__oversized__" in sample:
+                raise ValueError(f"{name}: its {sample['__oversized__']}")
             raise ValueError(f"{name}: no image ({', '.join(sorted(k for k in sample if not k.startswith('_')))})")
-        target = _label(sample.get("cls", b""))
+        target = _label(sample.get("cls"))
         if not 0 <= target < len(self.class_names):
-            raise ValueError(f"{name}: class {sample.get('cls', b'')[:20]!r} is not one of the {len(self.class_names)}")
+            raise ValueError(
+                f"{name}: class {(sample.get('cls') or b'')[:20]!r} is not one of the {len(self.class_names)}"
+            )
         return read_image(io.BytesIO(sample[ext]), self.mode, self.intensity, name=f"{name}.{ext}"), target
 
 
@@ -431,11 +621,9 @@ class ShardOrder:
 def val_source(data_path: str) -> str:
     """Where the validation shards of a run training from `data_path` are: the val split of the index in the folder
     (the pattern's folder, for a pattern)."""
-    from braceexpand import braceexpand
-
     if not is_pattern(data_path):
         return data_path
-    folder = Path(next(iter(braceexpand(data_path)))).parent
+    folder = Path(expand(data_path)[0]).parent
     if (folder / INDEX).exists() and "val" in read_index(folder)["splits"]:
         return str(folder)
     raise ValueError(
@@ -605,33 +793,38 @@ def loader(stream: IterableDataset, options: dict) -> DataLoader:
     return DataLoader(stream, batch_size=None, **options)
 
 
-def samples_of(paths: list[str]) -> Iterator[tuple[str, bytes]]:
+def samples_of(paths: list[str]) -> Iterator[tuple[str, bytes | ValueError]]:
     """(name, image bytes) of every sample of the shards at `paths` (patterns expanded), for `deit predict`; a
-    sample without an image gives empty bytes (reported unreadable)."""
-    import webdataset as wds
-    from braceexpand import braceexpand
-
+    sample without a readable image, and the members of a shard that are not samples' files, come as (name, the
+    ValueError to report)."""
     for pattern in paths:
-        for path in braceexpand(pattern):
+        for path in expand(pattern):
             if not os.path.isfile(path):
                 raise ValueError(f"no such shard: {path}")
-            errors: list[str] = []
-
-            def stop(error: Exception, errors=errors) -> bool:
-                errors.append(first_line(error))
-                return False
-
-            for sample in wds.tarfile_to_samples(handler=stop)(iter([{"url": path}])):
-                ext = next((k for k in IMAGE_KEYS if k in sample), None)
+            tally = Tally()
+            for sample in tar_samples(path, tally=tally):
+                ext = next((k for k in IMAGE_KEYS if sample.get(k) is not None), None)
                 name = f"{path}:{sample['__key__']}"
-                yield (f"{name}.{ext}", sample[ext]) if ext else (name, b"")
-            if errors:
-                raise ValueError(f"{path} is a damaged tar shard ({errors[0]})")
+                if ext:
+                    yield f"{name}.{ext}", sample[ext]
+                else:
+                    why = f"its {sample['__oversized__']}" if "__oversized__" in sample else "no image"
+                    yield name, ValueError(f"{name}: {why}")
+            if tally.strays:  # (a member over its bound was named with its sample)
+                yield path, ValueError(Tally(strays=tally.strays).report(path))
+            if tally.damage:
+                raise ValueError(f"{path} is a damaged tar shard ({tally.damage})")
 
 
 def count_in(paths: list[str]) -> int:
-    """Samples in the shards at `paths`: from the index beside them when it lists them, else counted."""
-    return sum(open_split(p, "val").samples for p in paths)
+    """Samples in the shards at `paths` (labelled or not): from the index beside them when it lists them, else
+    counted from the files."""
+    total = 0
+    for path in paths:
+        files = _pattern_files(path)
+        indexed = _indexed(files)
+        total += indexed.samples if indexed is not None else sum(count_samples(f)[0] for f in files)
+    return total
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
