@@ -137,6 +137,50 @@ def test_their_folders_load_back_with_class_names_and_preprocessing(
         assert same_topk(got, want, tol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def wide_digits(tmp_path_factory):
+    """Digits on wider-than-tall canvases at varied places: a square resize and a short-side resize differ."""
+    import numpy as np
+
+    from deit.data import build_dataset
+
+    val, _ = build_dataset("mnist5k", None, False)
+    folder = tmp_path_factory.mktemp("wide_digits")
+    for k, i in enumerate(range(0, 1000, 50)):
+        canvas = np.zeros((28, 28 + 4 * (k % 5 + 1)), np.uint8)
+        start = (k * 7) % (canvas.shape[1] - 27)
+        canvas[:, start : start + 28] = val.images[i]
+        Image.fromarray(canvas, "L").save(folder / f"{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+# preprocessor_config.json as other tools write it: transformers gives each field a meaning (an int size is a
+# square for ViT's and DeiT's processors, the short side for BiT's; a field left out takes the class's default)
+THEIR_PROCESSORS = {
+    "size an int (BiT: the short side)": lambda p: p.update(size=32),
+    "size a square": lambda p: p.update(size={"height": 32, "width": 32}),
+    "centre crop left to its default": lambda p: p.pop("do_center_crop"),
+    "ViT's, size an int": lambda p: p.update(image_processor_type="ViTImageProcessor", size=28, do_center_crop=None),
+    "DeiT's, size and crop ints": lambda p: p.update(image_processor_type="DeiTImageProcessor", size=32, crop_size=28),
+    "pixels rescaled to 0-2": lambda p: p.update(
+        rescale_factor=2 / 255, image_mean=[m * 2 for m in p["image_mean"]], image_std=[s * 2 for s in p["image_std"]]
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(THEIR_PROCESSORS))
+def test_a_processor_written_by_another_tool_means_what_transformers_reads(trained, wide_digits, tmp_path, case):
+    folder = tmp_path / "hf"
+    assert main(["convert", str(trained), str(folder), "--to", "hf"]) == 0
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    THEIR_PROCESSORS[case](processor)
+    (folder / "preprocessor_config.json").write_text(json.dumps({k: v for k, v in processor.items() if v is not None}))
+    pipe = transformers.pipeline("image-classification", model=str(folder), top_k=3)
+    for file, want in zip(wide_digits, ours(folder, wide_digits)):
+        got = pipe(str(file))
+        assert same_topk(theirs([g["label"] for g in got], [g["score"] for g in got]), want[:3], tol=2e-2), file
+
+
 HOSTILE_TIMM = {
     "label_names of another count": lambda c: c.update(label_names=["a", "b"]),
     "label_names not strings": lambda c: c.update(label_names=[1, 2]),
@@ -144,6 +188,11 @@ HOSTILE_TIMM = {
     "crop_pct over 1": lambda c: c["pretrained_cfg"].update(crop_pct=7),
     "unknown interpolation": lambda c: c["pretrained_cfg"].update(interpolation="magic"),
     "num_heads not a number": lambda c: c["model_args"].update(num_heads="many"),
+    "an architecture of another family": lambda c: c.update(architecture="swin_tiny_patch4_window7_224"),
+    "a depth the tensors do not have": lambda c: c["model_args"].update(depth=2),
+    "average pooling": lambda c: c["model_args"].update(global_pool="avg"),
+    "an argument deit cannot honour": lambda c: c["model_args"].update(reg_tokens=4),
+    "a non-square input": lambda c: c["pretrained_cfg"].update(input_size=[1, 28, 40]),
 }
 
 
@@ -165,7 +214,31 @@ HOSTILE_HF = {
     "resample not PIL's": lambda p: p.update(resample=99),
     "size of zero": lambda p: p.update(size={"shortest_edge": 0}),
     "std of zero": lambda p: p.update(image_std=[0.0, 0.0, 0.0]),
+    "a processor deit does not repeat": lambda p: p.update(image_processor_type="ConvNextImageProcessor"),
+    "a size that is not square": lambda p: p.update(size={"height": 28, "width": 40}),
+    "no resize": lambda p: p.update(do_resize=False),
 }
+
+HOSTILE_HF_CONFIG = {
+    "another model type": lambda c: c.update(model_type="swin"),
+    "another architecture": lambda c: c.update(architectures=["SwinForImageClassification"]),
+    "another activation": lambda c: c.update(hidden_act="relu"),
+    "a depth the tensors do not have": lambda c: c.update(num_hidden_layers=2),
+    "a width the tensors do not have": lambda c: c.update(hidden_size=8),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HF_CONFIG))
+def test_an_hf_config_that_contradicts_its_weights_is_refused_in_one_line(trained, tmp_path, capsys, case):
+    folder = tmp_path / "hf"
+    assert main(["convert", str(trained), str(folder), "--to", "hf"]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    HOSTILE_HF_CONFIG[case](config)
+    (folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["predict", str(trained), "--weights", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.json" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_HF))

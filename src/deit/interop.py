@@ -1,9 +1,10 @@
 """Weights that other tools' own loaders take as they are, with the class names and preprocessing of training.
 
 - `--to hf`: a transformers folder: `model.safetensors`, `config.json` (`id2label` / `label2id` from the class
-  names) and `preprocessor_config.json` (a `BitImageProcessor`: the short side resized to size / crop ratio, the
-  centre crop, our interpolation, mean and std), which `pipeline("image-classification", model=PATH)` and
-  `AutoModelForImageClassification.from_pretrained(PATH)` load offline.
+  names) and `preprocessor_config.json` (a `BitImageProcessor`: the short side, or with crop mode `squash` the
+  whole image, resized to size / crop ratio, the centre crop, our interpolation, mean and std), which
+  `pipeline("image-classification", model=PATH)` and `AutoModelForImageClassification.from_pretrained(PATH)` load
+  offline.
 - `--to timm` to a folder: timm's layout, `model.safetensors` and a `config.json` with `architecture`,
   `num_classes`, `label_names`, `model_args` (the sizes) and `pretrained_cfg` (`input_size`, `mean`, `std`,
   `crop_pct`, `interpolation`), which `timm.create_model("local-dir:PATH", pretrained=True)` builds and loads, and
@@ -75,12 +76,13 @@ def hf_image_processor(prep, size: int, channels: int | None = None) -> dict:
     """transformers' `BitImageProcessor` preparing images as `deit predict` does (8-bit images: the scaling of
     16-bit ones is ours alone); `channels`: mean and std repeated to that many."""
     mean, std = list(prep.mean), list(prep.std)
+    side = math.floor(size / prep.crop_ratio)  # as timm's eval transform rounds it
     if channels and len(mean) == 1:
         mean, std = mean * channels, std * channels
     return {
         "image_processor_type": "BitImageProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": math.floor(size / prep.crop_ratio)},  # as timm's eval transform rounds it
+        "size": {"shortest_edge": side} if prep.crop_mode == "center" else {"height": side, "width": side},
         "resample": PIL_RESAMPLE[prep.interpolation],
         "do_center_crop": True,
         "crop_size": {"height": size, "width": size},
@@ -141,7 +143,7 @@ def timm_config(model: torch.nn.Module) -> dict:
             "fixed_input_size": True,
             "interpolation": prep.interpolation,
             "crop_pct": prep.crop_ratio,
-            "crop_mode": "center",
+            "crop_mode": prep.crop_mode,
             "mean": list(prep.mean),
             "std": list(prep.std),
             "num_classes": model.num_classes,

@@ -28,6 +28,7 @@ class Preprocessing:
     intensity: str = "minmax"  # how images of more than 8 bits become 8-bit (data/images.py)
     crop_ratio: float = 0.875  # the short side resized to size / crop_ratio, then the centre crop
     interpolation: str = "bicubic"
+    crop_mode: str = "center"  # "squash": the whole image resized to that square, then the centre crop
 
     def read(self, path: Path | BinaryIO, name: str | None = None) -> torch.Tensor:
         """An image file (a path, or an open binary file called `name`) as the model's input; ValueError naming it
@@ -48,9 +49,12 @@ def preprocessing(model: torch.nn.Module) -> Preprocessing:
     std = tuple(data.get("std") or (GRAY_STD if gray else IMAGENET_STD))
     interpolation = data.get("interpolation", "bicubic")
     crop_ratio = data.get("eval_crop_ratio", 0.875)
-    transform = eval_transform(hp["img_size"], mean=mean, std=std, interpolation=interpolation, crop_ratio=crop_ratio)
+    crop_mode = data.get("crop_mode", "center")
+    transform = eval_transform(
+        hp["img_size"], mean=mean, std=std, interpolation=interpolation, crop_ratio=crop_ratio, crop_mode=crop_mode
+    )
     names = list(data.get("class_names") or [str(i) for i in range(model.num_classes)])
     mode = "L" if gray else "RGB"
     return Preprocessing(
-        transform, names, mode, mean, std, data.get("intensity") or "minmax", crop_ratio, interpolation
+        transform, names, mode, mean, std, data.get("intensity") or "minmax", crop_ratio, interpolation, crop_mode
     )

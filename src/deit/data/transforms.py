@@ -102,11 +102,18 @@ def eval_transform(
     std: tuple[float, ...],
     interpolation: str = "bicubic",
     crop_ratio: float = 0.875,
+    crop_mode: str = "center",
 ):
-    """PIL image -> normalised tensor: the short side resized to img_size / crop_ratio, then the centre img_size
-    (224 / 0.875 = 256 for ImageNet)."""
+    """PIL image -> normalised tensor: the short side (`squash`: the whole image, to a square) resized to img_size /
+    crop_ratio, then the centre img_size (224 / 0.875 = 256 for ImageNet)."""
     return create_transform(
-        img_size, is_training=False, interpolation=interpolation, mean=mean, std=std, crop_pct=crop_ratio
+        img_size,
+        is_training=False,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
+        crop_pct=crop_ratio,
+        crop_mode=crop_mode,
     )
 
 

@@ -55,7 +55,10 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")
 INTENSITIES = ("minmax", "full")
 """How images of more than 8 bits become the 8-bit images the transforms take (see `data/images.py`)."""
 TOP_KEYS = {"format", "version", "family", "model", "distilled", "hparams", "data"}
-DATA_KEYS = {"class_names", "mean", "std", "input_size", "eval_crop_ratio", "interpolation", "intensity"}
+DATA_KEYS = {"class_names", "mean", "std", "input_size", "eval_crop_ratio", "crop_mode", "interpolation", "intensity"}
+CROP_MODES = ("center", "squash")
+"""How the eval transform sizes an image before its centre crop (timm's `crop_mode`): `center` resizes the short
+side to input_size / eval_crop_ratio, `squash` the whole image to that square (ViT's and DeiT's HF processors)."""
 
 
 def check_value(where: str, key: str, value, kind: type, low: float, high: float):
@@ -157,22 +160,158 @@ def check_data(data, where: str, hparams: dict) -> dict:
         out["input_size"] = check_value(where, "input_size", data["input_size"], *HPARAM_BOUNDS["img_size"])
     if data.get("eval_crop_ratio") is not None:
         out["eval_crop_ratio"] = check_value(where, "eval_crop_ratio", data["eval_crop_ratio"], float, 1e-3, 1.0)
-    for key, allowed in (("interpolation", INTERPOLATIONS), ("intensity", INTENSITIES)):
+    for key, allowed in (("interpolation", INTERPOLATIONS), ("intensity", INTENSITIES), ("crop_mode", CROP_MODES)):
         if data.get(key) is not None and data[key] not in allowed:
             raise WeightsError(f"{where}: {key}={show_value(data[key])} must be one of {', '.join(allowed)}")
     return out
 
 
 def check_hf_config(config, where: str) -> dict:
-    """The parts of an HF config.json that are read: the head count."""
+    """The parts of an HF config.json that are read: the head count; a model type other than ViT or DeiT is refused
+    (checked against the tensors by `check_hf_matches`)."""
     if not isinstance(config, dict):
         raise WeightsError(f"{where}: config.json must hold a mapping")
+    if config.get("model_type") not in HF_MODEL_TYPES:
+        raise WeightsError(
+            f"{where}: model_type={show_value(config.get('model_type'))}; deit reads ViT and DeiT models "
+            f"({', '.join(HF_MODEL_TYPES)})"
+        )
     if "num_attention_heads" in config:
         check_value(where, "num_attention_heads", config["num_attention_heads"], *HPARAM_BOUNDS["num_heads"])
     return config
 
 
+HF_MODEL_TYPES = ("vit", "deit")
+# What transformers' config.json fields mean in our terms: each one given must agree with the tensors
+HF_SIZES = {
+    "hidden_size": "embed_dim",
+    "num_hidden_layers": "depth",
+    "image_size": "img_size",
+    "patch_size": "patch_size",
+    "qkv_bias": "qkv_bias",
+}
+
+
+def check_hf_matches(config: dict, sd: dict[str, torch.Tensor], where: str) -> None:
+    """An HF config.json must describe the tensors beside it as a DeiT: a field that says otherwise (another
+    architecture, activation or size) is refused, where it would be ignored."""
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(
+        isinstance(a, str) and a.startswith(("ViT", "DeiT")) for a in architectures
+    ):
+        raise WeightsError(f"{where}: architectures={show_value(architectures)}; deit reads ViT and DeiT models")
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise WeightsError(
+            f"{where}: hidden_act={show_value(config['hidden_act'])}; a DeiT's MLP uses gelu, and these weights "
+            "would compute something else"
+        )
+    seen = tensor_hparams(sd, where)
+    fc1 = sd["blocks.0.mlp.fc1.weight"].shape[0]
+    for theirs, ours in (*HF_SIZES.items(), ("intermediate_size", None), ("num_channels", "in_chans")):
+        if theirs not in config:
+            continue
+        value = fc1 if ours is None else seen[ours]
+        if config[theirs] != value or isinstance(config[theirs], bool) != isinstance(value, bool):
+            raise WeightsError(
+                f"{where}: {theirs}={show_value(config[theirs])} but its tensors have {show_value(value)}; the "
+                "folder is inconsistent (save the model again)"
+            )
+
+
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's codes
+
+
+# transformers' image processors whose preparation deit's eval transform repeats, with their defaults: an int
+# `size` is a square for ViT's and DeiT's, the short side for BiT's and CLIP's (`default_to_square`); `crop`,
+# whether they centre-crop unless told
+HF_PROCESSORS = {
+    "ViTImageProcessor": dict(size={"height": 224, "width": 224}, square=True, crop=False, resample=2, clip=False),
+    "DeiTImageProcessor": dict(size={"height": 256, "width": 256}, square=True, crop=True, resample=3, clip=False),
+    "BitImageProcessor": dict(size={"shortest_edge": 224}, square=False, crop=True, resample=3, clip=True),
+    "CLIPImageProcessor": dict(size={"shortest_edge": 224}, square=False, crop=True, resample=3, clip=True),
+}
+HF_BY_MODEL_TYPE = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor"}  # AutoImageProcessor's choice
+IMAGENET_STANDARD = [0.5, 0.5, 0.5]
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def hf_data(config: dict, processor, where: str) -> dict:
+    """Class names (`id2label`, unless transformers' placeholders LABEL_0, ...) and, from preprocessor_config.json,
+    the preprocessing in our data config's keys, with the meaning transformers gives each field (its processor
+    class's defaults for a field left out); a field our eval transform cannot repeat is refused."""
+    data = {}
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and labels:
+        try:
+            ordered = [labels[str(i)] for i in range(len(labels))]
+        except KeyError:
+            raise WeightsError(f"{where}: id2label must number the classes 0 to {len(labels) - 1}") from None
+        names = _names(ordered, where, "id2label")
+        if names != [f"LABEL_{i}" for i in range(len(names))]:
+            data["class_names"] = names
+    if processor is None:
+        return data
+    where = where.replace("config.json", "preprocessor_config.json")
+    if not isinstance(processor, dict):
+        raise WeightsError(f"{where} must hold a mapping")
+    kind = processor.get("image_processor_type") or processor.get("feature_extractor_type")
+    kind = HF_BY_MODEL_TYPE.get(config.get("model_type")) if kind is None else kind
+    name = kind.removesuffix("Fast").replace("FeatureExtractor", "ImageProcessor") if isinstance(kind, str) else kind
+    if name not in HF_PROCESSORS:
+        raise WeightsError(
+            f"{where}: image_processor_type={show_value(kind)}; deit repeats the preparation of "
+            f"{', '.join(HF_PROCESSORS)}: write one of these"
+        )
+    defaults = HF_PROCESSORS[name]
+
+    def given(key, default=None):
+        value = processor.get(key)
+        return default if value is None else value
+
+    resample = given("resample", defaults["resample"])
+    if resample not in RESAMPLE_NAMES or isinstance(resample, bool):
+        raise WeightsError(f"{where}: resample={show_value(resample)} is not a PIL resampling filter")
+    data["interpolation"] = RESAMPLE_NAMES[resample]
+    if not given("do_resize", True):
+        raise WeightsError(f"{where}: do_resize=false feeds images at their own size; deit resizes them")
+    size = _hf_size(given("size", defaults["size"]), defaults["square"], where, "size")
+    cropped = given("do_center_crop", defaults["crop"])
+    crop = _hf_size(given("crop_size", {"height": 224, "width": 224}), True, where, "crop_size") if cropped else None
+    side, square = size
+    data["crop_mode"] = "squash" if square else "center"
+    data["input_size"] = crop[0] if crop else side
+    data["eval_crop_ratio"] = crop[0] / side if crop else 1.0
+    # transformers computes (x * rescale_factor - mean) / std on 0-255 pixels; we (x / 255 - mean') / std'
+    scale = 255 * float(check_value(where, "rescale_factor", given("rescale_factor", 1 / 255), float, 1e-9, 1.0))
+    scale = scale if given("do_rescale", True) else 255.0
+    if given("do_normalize", True):
+        mean = given("image_mean", OPENAI_CLIP_MEAN if defaults["clip"] else IMAGENET_STANDARD)
+        std = given("image_std", OPENAI_CLIP_STD if defaults["clip"] else IMAGENET_STANDARD)
+        mean, std = _channel_values(mean, where, "image_mean"), _channel_values(std, where, "image_std")
+    else:
+        mean, std = [0.0] * 3, [1.0] * 3
+    for key, values in (("image_mean", mean), ("image_std", std)):
+        for v in values:
+            check_value(where, key, v, float, -1e3, 1e3)
+    data["mean"] = [m / scale for m in mean]
+    data["std"] = [s / scale for s in std]
+    return data
+
+
+def _hf_size(value, int_is_square: bool, where: str, key: str) -> tuple[int, bool]:
+    """(side, whether the whole image is resized to a square) of a processor's `size` or `crop_size`, as
+    transformers' `get_size_dict` reads it; sizes our square inputs cannot follow are refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"height": value, "width": value} if int_is_square else {"shortest_edge": value}
+    if isinstance(value, dict) and set(value) == {"shortest_edge"}:
+        return check_value(where, key, value["shortest_edge"], *HPARAM_BOUNDS["img_size"]), False
+    if isinstance(value, dict) and set(value) == {"height", "width"} and value["height"] == value["width"]:
+        return check_value(where, key, value["height"], *HPARAM_BOUNDS["img_size"]), True
+    raise WeightsError(
+        f"{where}: {key}={show_value(value)}; deit prepares square images: give a shortest_edge, or an equal "
+        "height and width"
+    )
 
 
 def _names(value, where: str, key: str) -> list[str]:
@@ -201,12 +340,14 @@ def timm_data(config: dict, where: str) -> tuple[dict, int | None]:
             data[ours] = _channel_values(pretrained[theirs], where, theirs)
     if pretrained.get("crop_pct") is not None:
         data["eval_crop_ratio"] = pretrained["crop_pct"]
+    if pretrained.get("crop_mode") is not None:
+        data["crop_mode"] = pretrained["crop_mode"]
     if pretrained.get("interpolation") is not None:
         data["interpolation"] = pretrained["interpolation"]
     size = pretrained.get("input_size")
     if size is not None:
-        if not isinstance(size, (list, tuple)) or len(size) != 3:
-            raise WeightsError(f"{where}: input_size={show_value(size)} must be [channels, height, width]")
+        if not isinstance(size, (list, tuple)) or len(size) != 3 or size[1] != size[2]:
+            raise WeightsError(f"{where}: input_size={show_value(size)} must be [channels, size, size] (square)")
         data["input_size"] = size[-1]
     args = config.get("model_args") or {}
     if not isinstance(args, dict):
@@ -217,48 +358,73 @@ def timm_data(config: dict, where: str) -> tuple[dict, int | None]:
     return data, heads
 
 
-def hf_data(config: dict, processor, where: str) -> dict:
-    """Class names (`id2label`, unless transformers' placeholders LABEL_0, ...) and, from preprocessor_config.json,
-    the preprocessing, in our data config's keys. A processor that resizes to a fixed height and width (ViT's,
-    DeiT's) is read as resizing the short side: the same for square images."""
-    data = {}
-    labels = config.get("id2label")
-    if isinstance(labels, dict) and labels:
-        try:
-            ordered = [labels[str(i)] for i in range(len(labels))]
-        except KeyError:
-            raise WeightsError(f"{where}: id2label must number the classes 0 to {len(labels) - 1}") from None
-        names = _names(ordered, where, "id2label")
-        if names != [f"LABEL_{i}" for i in range(len(names))]:
-            data["class_names"] = names
-    if processor is None:
-        return data
-    where = where.replace("config.json", "preprocessor_config.json")
-    if not isinstance(processor, dict):
-        raise WeightsError(f"{where} must hold a mapping")
-    for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
-        if processor.get(theirs) is not None:
-            data[ours] = _channel_values(processor[theirs], where, theirs)
-    if processor.get("resample") is not None:
-        if processor["resample"] not in RESAMPLE_NAMES:
-            raise WeightsError(f"{where}: resample={show_value(processor['resample'])} is not a PIL resampling filter")
-        data["interpolation"] = RESAMPLE_NAMES[processor["resample"]]
+# timm's VisionTransformer arguments: those the tensors show (each given must agree), those that must keep DeiT's
+# value (another changes what the weights compute), and those of training alone
+TIMM_SIZES = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "qkv_bias", "no_embed_class")
+TIMM_AS_DEIT = {
+    "class_token": (True,),
+    "global_pool": ("token",),
+    "reg_tokens": (0,),
+    "fc_norm": (None, False),
+    "pre_norm": (False,),
+    "qk_norm": (False,),
+    "act_layer": (None, "gelu"),
+    "final_norm": (True,),
+    "pos_embed": ("learn",),
+}
+TIMM_TRAINING = (
+    "num_heads",  # read as the head count (the tensors do not show it)
+    "mlp_ratio",  # these three: checked below
+    "init_values",
+    "num_classes",
+    "drop_rate",
+    "pos_drop_rate",
+    "patch_drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+    "weight_init",
+    "dynamic_img_size",
+    "dynamic_img_pad",
+)
 
-    def side(value, key: str) -> int | None:
-        if not isinstance(value, dict):
-            return None
-        side = value.get("shortest_edge", value.get("height"))
-        return None if side is None else check_value(where, key, side, *HPARAM_BOUNDS["img_size"])
 
-    resized = side(processor.get("size"), "size") if processor.get("do_resize", True) else None
-    cropped = side(processor.get("crop_size"), "crop_size") if processor.get("do_center_crop") else None
-    if resized and cropped:
-        data["eval_crop_ratio"] = cropped / resized
-    elif resized:
-        data["eval_crop_ratio"] = 1.0
-    if cropped or resized:
-        data["input_size"] = cropped or resized
-    return data
+def check_timm_matches(config: dict, sd: dict[str, torch.Tensor], where: str) -> None:
+    """A timm config.json must describe the tensors beside it as a DeiT (or a ViT like it): an architecture of
+    another family, or a model argument that says otherwise, is refused where it would be ignored."""
+    arch = config.get("architecture")
+    if arch is not None and not (isinstance(arch, str) and arch.startswith(("deit_", "deit3_", "vit_"))):
+        raise WeightsError(f"{where}: architecture={show_value(arch)}; deit reads DeiT and ViT models")
+    args = config.get("model_args") or {}
+    seen = tensor_hparams(sd, where)
+    for key, value in args.items():
+        if key in TIMM_SIZES:
+            same = value == seen[key] and isinstance(value, bool) == isinstance(seen[key], bool)
+            if not same:
+                raise WeightsError(
+                    f"{where}: model_args {key}={show_value(value)} but its tensors have {show_value(seen[key])}; "
+                    "the folder is inconsistent (save the model again)"
+                )
+        elif key in TIMM_AS_DEIT:
+            if value not in TIMM_AS_DEIT[key] or isinstance(value, bool) != isinstance(TIMM_AS_DEIT[key][0], bool):
+                raise WeightsError(
+                    f"{where}: model_args {key}={show_value(value)}; a DeiT has {show_value(TIMM_AS_DEIT[key][0])}, "
+                    "and deit cannot build the model these weights belong to"
+                )
+        elif key not in TIMM_TRAINING:
+            raise WeightsError(f"{where}: model_args {show_value(key)} is not a DeiT's: deit cannot honour it")
+    fc1, head = sd["blocks.0.mlp.fc1.weight"].shape[0], sd.get("head.weight")
+    shown = {
+        "mlp_ratio": lambda r: isinstance(r, (int, float)) and int(seen["embed_dim"] * r) == fc1,
+        "init_values": lambda v: (v is None) == (seen["layer_scale_init"] is None),
+        "num_classes": lambda n: head is None or n == head.shape[0],
+    }
+    for key, agrees in shown.items():
+        if key in args and not agrees(args[key]):
+            raise WeightsError(
+                f"{where}: model_args {key}={show_value(args[key])} disagrees with its tensors; the folder is "
+                "inconsistent (save the model again)"
+            )
 
 
 def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..failures import first_line
-from ..files import atomic_write
+from ..files import JSONFileError, atomic_write, read_json
 from . import metadata
 from .metadata import CNN_FAMILY, WeightsError
 from .registry import MODELS
@@ -94,17 +94,24 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     elif config is None and isinstance(config_json, dict) and "pretrained_cfg" in config_json:
         data, num_heads = metadata.timm_data(config_json, where)
     state_dict, ignored = _to_native(tensors)
+    if hf_config is not None:
+        metadata.check_hf_matches(hf_config, state_dict, where)
+    elif data is not None:
+        metadata.check_timm_matches(config_json, state_dict, where)
     if config is not None:
         config = metadata.check_config(config, str(path))
         metadata.check_matches_tensors(config, state_dict, str(path))
     return Checkpoint(path, state_dict, config, hf_config, data=data, num_heads=num_heads, ignored=ignored)
 
 
+MAX_CONFIG_BYTES = 64 * 2**20  # a config.json: sizes, and up to a million class names
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path} is not valid JSON ({first_line(e)}); save the model again") from None
+        return read_json(path, MAX_CONFIG_BYTES)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{e if isinstance(e, JSONFileError) else first_line(e)}; save the model again") from None
 
 
 def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -123,7 +130,7 @@ def _read_file(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             return tensors, None
         try:
             return tensors, json.loads(meta[CONFIG_KEY])
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise WeightsError(f"{file}: its {CONFIG_KEY} metadata is not valid JSON ({first_line(e)})") from None
     return _unwrap(torch_load(file), file)
 
