@@ -2,8 +2,18 @@
 with a 4xx while the server keeps serving, batching of concurrent requests, the token, the bind check."""
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -15,7 +25,7 @@ from fastapi.testclient import TestClient
 import deit
 from deit.cli import main
 from deit.data import build_dataset
-from deit.serve import Batcher, Model, check_bind, create_app
+from deit.serve import MAX_IMAGES, PUBLIC_PATHS, SHUTDOWN_GRACE_S, Batcher, Model, check_bind, create_app
 from tests.conftest import same_topk
 
 
@@ -270,3 +280,216 @@ def test_the_other_commands_send_an_onnx_file_to_deit_serve(exported, digits, ca
     assert main(["predict", str(digits[0]), "--weights", str(exported)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "deit serve" in err
+
+
+# The bounds on what a client sends (docs/serve.md, "Bounds"): each one gone past, and the answer.
+
+TOKEN = "s3cret"
+
+
+class Served:
+    """A real `deit serve` process on a port of the system's choosing, with what it writes to stderr."""
+
+    def __init__(self, weights, *flags):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deit", "serve", "--weights", str(weights), "--port", "0", "--threads", "1", *flags],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True).start()
+        found = self.wait_until(lambda: re.search(r"running on http://127\.0\.0\.1:(\d+)", self.log), 120)
+        self.port = int(found.group(1))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_until(self, condition, seconds: float):
+        """Polls `condition()` until it holds; fails if the process ends or `seconds` pass first."""
+        deadline = time.monotonic() + seconds
+        while not (result := condition()):
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log
+            time.sleep(0.05)
+        return result
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=60)
+
+    def answered_healthz(self) -> None:
+        with self.connect() as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert answer_of(connection)[0] == 200
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(60)
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    server = Served(trained, "--token", TOKEN)
+    yield server
+    server.stop()
+
+
+@contextlib.contextmanager
+def listening(app):
+    """`app` under uvicorn in a thread of this process (a bound passed to create_app, where the command sets it)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+BOUNDARY = "b0undary"
+
+
+def stalled_head(kind: str, token: str | None = None, length: int = 100_000) -> bytes:
+    """A request's head announcing `length` bytes of a raw image or a multipart form, and the body's first 4 bytes:
+    a client that then stops sending."""
+    content_type = "image/png" if kind == "raw" else f"multipart/form-data; boundary={BOUNDARY}"
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    body = b"\x89PNG" if kind == "raw" else f"--{BOUNDARY}\r\n".encode()[:4]
+    return head.encode() + body
+
+
+def answer_of(connection: socket.socket) -> tuple[int, dict, bytes]:
+    """The status, headers and body of the response on `connection`, read until the server closes it."""
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("kind", ["raw", "multipart"])
+def test_a_stalled_body_is_cut_off_with_a_408_line(trained, kind):
+    app = create_app(Model(deit.create_model(pretrained=trained), "w"), body_timeout_s=1.0)
+    with listening(app) as port, socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        start = time.monotonic()
+        connection.sendall(stalled_head(kind))
+        status, headers, body = answer_of(connection)  # the server closes the connection after its answer
+        waited = time.monotonic() - start
+    assert status == 408 and headers["connection"] == "close" and 1.0 <= waited < 20, (status, waited)
+    error = json.loads(body)["error"]
+    assert "\n" not in error and "1 s" in error
+
+
+def test_sigterm_stops_the_server_within_its_grace_whatever_a_client_does(trained):
+    """A client that sent its head and 4 bytes of a 100,000-byte body, then nothing, stays connected: SIGTERM still
+    ends the server within SHUTDOWN_GRACE_S (plus the interpreter's exit), the client hears 503, exit code 130."""
+    server = Served(trained, "--token", TOKEN)
+    try:
+        with server.connect() as connection:
+            connection.sendall(stalled_head("raw", TOKEN))
+            server.answered_healthz()  # the loop has read the stalled request's head by the time it answers this
+            server.process.send_signal(signal.SIGTERM)
+            start = time.monotonic()
+            code = server.process.wait(SHUTDOWN_GRACE_S + 15)
+            stopped_in = time.monotonic() - start
+            status, _, body = answer_of(connection)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    assert code == 130 and stopped_in < SHUTDOWN_GRACE_S + 15, (code, stopped_in, server.log)
+    assert status == 503 and "stopping" in json.loads(body)["error"]
+    assert "Traceback" not in server.log and server.log.rstrip().endswith("deit serve: interrupted"), server.log
+
+
+@pytest.mark.parametrize("kind", ["raw", "multipart"])
+def test_a_client_gone_mid_body_leaves_one_log_line_and_no_traceback(served, kind):
+    seen = served.log.count("closed the connection before")
+    with served.connect() as connection:
+        connection.sendall(stalled_head(kind, TOKEN))
+        served.answered_healthz()  # the server is reading the body when the client goes
+    served.wait_until(lambda: served.log.count("closed the connection before") > seen, 30)
+    assert "Traceback" not in served.log and "Exception in ASGI" not in served.log, served.log
+
+
+def test_more_files_than_the_limit_is_a_413_naming_it(client, digits):
+    files = [("files", (f"{i}.png", digits[0].read_bytes(), "image/png")) for i in range(MAX_IMAGES + 1)]
+    response = client.post("/v1/predict", files=files)
+    assert response.status_code == 413 and f"{MAX_IMAGES}" in response.json()["error"], response.text
+    assert client.post("/v1/predict", files=files[:MAX_IMAGES]).status_code == 200
+
+
+def test_a_body_without_a_length_is_refused_once_past_the_byte_limit(trained):
+    """A chunked body states no length up front: it is counted as it arrives and refused as soon as it passes the
+    limit, not read whole into memory first (this client would send 64 MiB, well over any socket buffers)."""
+    app = create_app(Model(deit.create_model(pretrained=trained), "w"), max_bytes=100_000)
+    chunk = b"%x\r\n%s\r\n" % (2**16, b"\0" * 2**16)
+    with listening(app) as port, socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        sent, status = 0, "reset"
+        with contextlib.suppress(ConnectionError):
+            while sent < 64 * 2**20 and not select.select([connection], [], [], 0)[0]:
+                connection.sendall(chunk)
+                sent += 2**16
+            status, _, body = answer_of(connection)
+    # The server closes with the client's bytes unread in its socket: the kernel then resets the connection, which
+    # may discard the 413 before it leaves (curl reports "connection reset"). Either way it stopped reading early.
+    assert sent < 64 * 2**20 and status in (413, "reset"), (status, sent)
+    if status == 413:
+        assert "100,000" in json.loads(body)["error"]
+
+
+def test_attention_takes_one_image(client, digits):
+    image = ("files", ("d.png", digits[0].read_bytes(), "image/png"))
+    response = client.post("/v1/attention", files=[image, image])
+    assert response.status_code == 422 and "one image" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--token", ""], "--token"),
+        (["--token", "two words"], "--token"),
+        (["--token", "s\u00e9cret"], "--token"),
+        (["--port", "70000"], "65535"),
+        (["--port", "-1"], "65535"),
+        (["--port", "http"], "65535"),
+    ],
+)
+def test_serve_refuses_a_token_no_client_can_send_and_a_port_out_of_range(trained, capsys, flags, words):
+    with pytest.raises(SystemExit) as stopped:  # argparse's exit, or the command's
+        sys.exit(main(["serve", "--weights", str(trained), *flags]))
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+
+
+def test_with_a_token_only_the_page_the_schema_and_health_answer_without_it(trained):
+    """The page must load in a browser, which sends no header on navigation (it asks for the token and sends it on
+    its API calls); the schema is the same for every deit server and /docs fetches it without a header. Every
+    other route, present or added later, needs the token."""
+    app = create_app(Model(deit.create_model(pretrained=trained), "w"), token=TOKEN)
+    with TestClient(app) as c:
+        for route in app.routes:
+            for method in sorted(route.methods - {"HEAD"}):
+                response = c.request(method, route.path)
+                public = route.path in PUBLIC_PATHS
+                assert response.status_code == (200 if public else 401), (method, route.path, response.text)
+        assert 'id="token"' in c.get("/").text
+    assert {"/", "/healthz", "/openapi.json"} <= PUBLIC_PATHS

@@ -39,6 +39,17 @@ def count(minimum: int):
     return parse
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 asking the system for a free one (the server's start-up line names it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 1 to 65535, or 0 for a free one")
+    return value
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
@@ -258,8 +269,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from .serve import Model, check_bind, compute_threads, create_app, serve, serving_model
+    from .serve import Model, check_bind, check_token_text, compute_threads, create_app, serve, serving_model
 
+    check_token_text(args.token)
     check_bind(args.host, args.token, args.no_auth)
     try:
         import fastapi  # noqa: F401
@@ -453,7 +465,7 @@ def _add_model_use(sub) -> None:
 
     p = model_command(sub, "serve", "a trained model behind a REST API: /v1/predict, /v1/attention, /v1/model")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on; another than this one needs --token")
-    p.add_argument("--port", type=count(1), default=8000)
+    p.add_argument("--port", type=port_number, default=8000, help="0: a free port, named in the start-up line")
     p.add_argument("--max-batch", type=count(1), default=32, help="images of concurrent requests run together")
     p.add_argument("--topk", type=count(1), default=5)
     p.add_argument("--token", default=None, help="clients must send 'Authorization: Bearer TOKEN'")

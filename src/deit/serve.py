@@ -7,8 +7,11 @@
 
 Concurrent requests' images are gathered into batches (`Batcher`: up to `max_batch`, waiting `wait_ms` at most for
 more) and run in one worker thread, off the event loop. Every failure a client can cause is a 4xx with a one-line
-JSON body `{"error": ...}`; no request names a file on the server. With a token, every route but /healthz needs
-`Authorization: Bearer <token>`.
+JSON body `{"error": ...}`; no request names a file on the server. With a token, every route but the page, the
+schema and /healthz (`PUBLIC_PATHS`) needs `Authorization: Bearer <token>`.
+
+A request's body is bounded in bytes (counted as it arrives), in time (`BODY_TIMEOUT_S`) and in files; each image in
+pixels. On SIGTERM, bodies still arriving are answered 503 at once and the rest have `SHUTDOWN_GRACE_S` to finish.
 """
 
 import asyncio
@@ -29,9 +32,18 @@ from .failures import first_line, printable
 log = logging.getLogger("deit.serve")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-MAX_UPLOAD_BYTES = 20 * 2**20  # per request
+MAX_UPLOAD_BYTES = 20 * 2**20  # per request, counted as the body arrives (a chunked body states no length first)
 MAX_PIXELS = 40_000_000  # per image, checked from its header before it is decoded
 MAX_IMAGES = 256  # per request
+# A deadline on the whole body, not an idle time per chunk: a client sending a byte every few seconds would hold its
+# connection for ever under the latter. 30 s carries the 20 MiB limit at 5.6 Mbit/s, a 3 MB photo at 0.8 Mbit/s.
+BODY_TIMEOUT_S = 30.0
+# On SIGTERM, the requests already received have this long to finish (a batch takes milliseconds to seconds), then
+# are cancelled; within the 10 s `docker stop` gives before its SIGKILL.
+SHUTDOWN_GRACE_S = 5
+# Open without the token: the page (a browser sends no header when it opens it; the page sends the token typed into
+# it), the schema and its pages (the same for every deit server, nothing of the model in them) and the health check.
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 BACKENDS = ("torch", "onnx")
 INLINE_DECODE_BYTES = 64 * 2**10  # uploads up to this size are decoded on the event loop (a digit: 0.4 ms)
 
@@ -42,6 +54,25 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+class Stopping:
+    """Set when the server begins to stop: the requests still receiving their bodies end at once (503) rather than
+    hold the shutdown until their clients send the rest or give up."""
+
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event = asyncio.Event()
+
+    def start(self) -> None:
+        """On the serving loop (an Event belongs to the first loop that waits on it)."""
+        self.loop, self.event = asyncio.get_running_loop(), asyncio.Event()
+
+    def set(self) -> None:
+        """Callable from a signal handler: call_soon_threadsafe also wakes a loop asleep in select()."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+                self.loop.call_soon_threadsafe(self.event.set)
 
 
 class Batcher:
@@ -183,35 +214,48 @@ def create_app(
     wait_ms: float = 5.0,
     token: str | None = None,
     max_bytes: int = MAX_UPLOAD_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ):
-    """The FastAPI app serving `served`."""
+    """The FastAPI app serving `served`. `app.state.stopping.set()` begins its stop (`serve` calls it on SIGTERM)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.requests import ClientDisconnect
+
+    check_token_text(token)
 
     schemas = _schemas()
     errors = {
         status: {"model": schemas.Error, "description": text}
         for status, text in (
+            (400, "a multipart form that cannot be read"),
             (401, "missing or wrong token"),
-            (413, "an upload over the byte or pixel limit"),
+            (408, f"the body took more than {body_timeout_s:g} s to arrive"),
+            (413, "an upload over the byte, file or pixel limit"),
             (415, "neither a multipart form nor an image body"),
             (422, "not an image, truncated, empty, or in another form field"),
+            (503, "the server is stopping"),
         )
     }
 
     batcher = Batcher(served.topk, max_batch=max_batch, wait_ms=wait_ms)
+    stopping = Stopping()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        stopping.start()
         await batcher.start()
         yield
         await batcher.stop()
 
     app = FastAPI(title="deit serve", version="1", lifespan=lifespan)
+    app.state.stopping = stopping
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError):
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+        # The body was left unread (too large, too slow, the server stopping): the connection cannot carry another
+        # request, and a client still sending would otherwise keep it open.
+        close = {"Connection": "close"} if e.status in (408, 413, 503) else None
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=close)
 
     def check_token(request: Request) -> None:
         if token is None:
@@ -219,6 +263,40 @@ def create_app(
         given = request.headers.get("authorization", "")
         if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise RequestError(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
+
+    async def received(request: Request, read):
+        """`read(request)` (its body, or its form) with the body counted and timed as it arrives: 413 past max_bytes,
+        408 past body_timeout_s, 503 when the server begins to stop, 400 when the client goes away."""
+        count = 0
+
+        async def receive():
+            nonlocal count
+            message = await request.receive()
+            count += len(message.get("body", b""))
+            if count > max_bytes:
+                raise RequestError(413, f"the request has more than the {max_bytes:,} bytes this server takes")
+            return message
+
+        reading = asyncio.ensure_future(read(Request(request.scope, receive)))
+        stop = asyncio.ensure_future(stopping.event.wait())
+        try:
+            done, _ = await asyncio.wait({reading, stop}, timeout=body_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reading.cancel()
+            stop.cancel()
+        if reading in done:
+            try:
+                return reading.result()
+            except ClientDisconnect:  # nobody hears the answer; the log says what happened, without a traceback
+                host, port = request.client or ("a client", "")
+                log.info("%s:%s closed the connection before sending the whole body", host, port)
+                raise RequestError(400, "the connection was closed before the whole body arrived") from None
+        if stop in done:
+            raise RequestError(503, "the server is stopping: send the request again (to another server if it is down)")
+        raise RequestError(
+            408,
+            f"the body took more than {body_timeout_s:g} s to arrive: send it whole within that, or a smaller image",
+        )
 
     async def images_of(request: Request) -> list[tuple[str, torch.Tensor]]:
         """The request's images with their names: multipart uploads in `files` (or `file`), else the raw body as one
@@ -229,18 +307,25 @@ def create_app(
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             try:
-                form = await request.form(max_files=MAX_IMAGES, max_part_size=max_bytes)
-            except Exception as e:
-                raise RequestError(400, f"the multipart form cannot be read ({type(e).__name__})") from None
-            uploads = form.getlist("files") + form.getlist("file")
-            if not uploads or any(isinstance(u, str) for u in uploads):
-                raise RequestError(422, "send the images as files in the form field 'files'")
-            named = [(u.filename or f"file {i + 1}", await u.read()) for i, u in enumerate(uploads)]
+                form = await received(request, lambda r: r.form(max_files=MAX_IMAGES, max_part_size=max_bytes))
+            except RequestError:
+                raise
+            except Exception as e:  # Starlette's own refusal: an HTTPException with a one-line detail
+                detail = printable(getattr(e, "detail", "") or type(e).__name__)
+                if "too many files" in detail.lower():
+                    raise RequestError(
+                        413, f"more than {MAX_IMAGES} files in one request: send at most {MAX_IMAGES} a request"
+                    ) from None
+                raise RequestError(400, f"the multipart form cannot be read: {detail}") from None
+            try:
+                uploads = form.getlist("files") + form.getlist("file")
+                if not uploads or any(isinstance(u, str) for u in uploads):
+                    raise RequestError(422, "send the images as files in the form field 'files'")
+                named = [(u.filename or f"file {i + 1}", await u.read()) for i, u in enumerate(uploads)]
+            finally:
+                await form.close()  # its temporary files
         elif kind.startswith(("image/", "application/octet-stream")):
-            body = await request.body()
-            if len(body) > max_bytes:
-                raise RequestError(413, f"the image has {len(body):,} bytes, more than the {max_bytes:,} allowed")
-            named = [("the request body", body)]
+            named = [("the request body", await received(request, lambda r: r.body()))]
         else:
             raise RequestError(
                 415, f"content type {kind or 'none'!r}: send multipart/form-data (field 'files') or an image/* body"
@@ -386,6 +471,16 @@ def serving_model(weights: str, model_name: str | None, backend: str | None, thr
     return create_model(model_name, pretrained=weights)
 
 
+def check_token_text(token: str | None) -> None:
+    """A token a client can send: HTTP carries a header's value as printable ASCII, trimmed of spaces at its ends,
+    so an empty token, or one with spaces or other characters, would refuse every request."""
+    if token is not None and not (token and all("!" <= ch <= "~" for ch in token)):
+        raise ValueError(
+            "--token must be printable ASCII without spaces (it travels in an HTTP header), e.g. "
+            '--token "$(openssl rand -hex 16)"'
+        )
+
+
 def check_bind(host: str, token: str | None, no_auth: bool) -> None:
     """A server reachable from other machines needs a token, or an explicit --no-auth."""
     if host not in LOCAL_HOSTS and token is None and not no_auth:
@@ -396,7 +491,15 @@ def check_bind(host: str, token: str | None, no_auth: bool) -> None:
 
 
 def serve(app, host: str, port: int) -> None:
-    """uvicorn serving `app` (cmd_serve has checked the extra is installed)."""
+    """uvicorn serving `app` (cmd_serve has checked the extra is installed) until SIGTERM or Ctrl-C, which end it
+    within SHUTDOWN_GRACE_S (plus the batch running then) and reach the caller as KeyboardInterrupt: uvicorn.run
+    would swallow it, and the command would exit 0."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.stopping.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    Server(config).run()
