@@ -156,12 +156,7 @@ def test_a_cache_made_for_another_run_is_refused(teacher, tmp_path, capsys):
     )
     assert "teacher weights" in refused("--teacher-path", str(other))
     # views that differ although the settings match (e.g. another library version): stopped at the first batch
-    path = cache / epoch_file(0, 0)
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(path))
-    tensors["checksums"] = tensors["checksums"] + 1.0
-    save_file(tensors, str(path))
+    rewritten(cache, lambda tensors: tensors["checksums"].add_(1.0))
     assert "augmented images differ" in refused()
 
 
@@ -233,3 +228,217 @@ def test_checksums_writes_and_lookups_ignore_the_callers_autocast(tmp_path, dtyp
         with amp(read_amp):
             read, maps = cache.lookup(0, positions, indices, views)
         assert maps is None and read.dtype == torch.float32 and torch.equal(read, stored), (write_amp, read_amp)
+
+
+# -- what a cache's files may hold: each refused in one line naming the file, never an internal error ------------------
+HARD = [
+    "--model",
+    "deit_pico_distilled_patch7_28",
+    *FAST,
+    "--labels-per-class",
+    "16",
+    "--epochs",
+    "2",
+    "--mixup",
+    "0",
+    "--cutmix",
+    "0",
+    "--distillation-type",
+    "hard",
+]
+
+
+@pytest.fixture
+def made(teacher, tmp_path):
+    """A finished 2-epoch cache (160 views an epoch, top 10 of 10 classes), and a function running a student on it:
+    (exit code, stderr)."""
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", *HARD, "--teacher-path", str(teacher), "--teacher-cache", str(cache)]) == 0
+    runs = iter(range(100))
+
+    def student(capsys) -> tuple[int, str]:
+        out = tmp_path / f"student{next(runs)}"
+        code = main(["train", *HARD, "--teacher-cache", str(cache), "--output_dir", str(out)])
+        return code, capsys.readouterr().err.strip()
+
+    return cache, student
+
+
+def refused_naming(student, capsys, name: str) -> str:
+    code, err = student(capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert name in err and "deit cache-teacher" in err and "internal error" not in err, err
+    return err
+
+
+def test_an_edited_or_truncated_epoch_file_is_refused_by_its_digest(made, capsys):
+    """The probe's edits: the classes of one view changed (the file still valid safetensors; saved plainly, or with
+    the original file's metadata kept), a byte of the data flipped, the file cut short; and another epoch's intact
+    file in its place. The student trained on them before (or stopped with an internal error)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    cache, student = made
+    path = cache / epoch_file(0, 0)
+    intact = path.read_bytes()
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+
+    tensors = load_file(str(path))
+    tensors["classes"][0, 0] = (tensors["classes"][0, 0] + 1) % 10
+    save_file(tensors, str(path))
+    refused_naming(student, capsys, epoch_file(0, 0))
+    save_file(tensors, str(path), metadata=metadata)
+    assert "digest" in refused_naming(student, capsys, epoch_file(0, 0))
+    flipped = bytearray(intact)
+    flipped[-1] ^= 1
+    path.write_bytes(bytes(flipped))
+    assert "digest" in refused_naming(student, capsys, epoch_file(0, 0))
+    path.write_bytes(intact[: len(intact) // 2])
+    refused_naming(student, capsys, epoch_file(0, 0))
+    path.write_bytes((cache / epoch_file(1, 0)).read_bytes())
+    assert "epoch 1" in refused_naming(student, capsys, epoch_file(0, 0))
+    path.write_bytes(intact)  # and the intact file serves again
+    assert student(capsys)[0] == 0
+
+
+def rewritten(cache, change) -> None:
+    """Epoch 0 rewritten by the cache's own writer after `change(tensors)`: its digest matches what it holds."""
+    from safetensors.torch import load_file
+
+    opened = TeacherCache(cache, json.loads((cache / "meta.json").read_text()))
+    tensors = load_file(str(cache / epoch_file(0, 0)))
+    change(tensors)
+    opened.write_epoch(0, 0, [tensors])
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda t: t["classes"].__setitem__((3, 0), 10), "classes"),  # class 10 of 10: out of range
+        (lambda t: t["classes"].__setitem__((3, 0), -1), "classes"),
+        (lambda t: t["positions"].__setitem__(5, 2**31 - 1), "positions"),  # a 16 GB lookup table
+        (lambda t: t["positions"].__setitem__(5, -7), "positions"),
+        (lambda t: t.__setitem__("values", t["values"][:-1]), "values"),  # fewer rows than positions
+        (lambda t: t.__setitem__("values", t["values"][:, :4]), "values"),  # top 4, the cache says 10
+        (lambda t: t.__setitem__("values", t["values"].double()), "values"),
+        (lambda t: t.__setitem__("classes", t["classes"].float()), "classes"),
+        (lambda t: t.__setitem__("map0", t["values"]), "map0"),  # maps in a cache made without them
+        (lambda t: t.pop("checksums"), "checksums"),
+    ],
+    ids=[
+        "class-10",
+        "class-neg",
+        "position-huge",
+        "position-neg",
+        "rows",
+        "topk",
+        "dtype",
+        "int-dtype",
+        "extra",
+        "missing",
+    ],
+)
+def test_what_a_file_with_a_matching_digest_holds_is_still_checked(made, capsys, change, named):
+    """A digest proves the file is the one written, not that its writer was ours: names, dtypes, shapes and the
+    classes' and positions' ranges are checked before a value is used as an index."""
+    cache, student = made
+    rewritten(cache, change)
+    assert named in refused_naming(student, capsys, epoch_file(0, 0))
+
+
+def test_a_file_larger_than_its_epoch_can_be_is_refused_before_it_is_read(made, capsys, monkeypatch):
+    import safetensors.torch
+
+    cache, student = made
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("read"))
+    with open(cache / epoch_file(0, 0), "r+b") as f:
+        f.truncate(10**10)  # sparse: 10 GB that take no disk
+    assert "bytes" in refused_naming(student, capsys, epoch_file(0, 0))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.__setitem__("epochs", "2"),
+        lambda m: m.__setitem__("topk", 10**9),
+        lambda m: m.__setitem__("dtype", "float64"),
+        lambda m: m["views"].__setitem__("world_size", 10**9),  # a billion file names looked up an epoch
+        lambda m: m.__setitem__("attention", {"blocks": "x"}),
+        lambda m: m.clear(),
+    ],
+    ids=["epochs", "topk", "dtype", "world-size", "attention", "empty"],
+)
+def test_a_meta_json_out_of_bounds_is_refused_in_one_line(made, capsys, edit):
+    cache, student = made
+    meta = json.loads((cache / "meta.json").read_text())
+    edit(meta)
+    (cache / "meta.json").write_text(json.dumps(meta))
+    code, err = student(capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "meta.json" in err and "internal error" not in err, err
+
+
+def test_a_meta_json_too_large_is_refused_before_it_is_read(made, capsys):
+    cache, student = made
+    (cache / "meta.json").write_text("[" * 2_000_000)
+    code, err = student(capsys)
+    assert code == 2 and "meta.json" in err and "bytes" in err, err
+
+
+def test_a_cache_made_before_digests_serves_with_a_warning_and_its_bounds(made, capsys, caplog):
+    """Version 3 (no digests): kept, since remaking it costs the teacher's pass over every epoch; the student is
+    told once that an edit would go unseen, and everything but the digest is still checked."""
+    from safetensors.torch import load_file, save_file
+
+    cache, student = made
+    meta = json.loads((cache / "meta.json").read_text())
+    (cache / "meta.json").write_text(json.dumps({**meta, "version": 3}))
+    for e in range(2):
+        path = cache / epoch_file(e, 0)
+        save_file(load_file(str(path)), str(path))  # as version 3 wrote them: no metadata
+    assert student(capsys)[0] == 0
+    warned = [r.getMessage() for r in caplog.records if "digest" in r.getMessage()]
+    assert len(warned) == 1 and "deit cache-teacher" in warned[0], warned
+    tensors = load_file(str(cache / epoch_file(0, 0)))
+    tensors["classes"][0, 0] = 10
+    save_file(tensors, str(cache / epoch_file(0, 0)))
+    assert "classes" in refused_naming(student, capsys, epoch_file(0, 0))
+
+
+def test_a_second_maker_started_at_the_same_instant_is_refused_naming_the_first(teacher, tmp_path, monkeypatch):
+    """The race, made deterministic: a second `deit cache-teacher` (another process) and a student start while the
+    first is writing the new cache's meta.json, the folder holding only the first's files. The second used to be
+    told the folder 'holds no teacher cache'."""
+    import os
+    import subprocess
+    import sys
+
+    import deit.distill.cache as cache_module
+
+    cache = tmp_path / "cache"
+    args = [*HARD, "--epochs", "1", "--teacher-cache", str(cache)]
+    others = {}
+    real_write = cache_module.atomic_write
+
+    def deit(*argv: str) -> subprocess.CompletedProcess:
+        code = "import sys; from deit.cli import main; sys.exit(main(sys.argv[1:]))"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True)
+
+    def write_then_race(path, write):
+        def racing(tmp):
+            write(tmp)
+            if path.name == "meta.json" and not others:  # the temporary file is there, meta.json not yet
+                others["maker"] = deit("cache-teacher", *args, "--teacher-path", str(teacher))
+                others["student"] = deit("train", *args, "--output_dir", str(tmp_path / "s"))
+
+        real_write(path, racing)
+
+    monkeypatch.setattr(cache_module, "atomic_write", write_then_race)
+    assert main(["cache-teacher", *args, "--teacher-path", str(teacher)]) == 0
+    for name, result in others.items():
+        err = result.stderr.strip()
+        assert result.returncode == 2 and len(err.splitlines()) == 1, (name, err)
+        assert f"deit cache-teacher (pid {os.getpid()} on " in err and "holds no teacher cache" not in err, err
+    monkeypatch.undo()
+    assert main(["train", *args, "--output_dir", str(tmp_path / "after")]) == 0  # the first's cache is whole

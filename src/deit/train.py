@@ -314,21 +314,29 @@ def _fill_cache(p: Pieces) -> tuple[TeacherCache, int]:
     """Run the teacher over the epochs of views the cache lacks; returns the (complete) cache and how many epochs
     this process made."""
     env, epochs = p.env, p.cfg.run.epochs
-    cache = _cache_for(p)
-    missing = cache.missing_epochs(env.rank, epochs)
-    if missing and env.is_main:
-        print(f"teacher cache {cache.root}: running {p.teacher.name} on {len(missing)} epoch(s) of views")
-    # views drawn per batch (Mixup, batch augmentation): the teacher sees the training batches; else larger ones
-    per_batch = p.views.mixup is not None or p.views.augment is not None
-    loader = (
-        p.train_loader
-        if per_batch
-        else cache_loader(p.train_set, p.sampler, batch_size=p.cfg.run.batch_size, options=p.options)
-    )
-    # the main process owns the cache folder while the epochs are made (each process writes its own files)
+    folder = Path(p.cfg.distill.teacher_cache)
+    # the main process owns the cache folder while it makes the cache, from before its meta.json is written (so that
+    # another maker or a student arriving then is told who is writing) to its last epoch; each process writes its
+    # own files
     owns = ("epoch_*.safetensors", "meta.json")
-    lock = FolderLock(cache.root, "deit cache-teacher", owns) if missing and env.is_main else contextlib.nullcontext()
-    with lock:
+    with contextlib.ExitStack() as held:
+        locked = env.is_main and p.teacher is not None and not (folder / "meta.json").exists()
+        if locked:
+            held.enter_context(FolderLock(folder, "deit cache-teacher", owns))
+        cache = _cache_for(p)
+        missing = cache.missing_epochs(env.rank, epochs)
+        if missing and env.is_main and not locked:
+            held.enter_context(FolderLock(folder, "deit cache-teacher", owns))
+            missing = cache.missing_epochs(env.rank, epochs)  # another maker may have finished some meanwhile
+        if missing and env.is_main:
+            print(f"teacher cache {cache.root}: running {p.teacher.name} on {len(missing)} epoch(s) of views")
+        # views drawn per batch (Mixup, batch augmentation): the teacher sees the training batches; else larger ones
+        per_batch = p.views.mixup is not None or p.views.augment is not None
+        loader = (
+            p.train_loader
+            if per_batch
+            else cache_loader(p.train_set, p.sampler, batch_size=p.cfg.run.batch_size, options=p.options)
+        )
         for epoch in missing:
             seed_everything(process_seed(p.cfg.run.seed, epoch, env.rank), cuda=p.device.type == "cuda")
             p.sampler.set_epoch(epoch)

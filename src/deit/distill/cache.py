@@ -12,7 +12,10 @@ teacher's outputs by position. Stored per view:
 
 A folder holds `meta.json` (what the cache was made for: data, views, teacher, maps) and one safetensors file per
 epoch and producing process, each written atomically: an interrupted cache keeps its finished epochs and the next
-run fills in the rest. One cache serves any student with the same data, seed and augmentation, and any process
+run fills in the rest. Nothing read is trusted: meta.json is bounded in size and checked field by field, and an
+epoch file's size, names, dtypes, shapes and index ranges are checked before a value is used, and its tensors
+against the digest, epoch and process written in its header (an edited, damaged, truncated or swapped file is
+refused naming it). One cache serves any student with the same data, seed and augmentation, and any process
 count (positions are global) unless Mixup/CutMix or repeated augmentation tie the views to the batch layout.
 """
 
@@ -22,14 +25,22 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 
-from ..files import atomic_write
+from ..files import LOCK, JSONFileError, atomic_write, lock_holder, read_json
+
+log = logging.getLogger("deit")
 
 META = "meta.json"
-VERSION = 3  # 2: batch augmentation in the views spec; 3: views of other seeds and RandAugment draws
+VERSION = 4  # 2: batch augmentation in the views spec; 3: views of other seeds and RandAugment draws; 4: digests
+UNDIGESTED = 3  # read, with a warning: its files carry no digest
+MAX_META_BYTES = 2**20  # a meta.json holds the transform's description, a few KB
+MAX_HEADER_BYTES = 2**20  # an epoch file's header: a few tensors' names and shapes, and our metadata
+MAX_CLASSES = 1_000_000  # as a shard's label is bounded
+MAX_PROCESSES = 2**16
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 FILL = 1e4  # classes outside the top k sit this far below the k-th logit: probability 0 at any temperature
 
@@ -79,6 +90,16 @@ def epoch_file(epoch: int, rank: int) -> str:
     return f"epoch_{epoch:04d}_rank_{rank:03d}.safetensors"
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of names, dtypes, shapes and bytes, in name order (ImageNet's epoch of 66 MB: docs/teacher-cache.md)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class TeacherCache:
     """A cache folder: `missing_epochs` / `write_epoch` to fill it, `lookup` to read it during training."""
 
@@ -100,12 +121,21 @@ class TeacherCache:
         path = root / META
         if path.exists():
             try:
-                meta = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ValueError(f"{path} is not a teacher cache's meta.json (unreadable); remove {root}") from None
+                meta = read_json(path, MAX_META_BYTES)
+            except JSONFileError as e:
+                raise ValueError(f"{e}: not a teacher cache's {META}; remove {root}, or pick another folder") from None
+            check_meta(meta, path)
             _check(meta, spec, root)
+            if meta["version"] == UNDIGESTED:
+                log.warning(
+                    f"teacher cache {root} was made before its files carried digests: an edited or damaged file "
+                    "would go unseen; make it again with deit cache-teacher to have them checked"
+                )
             return cls(root, meta)
-        if root.exists() and any(root.iterdir()):
+        holder = lock_holder(root)
+        if holder:  # its maker has not written meta.json yet
+            raise ValueError(f"{root} is in use by {holder}; wait for it to finish, or choose another folder")
+        if root.exists() and any(f.name != LOCK for f in root.iterdir()):
             raise ValueError(f"{root} is not empty and holds no teacher cache ({META}); pick another --teacher-cache")
         if not create:
             raise ValueError(
@@ -126,7 +156,8 @@ class TeacherCache:
         from safetensors.torch import save_file
 
         tensors = {key: torch.cat([p[key] for p in parts]).contiguous() for key in parts[0]}
-        atomic_write(self.root / epoch_file(epoch, rank), lambda tmp: save_file(tensors, str(tmp)))
+        header = {"epoch": str(epoch), "rank": str(rank), "digest": tensors_digest(tensors)}
+        atomic_write(self.root / epoch_file(epoch, rank), lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
     @autocast_off
     def entries(self, positions, indices, views, logits, maps) -> dict[str, torch.Tensor]:
@@ -182,27 +213,156 @@ class TeacherCache:
     def _load(self, epoch: int) -> None:
         if self._epoch == epoch:
             return
-        from safetensors.torch import load_file
 
         files = [self.root / epoch_file(epoch, r) for r in range(self.meta["views"]["world_size"])]
         absent = [f.name for f in files if not f.exists()]
         if absent:
+            holder = lock_holder(self.root)
+            if holder:
+                raise ValueError(f"teacher cache {self.root} lacks epoch {epoch}: {holder} is making it; wait for it")
             raise ValueError(
                 f"teacher cache {self.root} lacks epoch {epoch} ({absent[0]}): it was made for fewer "
                 "epochs or interrupted; run `deit cache-teacher` with the same flags to finish it"
             )
-        parts = [load_file(str(f)) for f in files]
+        parts = [self._read(f, epoch, rank) for rank, f in enumerate(files)]
         self._data = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         positions = self._data["positions"].long()
+        if len(positions) == 0:
+            raise ValueError(f"teacher cache {self.root}: epoch {epoch} holds no views; make the cache again")
         self._rows = torch.full((int(positions.max()) + 1,), -1, dtype=torch.long)
         self._rows[positions] = torch.arange(len(positions))
         self._epoch = epoch
 
+    def _read(self, path: Path, epoch: int, rank: int) -> dict[str, torch.Tensor]:
+        """One epoch file, refused in one line (naming it, and the remedy) unless it is the file written for this
+        epoch and process: within the size its epoch can have, the names, dtypes and shapes the meta says, classes
+        and positions in range (they index tables), and the digest in its header."""
+        from safetensors import safe_open
+
+        meta, (k, rows, row_bytes, maps, map_shapes) = self.meta, _layout(self.meta)
+
+        def refuse(problem: str) -> ValueError:
+            return ValueError(
+                f"teacher cache file {path} {problem}; make the cache again with deit cache-teacher (into an empty "
+                "folder)"
+            )
+
+        size = path.stat().st_size
+        if size > MAX_HEADER_BYTES + rows * row_bytes:
+            raise refuse(f"has {size:,} bytes, more than an epoch of this cache can ({rows:,} views)")
+        try:
+            with safe_open(str(path), "pt") as f:
+                header, names = f.metadata() or {}, set(f.keys())
+                expected = {"positions", "indices", "checksums", "values", "classes", *maps}
+                if names != expected:
+                    odd = sorted(names ^ expected)[0]
+                    raise refuse(f"{'lacks' if odd in expected else 'has an unknown tensor'} {odd!r}")
+                tensors = {name: f.get_tensor(name) for name in sorted(names)}
+        except ValueError:
+            raise
+        except Exception as e:  # safetensors' own error for a truncated or malformed file, or an OSError
+            raise refuse(f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if meta["version"] != UNDIGESTED:  # first: a damaged file is named as such, whatever byte changed
+            if "digest" not in header:
+                raise refuse("has no digest in its header: it was written by something else, or edited")
+            if (header.get("epoch"), header.get("rank")) != (str(epoch), str(rank)):
+                raise refuse(
+                    f"holds epoch {_short(header.get('epoch'))} of process {_short(header.get('rank'))}, not epoch "
+                    f"{epoch} of process {rank} (a file copied over another)"
+                )
+            if tensors_digest(tensors) != header["digest"]:
+                raise refuse("does not match the digest written with it (edited or damaged)")
+        n = tensors["positions"].shape[0] if tensors["positions"].dim() == 1 else -1
+        dtype = DTYPES[meta["dtype"]]
+        shapes = {
+            "positions": ((n,), (torch.int32,)),
+            "indices": ((n,), (torch.int32,)),
+            "checksums": ((n,), (torch.float32,)),
+            "values": ((n, k), (dtype,)),
+            "classes": ((n, k), (torch.int16, torch.int32)),
+            **{name: ([(n, *shape) for shape in map_shapes], (dtype,)) for name in maps},
+        }
+        for name, (shape, dtypes) in shapes.items():
+            t = tensors[name]
+            if tuple(t.shape) not in (shape if isinstance(shape, list) else [shape]) or t.dtype not in dtypes:
+                raise refuse(f"has {name} of shape {tuple(t.shape)} and {t.dtype}, where this cache has {shape}")
+        classes, positions = tensors["classes"], tensors["positions"]
+        if n and (int(classes.min()) < 0 or int(classes.max()) >= meta["data"]["num_classes"]):
+            raise refuse(f"has classes outside 0 to {meta['data']['num_classes'] - 1}")
+        if n and (int(positions.min()) < 0 or int(positions.max()) >= rows):
+            raise refuse(f"has positions outside 0 to {rows - 1}")
+        return tensors
+
+
+def _layout(meta: dict) -> tuple[int, int, int, list[str], list[tuple[int, ...]]]:
+    """What an epoch file of this (checked) meta holds: k logits a view, at most how many views, at most how many
+    bytes a view, the maps' names and a map's possible shapes for one view (one map, or one per head)."""
+    data, views, attention = meta["data"], meta["views"], meta["attention"]
+    k = min(meta["topk"], data["num_classes"])
+    # every view of the epoch in one file at most: repeated augmentation shows each sample 3 times, plus the padding
+    # of the last batch of every process
+    rows = data["size"] * data.get("repeat", 1) * 3 + views["world_size"] * views["batch_size"]
+    value_bytes = DTYPES[meta["dtype"]].itemsize
+    maps, shapes, map_bytes = [], [], 0
+    if attention:
+        cells, heads = attention["grid"] ** 2, attention["heads"]
+        maps, shapes = [f"map{i}" for i in range(len(attention["blocks"]))], [(cells,), (heads, cells)]
+        map_bytes = len(maps) * heads * cells * value_bytes
+    return k, rows, 12 + k * (value_bytes + 4) + map_bytes, maps, shapes
+
+
+def check_meta(meta, path: Path) -> None:
+    """A cache's meta.json read from disk: every field the cache reads has its type and bounds, so that a bad one
+    is refused in one line before it sizes a table or names a billion files."""
+
+    def refuse(key: str, value, want: str) -> ValueError:
+        return ValueError(
+            f"{path}: {key}={_short(json.dumps(value, default=str))}, where a teacher cache has {want}; make the cache "
+            "again with deit "
+            "cache-teacher (another --teacher-cache folder)"
+        )
+
+    if not isinstance(meta, dict):
+        raise refuse("(the file)", type(meta).__name__, "a mapping")
+    if meta.get("version") not in (UNDIGESTED, VERSION):
+        raise ValueError(
+            f"{path}: made by another version of the teacher cache ({_short(meta.get('version'))}, this one reads "
+            f"{UNDIGESTED} and {VERSION}); make a new one with deit cache-teacher"
+        )
+
+    def number(where: dict, key: str, low: int, high: int, name: str | None = None) -> None:
+        value = where.get(key) if isinstance(where, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise refuse(name or key, value, f"a whole number from {low:,} to {high:,}")
+
+    for section in ("data", "views"):
+        if not isinstance(meta.get(section), dict):
+            raise refuse(section, meta.get(section), "a mapping")
+    data, views = meta["data"], meta["views"]
+    number(meta, "epochs", 1, 10**6)
+    number(data, "num_classes", 1, MAX_CLASSES, "data.num_classes")
+    number(data, "size", 1, 10**10, "data.size")
+    if "repeat" in data:
+        number(data, "repeat", 1, 10**4, "data.repeat")
+    number(views, "world_size", 1, MAX_PROCESSES, "views.world_size")
+    number(views, "batch_size", 1, 10**6, "views.batch_size")
+    number(meta, "topk", 1, data["num_classes"])
+    if meta.get("dtype") not in DTYPES:
+        raise refuse("dtype", meta.get("dtype"), f"one of {', '.join(DTYPES)}")
+    attention = meta.get("attention")
+    if attention is not None:
+        blocks = attention.get("blocks") if isinstance(attention, dict) else None
+        if not isinstance(blocks, list) or not 1 <= len(blocks) <= 1000:
+            raise refuse("attention.blocks", blocks, "a list of blocks")
+        for b in blocks:
+            if not isinstance(b, int) or isinstance(b, bool) or not -1000 <= b < 1000:
+                raise refuse("attention.blocks", blocks, "a list of block numbers")
+        number(attention, "grid", 1, 1024, "attention.grid")
+        number(attention, "heads", 1, 1024, "attention.heads")
+
 
 def _check(meta: dict, spec: dict, root: Path) -> None:
     """Refuse a cache made for another run, naming the first difference."""
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{root} was made by another version of the teacher cache; make a new one")
     # Mixup, repeated augmentation and batch augmentation draw per batch: a view depends on the batch layout
     layout_bound = spec["views"]["mixup"] is not None or spec["views"]["repeated_aug"] or spec["views"]["batch_aug"]
     for section in ("data", "views", "teacher", "attention"):
