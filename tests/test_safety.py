@@ -585,3 +585,23 @@ def test_13_class_names_with_terminal_escapes_are_printed_escaped(tmp_path, caps
     assert main(["predict", str(tmp_path / "images"), "--weights", str(tmp_path / "model")]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and len(out.strip().splitlines()) == 2 and "\\x1b[31mclass" in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "[enforce fail at alloc_cpu.cpp:127] err == 0",  # the CPU allocator under `ulimit -v`
+        "DefaultCPUAllocator: not enough memory: you tried to allocate 1024 bytes.",
+        "DataLoader worker (pid 12) is killed by signal: Killed. ",  # the kernel's OOM killer took a loader process
+    ],
+)
+def test_an_allocation_that_fails_is_named_out_of_memory_not_a_bug(text, capsys):
+    from deit.failures import FAILED, run_command
+
+    def fails():
+        raise RuntimeError(text)
+
+    assert run_command("train", fails) == FAILED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of memory" in err and "internal error" not in err, err

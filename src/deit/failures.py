@@ -19,6 +19,15 @@ import threading
 from collections.abc import Callable
 
 OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
+# How torch says an allocation failed: CUDA's and the CPU allocator's words, the CPU allocator under a memory limit
+# (`ulimit -v`, RLIMIT_DATA), and a loader process the kernel's OOM killer ended
+OUT_OF_MEMORY = (
+    "out of memory",
+    "can't allocate memory",
+    "alloc_cpu.cpp",
+    "DefaultCPUAllocator",
+    "is killed by signal: Killed",
+)
 
 
 def printable(text: str) -> str:
@@ -105,8 +114,8 @@ def run_command(command: str, func: Callable[[], int]) -> int:
         if debug:
             raise
         text = first_line(e)
-        if isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
-            say_error(command, f"out of memory ({text}); lower --batch-size, or use a smaller model")
+        if isinstance(e, RuntimeError) and any(sign in str(e) for sign in OUT_OF_MEMORY):
+            say_error(command, f"out of memory ({text}); lower --batch-size or --num_workers, or use a smaller model")
             return FAILED
         say_error(command, f"internal error, a bug in deit: {text} (DEIT_DEBUG=1 shows where)")
         return FAILED

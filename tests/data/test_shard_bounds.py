@@ -232,3 +232,18 @@ def test_an_index_too_deep_or_too_large_is_one_line(digits, tmp_path, capsys):
     with open(folder / INDEX, "wb") as f:
         f.truncate(MAX_INDEX_BYTES + 1)  # a sparse file: its size is refused before a byte is read
     assert f"over the {MAX_INDEX_BYTES:,}" in train_line(folder, capsys)
+
+
+def test_classes_without_samples_are_named_before_a_model_is_sized_for_them(digits, tmp_path, caplog):
+    """The probe's 10^6 class names built a 65M-parameter model without a word: classes the index lists but no
+    sample has are counted in a warning (here 2 of 12), and the run goes on with as many outputs."""
+    folder = shard_index(digits, tmp_path)
+    index = json.loads((folder / INDEX).read_text())
+    index["class_names"] += ["ghost-a", "ghost-b"]
+    for split in index["splits"].values():
+        split["class_counts"] += [0, 0]
+    (folder / INDEX).write_text(json.dumps(index))
+    argv = ["train", "--model", "deit_pico_patch7_28", "--data-set", "wds", "--data-path", str(folder)]
+    assert main([*argv, "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path / "run")]) == 0
+    warned = [r.getMessage() for r in caplog.records if "have no" in r.getMessage()]
+    assert any("2 of its 12 classes have no train samples" in w for w in warned), warned

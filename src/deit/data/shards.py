@@ -358,6 +358,13 @@ def _from_index(folder: Path, index: dict, split: str) -> Split:
             f"{folder / INDEX} lists {missing[0]}, which is missing ({len(missing)} of {len(shards)} shards): copy "
             f"the shards beside the index, or write them again with deit shard"
         )
+    counts = entry.get("class_counts")
+    empty = sum(1 for c in counts if c == 0) if counts else 0
+    if empty:  # a head of classes never seen: often an index edited by hand or written for another set
+        log.warning(
+            f"{folder / INDEX}: {empty:,} of its {len(counts):,} classes have no {split} samples; the model still "
+            f"has {len(counts):,} outputs"
+        )
     return Split(shards, list(index["class_names"]), entry["labels_digest"], str(folder / INDEX))
 
 
