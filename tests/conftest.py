@@ -1,9 +1,13 @@
+import contextlib
+import io
 import os
+import resource
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from short_runs import FAST, read_log, train_teacher
 
 __all__ = ["FAST", "read_log"]  # the tests' shared flags and log reader, with the short runs they bound
@@ -109,3 +113,40 @@ def assert_same_run(a: Path, b: Path, parts=("model", "model_ema")) -> None:
         for key, value in first[part].items():
             assert torch.equal(value, second[part][key]), f"{part}.{key}"
     assert [line["train_loss"] for line in read_log(a)] == [line["train_loss"] for line in read_log(b)]
+
+
+# -- property tests: a command in this process, and what it may answer ------------------------------------------
+EXAMPLES = settings(
+    max_examples=2500 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 250,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-2, 100) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_cli(argv: list[str]) -> tuple[int, list[str]]:
+    """`deit ...` in this process: (exit code, stderr lines)."""
+    from deit.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's refusals
+            code = e.code
+    return code, err.getvalue().strip().splitlines()
+
+
+def works_or_one_line(code: int, lines: list[str], command: str) -> None:
+    assert code in (0, 2), (code, lines)
+    if code == 2:
+        assert len(lines) == 1 and lines[0].startswith(f"deit {command}: error: "), lines
+        assert "Traceback" not in lines[0]

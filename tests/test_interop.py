@@ -217,6 +217,8 @@ HOSTILE_HF = {
     "a processor deit does not repeat": lambda p: p.update(image_processor_type="ConvNextImageProcessor"),
     "a size that is not square": lambda p: p.update(size={"height": 28, "width": 40}),
     "no resize": lambda p: p.update(do_resize=False),
+    # transformers would feed the 28 px model 14 px images, which it cannot take
+    "a crop other than the model's size": lambda p: p.update(size=16, crop_size=14),
 }
 
 HOSTILE_HF_CONFIG = {
@@ -262,3 +264,16 @@ def test_onnx_metadata_carries_class_names_and_preprocessing(rgb_distilled, tmp_
     assert config["data"]["class_names"] == ["cat", "dog", "owl", "eel"]
     assert config["data"]["mean"] == [0.5, 0.4, 0.3] and config["hparams"]["img_size"] == 28
     assert int(props["parameters"]) == sum(p.numel() for p in deit.create_model(pretrained=rgb_distilled).parameters())
+
+
+def test_a_config_json_over_its_bound_is_refused_before_it_is_read(trained, tmp_path, capsys):
+    from deit.models.weights import MAX_CONFIG_BYTES
+
+    folder = tmp_path / "hf"
+    assert main(["convert", str(trained), str(folder), "--to", "hf"]) == 0
+    with open(folder / "config.json", "r+b") as f:
+        f.truncate(MAX_CONFIG_BYTES + 1)  # sparse: no disk, and never read
+    capsys.readouterr()
+    assert main(["predict", str(trained), "--weights", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"over the {MAX_CONFIG_BYTES:,}" in err, err

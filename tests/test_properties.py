@@ -5,11 +5,8 @@ outside the output folder, memory bounded.
 Examples are drawn from a fixed seed (reproducible CI); `HYPOTHESIS_PROFILE=explore` draws new ones, ten times more.
 """
 
-import contextlib
-import io
 import json
 import os
-import resource
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -17,14 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from conftest import EXAMPLES, JSON, peak_rss_mb, run_cli, works_or_one_line
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
 import deit
 import deit.train
-from deit.cli import _flag, main
+from deit.cli import _flag
 from deit.config import SECTIONS, TrainConfig
 from deit.data import dataset_defaults
 from deit.models import save_weights
@@ -73,33 +71,6 @@ SCALARS = st.one_of(
     ),
 )
 VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.dictionaries(st.text(max_size=4), SCALARS, max_size=2))
-EXAMPLES = settings(
-    max_examples=2500 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 250,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run_cli(argv: list[str]) -> tuple[int, list[str]]:
-    """`deit ...` in this process: (exit code, stderr lines)."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main(argv)
-        except SystemExit as e:  # argparse's refusals
-            code = e.code
-    return code, err.getvalue().strip().splitlines()
-
-
-def works_or_one_line(code: int, lines: list[str], command: str) -> None:
-    assert code in (0, 2), (code, lines)
-    if code == 2:
-        assert len(lines) == 1 and lines[0].startswith(f"deit {command}: error: "), lines
-        assert "Traceback" not in lines[0]
 
 
 @pytest.fixture
@@ -223,11 +194,6 @@ def test_any_bytes_as_weights_are_loaded_or_refused_in_one_line(weights, scratch
     assert not any(scratch.iterdir())
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(-2, 100) | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=6,
-)
 KEYS = [
     (),
     ("format",),

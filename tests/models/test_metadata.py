@@ -144,3 +144,25 @@ def test_nan_weights_are_refused(model, tmp_path, capsys):
     assert main(["predict", "--weights", str(tmp_path / "nan.safetensors"), str(tmp_path / "x.png"), "--json"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "NaN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_memory_check_honours_the_process_limits():
+    """Under `ulimit -v` (or a scheduler's limit on address space) a model of a million classes, whose weights
+    would take 1.5 GB, is refused with its parameter count, where it ended in an out-of-memory line or a crash."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, deit
+from deit.models.metadata import WeightsError
+used = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    deit.create_model("deit_small_patch16_224", num_classes=1_000_000)
+except WeightsError as e:
+    print(e)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "M parameters" in result.stdout and "memory available" in result.stdout, (
+        result.stdout + result.stderr
+    )

@@ -218,6 +218,9 @@ def check_hf_matches(config: dict, sd: dict[str, torch.Tensor], where: str) -> N
             )
 
 
+# timm.data's IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD and DEFAULT_CROP_PCT: what a timm folder's pretrained_cfg
+# means where it leaves them out (timm is not imported to read a file)
+IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DEFAULT_CROP_PCT = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's codes
 
 
@@ -257,7 +260,7 @@ def hf_data(config: dict, processor, where: str) -> dict:
         raise WeightsError(f"{where} must hold a mapping")
     kind = processor.get("image_processor_type") or processor.get("feature_extractor_type")
     kind = HF_BY_MODEL_TYPE.get(config.get("model_type")) if kind is None else kind
-    name = kind.removesuffix("Fast").replace("FeatureExtractor", "ImageProcessor") if isinstance(kind, str) else kind
+    name = kind.removesuffix("Fast").replace("FeatureExtractor", "ImageProcessor") if isinstance(kind, str) else None
     if name not in HF_PROCESSORS:
         raise WeightsError(
             f"{where}: image_processor_type={show_value(kind)}; deit repeats the preparation of "
@@ -265,27 +268,39 @@ def hf_data(config: dict, processor, where: str) -> dict:
         )
     defaults = HF_PROCESSORS[name]
 
-    def given(key, default=None):
-        value = processor.get(key)
-        return default if value is None else value
+    def given(key, default):
+        """A value transformers reads: its class's default when left out; null it refuses, as we do."""
+        if key not in processor:
+            return default
+        if processor[key] is None:
+            raise WeightsError(f"{where}: {key}=null; give a value, or leave the field out for the default")
+        return processor[key]
+
+    def flag(key, default):
+        """A switch: null switches the step off, as transformers tests it."""
+        value = processor.get(key, default)
+        if value is not None and not isinstance(value, (bool, int)):
+            raise WeightsError(f"{where}: {key}={show_value(value)} must be true or false")
+        return bool(value)
 
     resample = given("resample", defaults["resample"])
-    if resample not in RESAMPLE_NAMES or isinstance(resample, bool):
+    if not isinstance(resample, int) or isinstance(resample, bool) or resample not in RESAMPLE_NAMES:
         raise WeightsError(f"{where}: resample={show_value(resample)} is not a PIL resampling filter")
     data["interpolation"] = RESAMPLE_NAMES[resample]
-    if not given("do_resize", True):
+    if not flag("do_resize", True):
         raise WeightsError(f"{where}: do_resize=false feeds images at their own size; deit resizes them")
     size = _hf_size(given("size", defaults["size"]), defaults["square"], where, "size")
-    cropped = given("do_center_crop", defaults["crop"])
+    cropped = flag("do_center_crop", defaults["crop"])
     crop = _hf_size(given("crop_size", {"height": 224, "width": 224}), True, where, "crop_size") if cropped else None
     side, square = size
     data["crop_mode"] = "squash" if square else "center"
     data["input_size"] = crop[0] if crop else side
     data["eval_crop_ratio"] = crop[0] / side if crop else 1.0
     # transformers computes (x * rescale_factor - mean) / std on 0-255 pixels; we (x / 255 - mean') / std'
-    scale = 255 * float(check_value(where, "rescale_factor", given("rescale_factor", 1 / 255), float, 1e-9, 1.0))
-    scale = scale if given("do_rescale", True) else 255.0
-    if given("do_normalize", True):
+    scale = 255.0
+    if flag("do_rescale", True):
+        scale *= float(check_value(where, "rescale_factor", given("rescale_factor", 1 / 255), float, 1e-9, 1.0))
+    if flag("do_normalize", True):
         mean = given("image_mean", OPENAI_CLIP_MEAN if defaults["clip"] else IMAGENET_STANDARD)
         std = given("image_std", OPENAI_CLIP_STD if defaults["clip"] else IMAGENET_STANDARD)
         mean, std = _channel_values(mean, where, "image_mean"), _channel_values(std, where, "image_std")
@@ -335,15 +350,12 @@ def timm_data(config: dict, where: str) -> tuple[dict, int | None]:
     data = {}
     if config.get("label_names") is not None:
         data["class_names"] = _names(config["label_names"], where, "label_names")
-    for ours, theirs in (("mean", "mean"), ("std", "std")):
-        if pretrained.get(theirs) is not None:
-            data[ours] = _channel_values(pretrained[theirs], where, theirs)
-    if pretrained.get("crop_pct") is not None:
-        data["eval_crop_ratio"] = pretrained["crop_pct"]
-    if pretrained.get("crop_mode") is not None:
-        data["crop_mode"] = pretrained["crop_mode"]
-    if pretrained.get("interpolation") is not None:
-        data["interpolation"] = pretrained["interpolation"]
+    # a field left out (or null) means timm's default, as `timm.data.resolve_data_config` gives it
+    for ours, theirs, default in (("mean", "mean", IMAGENET_DEFAULT_MEAN), ("std", "std", IMAGENET_DEFAULT_STD)):
+        data[ours] = _channel_values(pretrained.get(theirs) or list(default), where, theirs)
+    data["eval_crop_ratio"] = pretrained.get("crop_pct") or DEFAULT_CROP_PCT
+    data["crop_mode"] = pretrained.get("crop_mode") or "center"
+    data["interpolation"] = pretrained.get("interpolation") or "bicubic"
     size = pretrained.get("input_size")
     if size is not None:
         if not isinstance(size, (list, tuple)) or len(size) != 3 or size[1] != size[2]:
@@ -425,6 +437,17 @@ def check_timm_matches(config: dict, sd: dict[str, torch.Tensor], where: str) ->
                 f"{where}: model_args {key}={show_value(args[key])} disagrees with its tensors; the folder is "
                 "inconsistent (save the model again)"
             )
+
+
+def check_input_size(data: dict, sd: dict[str, torch.Tensor], where: str) -> None:
+    """The size another tool's preprocessing gives images must be the one the tensors take (their position
+    embedding's grid): transformers and timm would feed the model that size, and it would not run."""
+    size, native = data.get("input_size"), tensor_hparams(sd, where)["img_size"]
+    if size is not None and size != native:
+        raise WeightsError(
+            f"{where}: its preprocessing gives {show_value(size)} px images, but the model takes {native} px; "
+            "write the model's size there"
+        )
 
 
 def tensor_hparams(sd: dict[str, torch.Tensor], where: str) -> dict:
@@ -544,12 +567,31 @@ def available_memory() -> int | None:
             limits.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
     except (OSError, ValueError):
         pass
+    limits += _rlimits_left()
     if not limits:
         try:
             limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
         except (OSError, ValueError, AttributeError):
             return None
     return max(min(limits), 0)
+
+
+def _rlimits_left() -> list[int]:
+    """What this process's own limits leave (`ulimit -v`: address space; `ulimit -d`: heap), in bytes."""
+    import resource
+
+    left = []
+    for limit, field in ((resource.RLIMIT_AS, "VmSize:"), (resource.RLIMIT_DATA, "VmData:")):
+        soft = resource.getrlimit(limit)[0]
+        if soft == resource.RLIM_INFINITY:
+            continue
+        try:
+            status = Path("/proc/self/status").read_text().splitlines()
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
+        except (OSError, ValueError, StopIteration):
+            used = 0
+        left.append(soft - used)
+    return left
 
 
 def check_fits(kwargs: dict, distilled: bool, where: str) -> None:

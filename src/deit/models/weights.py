@@ -98,6 +98,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         metadata.check_hf_matches(hf_config, state_dict, where)
     elif data is not None:
         metadata.check_timm_matches(config_json, state_dict, where)
+    if data is not None:
+        metadata.check_input_size(data, state_dict, str(path / PREPROCESSOR_FILE) if hf_config else where)
     if config is not None:
         config = metadata.check_config(config, str(path))
         metadata.check_matches_tensors(config, state_dict, str(path))
