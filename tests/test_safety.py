@@ -605,3 +605,23 @@ def test_an_allocation_that_fails_is_named_out_of_memory_not_a_bug(text, capsys)
     assert run_command("train", fails) == FAILED
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of memory" in err and "internal error" not in err, err
+
+
+def test_a_yaml_config_past_its_bounds_is_one_line(tmp_path, capsys):
+    """Aliases of aliases (a 'billion laughs') name 10^9 values in 200 bytes: refused once counted past the bound
+    (it ended in an out-of-memory line); a file over 1 MiB before it is read; nesting too deep for the parser."""
+    from deit.config import MAX_YAML_BYTES, MAX_YAML_VALUES
+
+    value = "[&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" + "".join(
+        f", &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)
+    )
+    cases = {
+        "laughs.yaml": (f"optim:\n  lr: {value}]\n", f"more than {MAX_YAML_VALUES:,} values"),
+        "deep.yaml": ("[" * 100_000, "nests its values too deeply"),
+        "large.yaml": ("# " + "x" * MAX_YAML_BYTES + "\n", f"over the {MAX_YAML_BYTES:,}"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["train", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err

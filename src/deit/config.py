@@ -538,12 +538,25 @@ class TrainConfig:
         return TrainConfig.from_dict(values, self.explicit)
 
 
+MAX_YAML_BYTES = 2**20  # a preset is a few KB
+MAX_YAML_VALUES = 100_000  # values in the document with its aliases expanded: a preset has about a hundred
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size:,} bytes, over the {MAX_YAML_BYTES:,} a config may take")
     try:
         values = yaml.safe_load(path.read_text())
+        if _values_over(values, MAX_YAML_VALUES):  # aliases of aliases name 10^9 values in a few lines
+            raise ValueError(
+                f"{path} holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded; a config "
+                "needs far fewer"
+            )
+    except RecursionError:
+        raise ValueError(f"{path} nests its values too deeply to be read") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     except UnicodeDecodeError:
@@ -553,6 +566,23 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of sections (model:, data:, ...)")
     return values
+
+
+def _values_over(value, budget: int) -> bool:
+    """Whether `value` holds more than `budget` values, counting a shared (aliased) one each time it appears; stops
+    counting at the budget."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def merge(base: dict, overrides: dict[str, object]) -> tuple[dict, set[str]]:

@@ -247,3 +247,36 @@ def test_classes_without_samples_are_named_before_a_model_is_sized_for_them(digi
     assert main([*argv, "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path / "run")]) == 0
     warned = [r.getMessage() for r in caplog.records if "have no" in r.getMessage()]
     assert any("2 of its 12 classes have no train samples" in w for w in warned), warned
+
+
+# -- one test per row of docs/safety.md's table that no test above goes past ---------------------------------------
+
+
+def test_a_pattern_longer_than_its_bound_is_refused_before_it_is_read():
+    with pytest.raises(ValueError, match=f"at most {4096}"):
+        pattern_count("shards/train-{" + ",".join(["a"] * 3000) + "}.tar")
+
+
+def test_an_index_listing_more_shards_than_a_split_may_have_is_one_line(digits, tmp_path, capsys):
+    folder = shard_index(digits, tmp_path)
+    index = json.loads((folder / INDEX).read_text())
+    train = index["splits"]["train"]
+    train["shards"] = [{"name": f"train-{i:07d}.tar", "samples": 0, "seeks": []} for i in range(MAX_SHARDS + 1)]
+    (folder / INDEX).write_text(json.dumps(index))
+    assert f"over the {MAX_SHARDS:,} a split may have" in train_line(folder, capsys)
+
+
+def test_a_label_member_over_its_bound_is_left_out_and_counted(tmp_path):
+    path = tmp_path / "labels.tar"
+    write_tar(path, [*samples(["a"]), ("b.png", png(3)), ("b.cls", b"1" + b" " * 100)])
+    tally = Tally()
+    got = list(tar_samples(str(path), tally=tally))
+    assert [s["__key__"] for s in got] == ["a", "b"] and got[1]["cls"] is None and tally.oversized == 1
+    assert "cls member of 101 bytes" in got[1]["__oversized__"]
+
+
+def test_an_unindexed_shard_of_a_class_over_a_million_is_refused(tmp_path):
+    path = tmp_path / "huge-000000.tar"
+    write_tar(path, [("a.png", png(1)), ("a.cls", b"%d" % MAX_CLASSES), ("b.png", png(2)), ("b.cls", b"0")])
+    with pytest.raises(ValueError, match=f"over the {MAX_CLASSES:,} classes"):
+        open_split(str(tmp_path / "huge-{000000..000000}.tar"), "train")
