@@ -150,3 +150,20 @@ def works_or_one_line(code: int, lines: list[str], command: str) -> None:
     if code == 2:
         assert len(lines) == 1 and lines[0].startswith(f"deit {command}: error: "), lines
         assert "Traceback" not in lines[0]
+
+
+def gray_model(num_classes: int = 3, crop_ratio: float = 1.0):
+    """A small untrained grayscale DeiT carrying the data config training gives a model (class names a, b, c, ...)."""
+    import deit
+
+    model = deit.create_model("deit_pico_patch4_28", num_classes=num_classes, in_chans=1)
+    model.data_config = {
+        "class_names": [chr(ord("a") + i) for i in range(num_classes)],
+        "mean": [0.5],
+        "std": [0.25],
+        "input_size": 28,
+        "eval_crop_ratio": crop_ratio,
+        "interpolation": "bicubic",
+        "intensity": "minmax",
+    }
+    return model

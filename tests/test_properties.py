@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import EXAMPLES, JSON, peak_rss_mb, run_cli, works_or_one_line
+from conftest import EXAMPLES, JSON, gray_model, peak_rss_mb, run_cli, works_or_one_line
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -136,16 +136,7 @@ def test_any_value_of_any_flag_works_or_is_one_line(validated, scratch, field, v
 def weights(tmp_path_factory):
     """A small trained-looking model saved three ways, an image to predict, and the model's deit config."""
     root = tmp_path_factory.mktemp("weights")
-    model = deit.create_model("deit_pico_patch4_28", num_classes=3, in_chans=1)
-    model.data_config = {
-        "class_names": ["a", "b", "c"],
-        "mean": [0.5],
-        "std": [0.25],
-        "input_size": 28,
-        "eval_crop_ratio": 1.0,
-        "interpolation": "bicubic",
-        "intensity": "minmax",
-    }
+    model = gray_model()
     save_weights(model, root / "model.safetensors")
     torch.save({"model": model.state_dict(), "deit_config": deit_config(model)}, root / "model.pth")
     Image.new("L", (28, 28), 128).save(root / "image.png")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, JSON, peak_rss_mb, run_cli, works_or_one_line
+from conftest import EXAMPLES, JSON, gray_model, peak_rss_mb, run_cli, works_or_one_line
 from hypothesis import event, given
 from hypothesis import strategies as st
 from PIL import Image
@@ -55,16 +55,7 @@ def source(tmp_path_factory):
     """A 3-class grayscale model saved with its data config, and a wide image with a smooth gradient (a square
     resize, a short-side resize and a crop elsewhere give clearly different pixels; a one-pixel shift, little)."""
     root = tmp_path_factory.mktemp("source")
-    model = deit.create_model("deit_pico_patch4_28", num_classes=3, in_chans=1)
-    model.data_config = {
-        "class_names": ["a", "b", "c"],
-        "mean": [0.5],
-        "std": [0.25],
-        "input_size": 28,
-        "eval_crop_ratio": 0.875,
-        "interpolation": "bicubic",
-        "intensity": "minmax",
-    }
+    model = gray_model(crop_ratio=0.875)
     save_weights(model, root / "model.safetensors")
     x, y = np.meshgrid(np.linspace(0, 255, 44), np.linspace(0, 90, 30))
     Image.fromarray((x * 0.8 + y).clip(0, 255).astype(np.uint8), "L").save(root / "wide.png")
@@ -98,6 +89,18 @@ def same_pixels(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
     spread = float(theirs.max() - theirs.min()) + 1e-6
     assert float((ours - theirs).abs().mean()) <= 0.04 * spread + 1e-4, float((ours - theirs).abs().mean() / spread)
+
+
+def prepares_as(model, image: Path, theirs) -> None:
+    """Our preparation of `image` for `model` is `theirs(the image in RGB)`, the other tool's, when that tool can
+    prepare it at all (one that refuses the file leaves ours free to read it or refuse it)."""
+    try:
+        prepared = theirs(Image.open(image).convert("RGB"))
+    except Exception:  # whatever the other tool raises for a file it cannot use
+        event("refused by the other tool")
+        return
+    same_pixels(preprocessing(model).read(image), prepared)
+    event("read by both: the same pixels")
 
 
 def in_scratch(original: Path, files: dict) -> Path:
@@ -156,16 +159,13 @@ def test_any_hf_folder_field_means_what_transformers_reads_or_is_one_line(source
     folder = in_scratch(source["hf"], {file: edited(original, key, value, delete)})
     try:
         model = loaded_or_refused(folder)
-        if model is None or file == "config.json":
-            return
-        try:
-            processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
-            image = Image.open(source["image"]).convert("RGB")  # as transformers' pipeline opens it
-            theirs = processor(images=image, return_tensors="pt")["pixel_values"][0].float()
-        except Exception:
-            return
-        same_pixels(preprocessing(model).read(source["image"]), theirs)
-        event("read by both: the same pixels")
+        if model is not None and file == "preprocessor_config.json":
+
+            def theirs(image):  # transformers' processor, on the image as its pipeline opens it
+                processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
+                return processor(images=image, return_tensors="pt")["pixel_values"][0].float()
+
+            prepares_as(model, source["image"], theirs)
     finally:
         shutil.rmtree(folder)
 
@@ -197,15 +197,12 @@ def test_any_timm_folder_field_means_what_timm_reads_or_is_one_line(source, key,
     folder = in_scratch(source["timm"], {"config.json": config})
     try:
         model = loaded_or_refused(folder)
-        if model is None:
-            return
-        try:  # how timm prepares images for the model it builds from the folder
-            transform = create_transform(**resolve_data_config(model=timm.create_model(f"local-dir:{folder}")))
-            theirs = transform(Image.open(source["image"]).convert("RGB"))
-        except Exception:
-            return
-        same_pixels(preprocessing(model).read(source["image"]), theirs)
-        event("read by both: the same pixels")
+        if model is not None:
+
+            def theirs(image):  # timm's transform for the model timm builds from the folder
+                return create_transform(**resolve_data_config(model=timm.create_model(f"local-dir:{folder}")))(image)
+
+            prepares_as(model, source["image"], theirs)
     finally:
         shutil.rmtree(folder)
 

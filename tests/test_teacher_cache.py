@@ -14,14 +14,9 @@ from deit.distill.cache import TeacherCache, epoch_file
 from deit.engine import Views
 
 # A distilled student with every cached part in play: Mixup/CutMix pairs and lambdas, soft logits, attention maps.
+DISTILLED = ["--model", "deit_pico_distilled_patch7_28", *FAST, "--labels-per-class", "16", "--epochs", "2"]
 STUDENT = [
-    "--model",
-    "deit_pico_distilled_patch7_28",
-    *FAST,
-    "--labels-per-class",
-    "16",
-    "--epochs",
-    "2",
+    *DISTILLED,
     "--mixup",
     "0.8",
     "--cutmix",
@@ -231,21 +226,7 @@ def test_checksums_writes_and_lookups_ignore_the_callers_autocast(tmp_path, dtyp
 
 
 # -- what a cache's files may hold: each refused in one line naming the file, never an internal error ------------------
-HARD = [
-    "--model",
-    "deit_pico_distilled_patch7_28",
-    *FAST,
-    "--labels-per-class",
-    "16",
-    "--epochs",
-    "2",
-    "--mixup",
-    "0",
-    "--cutmix",
-    "0",
-    "--distillation-type",
-    "hard",
-]
+HARD = [*DISTILLED, "--mixup", "0", "--cutmix", "0", "--distillation-type", "hard"]
 
 
 @pytest.fixture
