@@ -9,7 +9,8 @@ import torch
 from conftest import FAST, read_log
 
 from deit.cli import main
-from deit.engine import amp_dtype, evaluate
+from deit.distributed import amp_dtype
+from deit.engine import evaluate
 
 pytestmark = pytest.mark.smoke
 

@@ -73,3 +73,26 @@ def test_models_are_plain_modules(banned):
 def test_only_the_run_and_the_commands_read_the_training_config():
     readers = {m for m, ts in import_graph().items() if "deit.config" in ts}
     assert readers <= {"deit.train", "deit.cli", "deit.demo"}, readers
+
+
+FOUNDATION = {"deit.messages", "deit.stopping", "deit.files", "deit.progress", "deit.distributed"}
+PARTS = ("deit.models", "deit.data", "deit.distill")
+COMMANDS = {"deit.cli", "deit.demo", "deit.benchmark", "deit.serve", "deit.__main__"}
+
+
+def test_the_layers_read_from_the_bottom_up():
+    """Files, messages and devices at the bottom; models, data and distillation on them alone; the engine below the
+    run (train) and the run below the commands: no arrow runs back up."""
+    edges = import_graph()
+
+    def part(module: str) -> bool:
+        return module.startswith(PARTS)
+
+    upward = {
+        m: sorted(t for t in ts if not (t in FOUNDATION or (part(m) and part(t))))
+        for m, ts in edges.items()
+        if m in FOUNDATION or part(m)
+    }
+    assert not {m: ts for m, ts in upward.items() if ts}
+    assert not edges["deit.engine"] & ({"deit.train", "deit.config"} | COMMANDS)
+    assert not edges["deit.train"] & COMMANDS

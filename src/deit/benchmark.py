@@ -488,7 +488,7 @@ def run_benchmark(
     parts: tuple[str, ...] = PARTS,
 ) -> dict:
     """Run the measurements; returns a record (machine, settings, one entry per measurement)."""
-    from .engine import amp_dtype, autocast
+    from .distributed import amp_dtype, autocast
     from .models import create_model
 
     cfg = PRESETS[preset]

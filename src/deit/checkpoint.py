@@ -14,8 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from .failures import first_line
 from .files import FolderLock, atomic_write, write_text
+from .messages import first_line
 
 log = logging.getLogger("deit")
 

@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .failures import printable, run_command, say_error
+from .failures import run_command, say_error
+from .messages import printable
 
 
 class Parser(argparse.ArgumentParser):
@@ -402,7 +403,7 @@ def _add_training(sub) -> None:
 
 def _add_benchmark(sub) -> None:
     from .benchmark import PARTS
-    from .engine import PRECISIONS
+    from .distributed import PRECISIONS
 
     p = sub.add_parser(
         "benchmark",

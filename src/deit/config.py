@@ -24,7 +24,7 @@ from .data.transforms import MIXUP_MODES, REMODES, Recipe
 from .distill.attention import ATTENTION_LOSSES, parse_blocks
 from .distill.cache import DTYPES as CACHE_DTYPES
 from .distill.losses import DISTILLATION_TYPES
-from .engine import PRECISIONS
+from .distributed import PRECISIONS
 from .models.metadata import INTENSITIES, INTERPOLATIONS
 from .models.metadata import show_value as _show
 

@@ -31,9 +31,9 @@ from .checkpoint import read_log
 from .config import TrainConfig, merge
 from .data.datasets import BUILTINS, build_dataset, canonical_name, first_per_class
 from .distributed import cpu_name
-from .failures import sigterm_as_interrupt
 from .files import LOCK, FolderLock, slug, write_text
 from .models.registry import MODELS
+from .stopping import sigterm_as_interrupt
 from .train import make_teacher_cache, run
 
 MARKER = ".deit-demo"

@@ -1,10 +1,12 @@
 """One process per GPU (or CPU rank) under `torchrun`: NCCL on GPUs, gloo on CPUs.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous for several nodes); without them, one process.
+Also the device each process computes on, and its precision (bf16 autocast or fp32).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -109,3 +111,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
+
+
+# bf16 autocast on CUDA by default; fp32 on the CPU, where bf16 matmuls are slower
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting on a device; None for fp32."""
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast when asked for, else nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -18,28 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, autocast
 from .optim import Updates
 from .progress import progress
-
-# bf16 autocast on CUDA by default; fp32 on the CPU, where bf16 matmuls are slower
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: training stops (`train.run` says what was kept)."""
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision setting on a device; None for fp32."""
-    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16 autocast when asked for, else nothing."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass

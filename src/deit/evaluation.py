@@ -14,8 +14,8 @@ from .data.sampling import collate_readable
 from .data.shards import EvalStream, ShardSet
 from .data.shards import loader as shard_loader
 from .engine import top5_hits
-from .failures import loader_worker_init
 from .files import write_text
+from .stopping import loader_worker_init
 
 
 @torch.inference_mode()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .failures import first_line
 from .files import atomic_write
+from .messages import first_line
 
 FORMATS = ("onnx",)
 CONFIG_PROP = "deit_config"  # the metadata_props keys written and read

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
+
+from .messages import first_line, printable
+from .stopping import sigterm_as_interrupt
 
 OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 # How torch says an allocation failed: CUDA's and the CPU allocator's words, the CPU allocator under a memory limit
@@ -30,53 +31,8 @@ OUT_OF_MEMORY = (
 )
 
 
-def printable(text: str) -> str:
-    """`text` with control characters (terminal escape codes, newlines) written as escapes: printed as it is, a
-    hostile class name or file name could move the cursor, recolour the terminal or forge a second line."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
-
-
-def first_line(error: BaseException) -> str:
-    """An exception as one line: its type and its message's first sentence (libraries write paragraphs)."""
-    text = str(error).strip().split("\n")[0].split(". ")[0][:160]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def say_error(command: str, message: str) -> None:
     print(f"deit {command}: error: {printable(message)}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: the same clean stop (files closed, worker and lane
-    processes ended, the last checkpoint kept) whichever way a run is stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def loader_worker_init(worker_id: int) -> None:
-    """`worker_init_fn` of every DataLoader: a loader process stops on SIGTERM as on Ctrl-C, quietly. A job
-    scheduler or `timeout` signals the whole process group; a worker killed by the signal would make the training
-    process print a traceback about it while it stops. And the thread through which a worker hands its batches'
-    memory over prints a traceback when the training process is gone mid-handover: that is the stop, not news."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    threading.excepthook = _quiet_when_the_peer_is_gone
-
-
-def _quiet_when_the_peer_is_gone(args) -> None:
-    if not issubclass(args.exc_type, (ConnectionError, EOFError)):
-        threading.__excepthook__(args)
 
 
 def run_command(command: str, func: Callable[[], int]) -> int:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .failures import first_line
+from .messages import first_line
 
 log = logging.getLogger("deit")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .failures import first_line, printable
+from .messages import first_line, printable
 
 log = logging.getLogger("deit.serve")
 

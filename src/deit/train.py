@@ -38,7 +38,7 @@ from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_blocks
 from .distill.cache import TeacherCache, targets_digest, weights_digest
 from .distill.losses import class_criterion
-from .engine import NonFiniteLoss, Views, amp_dtype, evaluate, fill_teacher_cache, train_one_epoch
+from .engine import NonFiniteLoss, Views, evaluate, fill_teacher_cache, train_one_epoch
 from .files import FolderLock
 from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import deit_config
@@ -222,7 +222,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         cfg=cfg,
         env=env,
         device=device,
-        amp_dtype=amp_dtype(cfg.run.precision, device),
+        amp_dtype=distributed.amp_dtype(cfg.run.precision, device),
         train_set=train_set,
         val_set=val_set,
         info=info,

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from ..failures import first_line
+from ..messages import first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..failures import loader_worker_init
+from ..stopping import loader_worker_init
 from .batch_aug import BatchAugment
 from .datasets import ArrayDataset
 from .sampling import (

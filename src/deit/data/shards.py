@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from ..failures import first_line
+from ..messages import first_line
 from .images import IMAGE_EXTENSIONS, read_image
 from .sampling import Batch, collate_readable, sample_seed, seeded
 

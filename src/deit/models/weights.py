@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..failures import first_line
 from ..files import JSONFileError, atomic_write, read_json
+from ..messages import first_line
 from . import metadata
 from .metadata import CNN_FAMILY, WeightsError
 from .registry import MODELS
