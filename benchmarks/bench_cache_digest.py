@@ -40,8 +40,8 @@ def main() -> None:
     from safetensors.torch import load_file, save_file
 
     from deit.benchmark import save_record
-    from deit.demo import machine
     from deit.distill.cache import TeacherCache, epoch_file
+    from deit.distributed import machine
 
     n, k, classes = args.views, args.topk, 1000
     generator = torch.Generator().manual_seed(0)

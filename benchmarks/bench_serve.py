@@ -51,7 +51,7 @@ def digit_files(folder: Path) -> list[Path]:
 def train_student(folder: Path, epochs: int) -> Path:
     """The demo's student (`deit_pico_patch7_28`) trained a few epochs: enough for answers worth checking."""
     from deit.config import TrainConfig, merge
-    from deit.demo import STUDENT, STUDENTS
+    from deit.demo.plan import STUDENT, STUDENTS
     from deit.train import run
 
     settings = {**STUDENTS, "run.epochs": epochs, "model.model": STUDENT, "data.data_set": "mnist5k"}
@@ -201,7 +201,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from deit.benchmark import save_record
-    from deit.demo import STUDENT, machine
+    from deit.demo.plan import STUDENT
+    from deit.distributed import machine
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

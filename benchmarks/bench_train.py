@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from deit.benchmark import save_record
-    from deit.demo import machine
+    from deit.distributed import machine
 
     cfg = SMALL if args.small else FULL
     name = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else machine()

@@ -136,7 +136,7 @@ def main() -> None:
     import torch
 
     from deit.benchmark import _transforms, jpeg_dataset, save_record
-    from deit.demo import machine
+    from deit.distributed import machine
 
     torch.set_num_threads(1)  # as in a loader process
     record = {

@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record
 from deit.config import TrainConfig, merge
-from deit.demo import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, machine, run_name, train_side_by_side
+from deit.demo.lanes import train_side_by_side
+from deit.demo.plan import DISTILLED_STUDENT, METHODS, STUDENTS, TEACHER, Job, run_name
+from deit.distributed import machine
 from deit.train import make_teacher_cache, run
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record
-from deit.demo import curve_label, machine, run_demo
+from deit.demo import run_demo
+from deit.demo.report import curve_label
+from deit.distributed import machine
 from deit.viz import plot_label_curve
 
 

@@ -89,7 +89,7 @@ $PY - "$STATUS" "$RESULTS" "$SECONDS" "$BUDGET" << 'EOF'
 import datetime, sys
 sys.path.insert(0, "src")
 from deit.benchmark import save_record
-from deit.demo import machine
+from deit.distributed import machine
 import torch
 
 status, results, seconds, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -33,7 +33,7 @@ def main() -> None:
 
     from deit.benchmark import save_record
     from deit.cli import main as deit
-    from deit.demo import machine
+    from deit.distributed import machine
     from deit.train import run
 
     settings = {"model.model": "small_cnn", "model.input_size": 28, "optim.lr": 0.02, "run.epochs": 2}

@@ -8,7 +8,10 @@ from PIL import Image
 from deit.checkpoint import load_training_state
 from deit.cli import main
 from deit.config import TrainConfig, merge
-from deit.demo import CACHE, METHODS, STUDENT, Job, curve_findings, findings, run_demo, train_side_by_side
+from deit.demo import run_demo
+from deit.demo.lanes import train_side_by_side
+from deit.demo.plan import CACHE, METHODS, STUDENT, Job
+from deit.demo.report import curve_findings, findings
 
 
 def test_quick_demo_writes_report_results_and_pictures(tmp_path):

@@ -437,7 +437,8 @@ DEMO_LANES = """
 import sys
 sys.path.insert(0, {src!r})
 from deit.config import TrainConfig, merge
-from deit.demo import Job, train_side_by_side
+from deit.demo.lanes import train_side_by_side
+from deit.demo.plan import Job
 from deit.failures import run_command
 
 def job(name):

@@ -113,6 +113,11 @@ def cpu_name() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+def machine() -> str:
+    """The machine and torch version a measurement ran on, as benchmark results and reports name it."""
+    return f"{cpu_name()}, torch {torch.__version__.split('+')[0]}"
+
+
 # bf16 autocast on CUDA by default; fp32 on the CPU, where bf16 matmuls are slower
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -1,0 +1,217 @@
+"""The demo's study: the teacher and student settings, the methods compared, and the runs (`Job`) for each count
+of labels per class, in the order a free process takes them up."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrainConfig, merge
+from ..data.datasets import first_per_class
+from ..files import slug
+from ..models.registry import MODELS
+
+TEACHER_MODEL = "small_cnn"
+
+
+STUDENT = "deit_pico_patch7_28"
+
+
+DISTILLED_STUDENT = "deit_pico_distilled_patch7_28"
+
+
+LABELS = (10, 100, None)
+"""Labelled images per class in the study; None: every training image keeps its label."""
+
+
+QUICK_LABELS = (10, None)
+
+
+TEACHER = {  # trained at the students' size, on the views they will see (digits: 8 px upscaled; folders: 28 px)
+    "model.model": TEACHER_MODEL,
+    "model.input_size": MODELS[STUDENT].img_size,
+    "run.epochs": 6,
+    "run.batch_size": 64,
+    "optim.lr": 0.024,
+    "optim.warmup_epochs": 0.3,
+    "optim.model_ema": False,
+    "aug.aa": "rand-m5-mstd0.5-inc1",
+    "aug.crop_scale": 0.6,
+    "aug.reprob": 0.0,
+    "aug.mixup": 0.0,
+}
+
+
+TEACHER_EPOCH_IMAGES = 2400
+"""A teacher's epoch passes over its labelled images often enough to hold at least this many views."""
+
+
+STUDENTS = {
+    "run.epochs": 13,
+    "run.batch_size": 32,
+    "optim.lr": 0.032,
+    "optim.warmup_epochs": 1.0,
+    "optim.model_ema": False,
+    "aug.aa": None,
+    "aug.crop_scale": 0.75,
+    "aug.reprob": 0.1,
+    "aug.mixup": 0.0,
+    "model.drop_path": 0.0,
+}
+
+
+ATTENTION_WEIGHT = 1.0
+
+
+# (label, model, settings): the rows of the Table-3 report, in the paper's order
+METHODS = [
+    ("none", STUDENT, {}),
+    (
+        "soft (tau 3, alpha 0.1)",
+        DISTILLED_STUDENT,
+        {"distill.distillation_type": "soft", "distill.distillation_tau": 3.0, "distill.distillation_alpha": 0.1},
+    ),
+    (
+        "hard, distillation token",
+        DISTILLED_STUDENT,
+        {"distill.distillation_type": "hard", "distill.distillation_alpha": 0.5},
+    ),
+    (
+        f"hard + attention (beta {ATTENTION_WEIGHT:g})",
+        DISTILLED_STUDENT,
+        {
+            "distill.distillation_type": "hard",
+            "distill.distillation_alpha": 0.5,
+            "distill.attn_distillation_weight": ATTENTION_WEIGHT,
+        },
+    ),
+]
+
+
+STUDY = {"none": METHODS[0], "hard": METHODS[2], "hard + attention": METHODS[3]}
+"""The methods at every label count, by their name on the curve."""
+
+
+STUDY_ORDER = ("teacher", *STUDY)
+
+
+QUICK = {"run.epochs": 1}
+
+
+CACHE = "teacher_outputs"
+"""The teacher cache's folder in its job's."""
+
+
+@dataclass
+class Job:
+    """One process of the demo: a training run, or (`cache_only`) the teacher's pass over the students' views."""
+
+    name: str  # its folder in the demo's
+    cfg: TrainConfig
+    row: dict = field(default_factory=dict)  # what the report says of it
+    after: tuple[str, ...] = ()  # the jobs whose outputs it reads
+    cache_only: bool = False
+
+
+def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> list[Job]:
+    """The runs of the study, for each count of labels per class (None: all): the teacher on the labelled images,
+    its cache over the students' views, the student alone on the labelled images (passed over as many times as the
+    distilled students' epochs need: the same steps), the distilled students on all images, the unlabelled rest
+    taught by the teacher alone. In the order a free process takes them up."""
+    smallest = min(Counter(targets).values())
+    counts = [n for n in counts if n is None or n < smallest]  # a count at or above the smallest class is "all"
+    teachers, caches, distilled, alone = [], [], [], []
+    for n in counts:
+        tag = "all" if n is None else str(n)
+        labelled = len(targets) if n is None else len(first_per_class(targets, n))
+        few = {} if n is None else {"data.labels_per_class": n}
+        unlabelled = {} if n is None else {**few, "data.unlabelled": True}
+        teacher, cache = f"teacher_{tag}", f"cache_{tag}"
+        repeat = max(1, math.ceil(TEACHER_EPOCH_IMAGES / labelled))
+        teachers.append(
+            Job(
+                teacher,
+                job_config(out, teacher, {**TEACHER, **few, "data.repeat": repeat}, common),
+                {"method": "teacher", "model": TEACHER_MODEL, "labels": n, "curve": "teacher"},
+            )
+        )
+        # one pass of the teacher serves every distilled student: the hard + attention settings ask for all
+        # that any of them reads, logits and maps
+        reads = {"distill.teacher_path": str(out / teacher), "distill.teacher_cache": str(out / cache / CACHE)}
+        caches.append(
+            Job(
+                cache,
+                job_config(
+                    out,
+                    cache,
+                    {**STUDENTS, "model.model": DISTILLED_STUDENT, **METHODS[-1][2], **reads, **unlabelled},
+                    common,
+                ),
+                after=(teacher,),
+                cache_only=True,
+            )
+        )
+        for label, model, settings in METHODS:
+            if n is not None and (label, model, settings) not in STUDY.values():
+                continue
+            name = f"{run_name(label)}_{tag}"
+            row = {
+                "method": label,
+                "model": model,
+                "teacher": TEACHER_MODEL if settings else None,
+                "labels": n,
+                "curve": next((k for k, (m, _, _) in STUDY.items() if m == label), None),
+            }
+            if settings:
+                cfg = job_config(
+                    out, name, {**STUDENTS, "model.model": model, **settings, **reads, **unlabelled}, common
+                )
+                distilled.append(Job(name, cfg, row, after=(cache,)))
+            else:
+                repeat = max(1, round(len(targets) / labelled))
+                cfg = job_config(out, name, {**STUDENTS, "model.model": model, **few, "data.repeat": repeat}, common)
+                alone.append(Job(name, cfg, row))
+    # the teacher of all labels first: its cache and three students are the longest chain
+    return teachers[::-1] + caches[::-1] + distilled[::-1] + alone
+
+
+def vit_teacher_job(out: Path, common: dict) -> Job:
+    """The paper's other teacher: a transformer (the student trained without one), run online."""
+    settings = {
+        **STUDENTS,
+        "model.model": DISTILLED_STUDENT,
+        "distill.distillation_type": "hard",
+        "distill.teacher_path": str(out / "none_all"),
+    }
+    return Job(
+        "hard_vit_teacher_all",
+        job_config(out, "hard_vit_teacher_all", settings, common),
+        {"method": "hard, ViT teacher", "model": DISTILLED_STUDENT, "teacher": STUDENT, "labels": None},
+        after=("none_all",),
+    )
+
+
+def table3_jobs(jobs: list[Job]) -> list[Job]:
+    """The runs on every label, in Table 3's order of methods."""
+    order = [label for label, _, _ in METHODS] + ["hard, ViT teacher"]
+    return sorted(
+        (j for j in jobs if j.row.get("labels", 0) is None and j.row["method"] in order),
+        key=lambda j: order.index(j.row["method"]),
+    )
+
+
+def job_config(out: Path, name: str, settings: dict, common: dict) -> TrainConfig:
+    values, explicit = merge({}, {**settings, **common, "run.output_dir": str(out / name)})
+    return TrainConfig.from_dict(values, explicit)
+
+
+def short_label(label: str) -> str:
+    """A method without its settings: "hard + attention (beta 1)" -> "hard + attention"."""
+    return label.split(" (")[0]
+
+
+def run_name(label: str) -> str:
+    """The run folder of a method: "hard + attention (beta 1)" -> "hard_attention"."""
+    return slug(short_label(label), "_")

@@ -1,0 +1,94 @@
+"""What the demo's runs measured, as results.json holds it: the teacher, Table 3's students, the curve of top-1 against
+labels, and each distilled student's two heads read alone on the test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.datasets import build_dataset, canonical_name
+from ..distributed import machine
+from ..models.registry import MODELS
+from .plan import DISTILLED_STUDENT, STUDY_ORDER, TEACHER_MODEL, Job, table3_jobs
+
+
+def gather_results(
+    out: Path, jobs: list[Job], done: dict, per_class: int, *, data_set: str, data_path, seed: int, quick: bool
+) -> dict:
+    """results.json: the teacher, Table 3's students, the curve and the heads."""
+    test = test_batches(data_set, data_path, MODELS[DISTILLED_STUDENT].img_size)
+    curve, heads = curve_and_heads(out, jobs, done, per_class, test)
+    teacher = done["teacher_all"]
+    return {
+        "data_set": canonical_name(data_set),
+        "seed": seed,
+        "quick": quick,
+        "machine": machine(),
+        "teacher": {
+            "model": TEACHER_MODEL,
+            "acc1": teacher["acc1"],
+            "train_seconds": teacher["train_seconds"],
+            "n_parameters": teacher["n_parameters"],
+        },
+        "teacher_cache_seconds": done["cache_all"]["train_seconds"],
+        "students": [
+            {
+                **{k: v for k, v in done[j.name].items() if k not in ("log", "curve")},
+                "acc1_by_epoch": [e["test_acc1"] for e in done[j.name]["log"]],
+            }
+            for j in table3_jobs(jobs)
+        ],
+        "curve": curve,
+        "heads": heads,
+    }
+
+
+def curve_and_heads(out: Path, jobs: list[Job], done: dict, per_class: int, test) -> tuple[list, list]:
+    """Each study run's top-1 at its count of labels; each distilled student's heads read alone."""
+    curve, heads = [], []
+    for job in jobs:
+        method = job.row.get("curve")  # the study's runs (soft and the ViT teacher are Table-3 rows alone)
+        if method is None:
+            continue
+        n = job.row["labels"] or per_class
+        result = done[job.name]
+        point = {"labels_per_class": n, "method": method}
+        curve.append({**point, "acc1": result["acc1"], "train_seconds": result["train_seconds"]})
+        if job.row["model"] == DISTILLED_STUDENT:
+            heads.append({**point, **head_accuracy(out / job.name, test)})
+
+    def order(p):
+        return p["labels_per_class"], STUDY_ORDER.index(p["method"])
+
+    return sorted(curve, key=order), sorted(heads, key=order)
+
+
+def test_batches(data_set: str, data_path: str | None, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split as normalised (images, targets) batches at `size` px, read once for every student."""
+    from ..data.sampling import EvalBatches
+
+    val, info = build_dataset(data_set, data_path, False)
+    if not hasattr(val, "tensor") or val.images.shape[1] != size:  # a folder: read through the eval transform
+        from ..data import eval_transform
+
+        val.transform = eval_transform(size, mean=info.mean, std=info.std, crop_ratio=1.0)
+        return [(torch.stack([val[i][0] for i in range(len(val))]), torch.as_tensor(val.targets))]
+    return list(EvalBatches(val.tensor(), val.targets, mean=info.mean, std=info.std, batch_size=500))
+
+
+@torch.no_grad()
+def head_accuracy(run: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Test top-1 (%) of a distilled student's class head, distillation head, and their average (what the model
+    answers in eval mode)."""
+    from ..models import create_model
+
+    model = create_model(pretrained=run / "checkpoint.pth").eval()
+    hits, count = torch.zeros(3), 0
+    for images, targets in batches:
+        tokens = model.forward_features(images)
+        cls, dist = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
+        for i, logits in enumerate((cls, dist, (cls + dist) / 2)):
+            hits[i] += (logits.argmax(1) == targets).sum()
+        count += len(targets)
+    return dict(zip(("class", "distillation", "average"), (round(100 * h.item() / count, 2) for h in hits)))
