@@ -67,7 +67,7 @@ def main() -> None:
 
     from deit.benchmark import save_record
     from deit.data.datasets import shard_sources
-    from deit.data.shards import parse_size, write_split
+    from deit.data.shards.writer import parse_size, write_split
     from deit.distributed import machine
 
     torch.set_num_threads(1)  # the loader workers do the work; the main process only collects batches

@@ -237,7 +237,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from .data.images import image_files
-    from .data.shards import count_in, is_pattern, samples_of
+    from .data.shards.index import is_pattern
+    from .data.shards.listing import count_in, samples_of
     from .models import create_model
     from .predict import predict
 
@@ -520,7 +521,7 @@ def _add_shard(sub) -> None:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from .data.datasets import shard_sources
-    from .data.shards import parse_size, write_split
+    from .data.shards.writer import parse_size, write_split
 
     size = parse_size(args.shard_size)
     out = Path(args.out)

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from .data import build_dataset, canonical_name
 from .data.preprocess import preprocessing
 from .data.sampling import collate_readable
-from .data.shards import EvalStream, ShardSet
-from .data.shards import loader as shard_loader
+from .data.shards.streams import EvalStream, ShardSet
+from .data.shards.streams import loader as shard_loader
 from .engine import top5_hits
 from .files import write_text
 from .stopping import loader_worker_init

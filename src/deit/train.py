@@ -32,7 +32,7 @@ from .data.loaders import (
     worker_count,
 )
 from .data.sampling import Batch, SeededSampler, batch_seed, process_seed, seed_everything
-from .data.shards import ShardOrder
+from .data.shards.streams import ShardOrder
 from .data.transforms import mixup_cutmix
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_blocks
@@ -148,7 +148,7 @@ def _datasets(cfg: TrainConfig, world_size: int) -> tuple[Dataset, Dataset, Data
     )
     val_path = data.data_path
     if name == "wds":
-        from .data.shards import val_source
+        from .data.shards.streams import val_source
 
         val_path = data.val_path or val_source(data.data_path)
     val_set, val_info = build_dataset(name, val_path, False, **common)

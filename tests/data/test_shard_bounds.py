@@ -18,19 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from deit.cli import main
-from deit.data.shards import (
-    INDEX,
-    MAX_CLASSES,
-    MAX_HEADER_BYTES,
-    MAX_INDEX_BYTES,
-    MAX_MEMBER_BYTES,
-    MAX_SHARDS,
-    Tally,
-    count_samples,
-    open_split,
-    pattern_count,
-    tar_samples,
-)
+from deit.data.shards.index import INDEX, MAX_CLASSES, MAX_INDEX_BYTES, MAX_SHARDS, open_split, pattern_count
+from deit.data.shards.tar import MAX_HEADER_BYTES, MAX_MEMBER_BYTES, Tally, count_samples, tar_samples
 
 DEIT = [sys.executable, "-m", "deit"]
 MEMORY = 1536 * 2**20  # the heap a bounded command is given: a tenth of what the probes' patterns and members took

@@ -19,22 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import deit.data.shards as shards_module
 from deit.cli import main
 from deit.data import build_dataset
 from deit.data.loaders import cache_loader, eval_loader, loader_options, train_loader, training_order
-from deit.data.shards import (
-    INDEX,
-    ShardSet,
-    count_samples,
-    eval_span,
-    open_split,
-    parse_size,
-    pieces,
-    shard_order,
-    train_span,
-    train_steps,
-)
+from deit.data.shards import index as shard_index
+from deit.data.shards import streams as shard_streams
+from deit.data.shards import writer as shard_writer
+from deit.data.shards.index import INDEX, open_split
+from deit.data.shards.streams import ShardSet, eval_span, pieces, shard_order, train_span, train_steps
+from deit.data.shards.tar import count_samples
+from deit.data.shards.writer import parse_size
 
 
 def write_images(root: Path, per_class: dict[str, int], seed: int = 0) -> dict[str, bytes]:
@@ -246,7 +240,7 @@ def make_shards(tmp_path: Path, sizes: list[int]) -> str:
                 labels.append(ident % 3)
                 ident += 1
         entries.append({"name": name, "samples": size})
-    split = {"shards": entries, "samples": sum(sizes), "labels_digest": shards_module.labels_digest(labels)}
+    split = {"shards": entries, "samples": sum(sizes), "labels_digest": shard_index.labels_digest(labels)}
     index = {"format": "deit-shards", "version": 1, "class_names": ["x", "y", "z"], "splits": {"train": split}}
     (out / INDEX).write_text(json.dumps(index))
     return str(out)
@@ -418,7 +412,8 @@ def test_two_gloo_processes_with_two_workers_each_see_every_sample_once(tmp_path
 
 
 def test_a_reader_starting_inside_a_shard_seeks_to_the_same_samples(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards_module, "SEEK_EVERY", 4)
+    for module in (shard_index, shard_writer, shard_streams):  # the writer's spacing, and the reader's
+        monkeypatch.setattr(module, "SEEK_EVERY", 4)
     src = tmp_path / "src"
     write_images(src, {"a": 14, "b": 13})
     out = tmp_path / "out"

@@ -413,7 +413,8 @@ def build_dataset(
 def _shard_set(data_path, train, grayscale, intensity, labels_per_class, unlabelled):
     """A split of WebDataset shards: the training or validation split of a folder with an index, or the shards a
     pattern names."""
-    from .shards import ShardSet, open_split
+    from .shards.index import open_split
+    from .shards.streams import ShardSet
 
     if data_path is None:
         raise ValueError(
@@ -445,7 +446,8 @@ def first_per_class(targets: list[int], k: int) -> list[int]:
 def shard_sources(src: str, split: str | None, data_path: str | None = None) -> list[tuple[str, list, list[str]]]:
     """(split, `shards.Item`s, class names) to write for `deit shard SRC`: a built-in data set's splits, a
     folder's train/ and val/ class folders, or a folder of class folders (one split, `split` or train)."""
-    from .shards import SPLITS, items_of
+    from .shards.index import SPLITS
+    from .shards.writer import items_of
 
     wanted = [split] if split else list(SPLITS)
     if src.lower() in BUILTINS or src.lower() in ("fashion_mnist", "cifar"):

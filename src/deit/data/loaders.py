@@ -21,7 +21,7 @@ from .sampling import (
     collate_readable,
     train_sampler,
 )
-from .shards import DEFAULT_SHUFFLE, EvalStream, ShardOrder, ShardSet, loader
+from .shards.streams import DEFAULT_SHUFFLE, EvalStream, ShardOrder, ShardSet, loader
 from .transforms import Recipe, crop_transform, eval_transform, train_transform
 
 
