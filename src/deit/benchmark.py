@@ -77,11 +77,11 @@ def timm_twin(ours: torch.nn.Module) -> torch.nn.Module:
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
-    from .interop import timm_model_args
+    from .models.timm_folder import model_args
 
     hp = dict(ours.hparams)
     cls = VisionTransformerDistilled if ours.distilled else VisionTransformer
-    twin = cls(num_classes=hp["num_classes"], drop_path_rate=hp.get("drop_path_rate", 0.0), **timm_model_args(hp))
+    twin = cls(num_classes=hp["num_classes"], drop_path_rate=hp.get("drop_path_rate", 0.0), **model_args(hp))
     twin.load_state_dict(ours.state_dict(), strict=True)
     return twin
 

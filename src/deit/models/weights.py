@@ -4,7 +4,8 @@ Formats read (detected from the content, not the file name):
 - safetensors files, and folders holding `model.safetensors` or `pytorch_model.bin` (+ `config.json`);
 - official DeiT `.pth` (`{'model': state_dict}`), plain timm state dicts, deit training checkpoints;
 - HF transformers saves: `DeiTForImageClassificationWithTeacher` (distilled DeiT) and `ViTForImageClassification`
-  (how HF stores plain DeiT), separate q/k/v merged into our fused qkv.
+  (how HF stores plain DeiT), separate q/k/v merged into our fused qkv (`hf.py`), and timm folders
+  (`timm_folder.py`), each with its preprocessing.
 
 Pickled files are read with `torch.load(weights_only=True)` only: a file whose unpickling would run code is refused.
 """
@@ -19,7 +20,6 @@ import math
 import os
 import pickle
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..files import JSONFileError, atomic_write, read_json
 from ..messages import first_line
-from . import metadata
+from . import hf, metadata, timm_folder
 from .metadata import CNN_FAMILY, WeightsError
 from .registry import MODELS
 from .vit import VisionTransformer
@@ -88,16 +88,16 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     hf_config = data = num_heads = None
     where = str(path / CONFIG_FILE)
     if config is None and isinstance(config_json, dict) and "model_type" in config_json:
-        hf_config = metadata.check_hf_config(config_json, where)
+        hf_config = hf.check_config(config_json, where)
         processor = path / PREPROCESSOR_FILE
-        data = metadata.hf_data(hf_config, _read_json(processor) if processor.is_file() else None, where)
+        data = hf.read_processor(hf_config, _read_json(processor) if processor.is_file() else None, where)
     elif config is None and isinstance(config_json, dict) and "pretrained_cfg" in config_json:
-        data, num_heads = metadata.timm_data(config_json, where)
+        data, num_heads = timm_folder.read_config(config_json, where)
     state_dict, ignored = _to_native(tensors)
     if hf_config is not None:
-        metadata.check_hf_matches(hf_config, state_dict, where)
+        hf.check_matches(hf_config, state_dict, where)
     elif data is not None:
-        metadata.check_timm_matches(config_json, state_dict, where)
+        timm_folder.check_matches(config_json, state_dict, where)
     if data is not None:
         metadata.check_input_size(data, state_dict, str(path / PREPROCESSOR_FILE) if hf_config else where)
     if config is not None:
@@ -178,29 +178,8 @@ def _unwrap(obj, file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Key names: ours (= timm / official DeiT) and HF transformers'
+# Key names: ours (= timm's), the official DeiT III's, and HF transformers' (models/hf.py)
 
-# Inside encoder layer N. The first group is what `save_pretrained` writes (and the hub holds); the second, the
-# in-memory names of newer transformers releases.
-_HF_BLOCK = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
-_HF_BLOCK_NEW = {"attention.o_proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-_HF_TOP = {  # under the `deit.` / `vit.` prefix
-    "embeddings.cls_token": "cls_token",
-    "embeddings.distillation_token": "dist_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection": "patch_embed.proj",
-    "layernorm": "norm",
-}
-_HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
-_HF_QKV = re.compile(r"attention\.(?:attention\.(query|key|value)|([qkv])_proj)\.(weight|bias)$")
-_HF_LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
-_HF_MARKER = "embeddings.patch_embeddings.projection.weight"
 # The official DeiT III models (models_v2.py) name a block's LayerScale `gamma_1` and `gamma_2`; timm and we
 # name it `ls1.gamma` and `ls2.gamma`
 _OFFICIAL_LAYER_SCALE = re.compile(r"^blocks\.(\d+)\.gamma_([12])$")
@@ -210,35 +189,8 @@ def _to_native(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     """Our key names from any supported layout (ours and timm's are the same; HF's are mapped): (state_dict,
     ignored keys)."""
     sd = {_OFFICIAL_LAYER_SCALE.sub(r"blocks.\1.ls\2.gamma", _strip_wrappers(k)): v for k, v in sd.items()}
-    hf_prefix = next((k[: -len(_HF_MARKER)] for k in sd if k.endswith(_HF_MARKER)), None)
-    if hf_prefix is None:
-        return sd, []
-    out, ignored, qkv = {}, [], defaultdict(dict)
-    for key, value in sd.items():
-        rest = key[len(hf_prefix) :] if key.startswith(hf_prefix) else None
-        module, _, param = key.rpartition(".")
-        if module in _HF_HEADS:  # classifiers sit outside the prefix
-            out[f"{_HF_HEADS[module]}.{param}"] = value
-        elif rest is None or rest.startswith(("pooler.", "embeddings.mask_token")):
-            ignored.append(key)  # pooler and mask token: not part of a DeiT classifier
-        elif layer := _HF_LAYER.match(rest):
-            index, sub = layer.groups()
-            if part := _HF_QKV.match(sub):
-                which = (part[1] or part[2])[0]  # q, k or v
-                qkv[(index, part[3])]["qkv".index(which)] = value
-                continue
-            sub_module, _, sub_param = sub.rpartition(".")
-            target = _HF_BLOCK.get(sub_module) or _HF_BLOCK_NEW.get(sub_module)
-            out[f"blocks.{index}.{target}.{sub_param}" if target else key] = value
-        else:
-            top_module = rest.rpartition(".")[0] if rest.endswith((".weight", ".bias")) else rest
-            suffix = rest[len(top_module) :]
-            out[_HF_TOP[top_module] + suffix if top_module in _HF_TOP else key] = value
-    for (index, param), parts in qkv.items():
-        if len(parts) != 3:
-            raise WeightsError(f"HF checkpoint has an incomplete query/key/value set in layer {index}")
-        out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
-    return out, ignored
+    prefix = hf.layout_prefix(sd)
+    return (sd, []) if prefix is None else hf.from_hf(sd, prefix)
 
 
 def _strip_wrappers(key: str) -> str:
@@ -246,62 +198,6 @@ def _strip_wrappers(key: str) -> str:
     while key.startswith(("module.", "_orig_mod.")):
         key = key.split(".", 1)[1]
     return key
-
-
-def to_hf(model: VisionTransformer) -> tuple[dict[str, torch.Tensor], dict]:
-    """The model's weights in HF transformers' names (as `save_pretrained` writes them) and a matching config."""
-    if model.hparams.get("layer_scale_init") is not None or model.hparams.get("no_embed_class"):
-        raise WeightsError(
-            f"transformers has no model with DeiT III's LayerScale and patch-only position embeddings, so "
-            f"{model.model_name or 'this model'} cannot be written for it: use --to timm (timm's deit3_*) or --to deit"
-        )
-    distilled = model.distilled
-    prefix = "deit." if distilled else "vit."
-    block_names = {ours: hf for hf, ours in _HF_BLOCK.items()}
-    top_names = {ours: hf for hf, ours in _HF_TOP.items()}
-    head_names = {"head": "cls_classifier" if distilled else "classifier", "head_dist": "distillation_classifier"}
-    out = {}
-    for key, value in model.state_dict().items():
-        value = value.detach().cpu()
-        if key.startswith("blocks."):
-            _, index, sub = key.split(".", 2)
-            module, _, param = sub.rpartition(".")
-            if module == "attn.qkv":
-                for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                    out[f"{prefix}encoder.layer.{index}.attention.attention.{name}.{param}"] = part.contiguous()
-            else:
-                out[f"{prefix}encoder.layer.{index}.{block_names[module]}.{param}"] = value.contiguous()
-        else:
-            module, _, param = key.rpartition(".")
-            if module in head_names:
-                out[f"{head_names[module]}.{param}"] = value.contiguous()
-            elif key in top_names:  # tokens and pos_embed have no `.weight`
-                out[prefix + top_names[key]] = value.contiguous()
-            else:
-                out[f"{prefix}{top_names[module]}.{param}"] = value.contiguous()
-    hp = model.hparams
-    labels = {str(i): f"LABEL_{i}" for i in range(hp["num_classes"])}
-    config = {
-        "architectures": ["DeiTForImageClassificationWithTeacher" if distilled else "ViTForImageClassification"],
-        "model_type": "deit" if distilled else "vit",
-        "hidden_size": hp["embed_dim"],
-        "num_hidden_layers": hp["depth"],
-        "num_attention_heads": hp["num_heads"],
-        "intermediate_size": int(hp["embed_dim"] * hp["mlp_ratio"]),
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-6,
-        "image_size": hp["img_size"],
-        "patch_size": hp["patch_size"],
-        "num_channels": hp["in_chans"],
-        "qkv_bias": hp["qkv_bias"],
-        "encoder_stride": hp["patch_size"],
-        "id2label": labels,
-        "label2id": {v: int(k) for k, v in labels.items()},
-    }
-    return out, config
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -558,7 +454,7 @@ def export_weights(model: VisionTransformer, path: str | os.PathLike, to: str) -
             atomic_write(path, lambda tmp: torch.save(cpu_state_dict(model), tmp))
         return path
     if to == "hf":
-        tensors, config = to_hf(model)
+        tensors, config = hf.to_hf(model)
         path.mkdir(parents=True, exist_ok=True)
         write_safetensors(tensors, path / WEIGHTS_FILE, {"format": "pt"})
         write_json(config, path / CONFIG_FILE)
