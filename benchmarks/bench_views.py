@@ -135,7 +135,7 @@ def main() -> None:
 
     import torch
 
-    from deit.benchmark import _transforms, jpeg_dataset, save_record
+    from deit.benchmark import jpeg_dataset, save_record, view_transforms
     from deit.distributed import machine
 
     torch.set_num_threads(1)  # as in a loader process
@@ -149,7 +149,7 @@ def main() -> None:
     }
     for kind, (in_chans, jpeg_size, size) in KINDS.items():
         jpegs = jpeg_dataset(args.images, in_chans, jpeg_size)
-        transforms = _transforms(size, in_chans)
+        transforms = view_transforms(size, in_chans)
         pick = {key: transforms[key] for key in ("ours", "timm", "crop")}
         measured = step_times(jpegs.blobs, jpegs.mode, pick, args.rounds)
         med = {k: statistics.median(v) for k, v in measured["ours"].items()}

@@ -167,3 +167,17 @@ def gray_model(num_classes: int = 3, crop_ratio: float = 1.0):
         "intensity": "minmax",
     }
     return model
+
+
+def write_digit_folder(root: Path, corrupt: bool = False):
+    """Eight digits a class as PNG files in train/ and val/ class folders; `corrupt`: and one broken file."""
+    from deit.data import build_dataset
+
+    train, _ = build_dataset("mnist5k", None, True, labels_per_class=8)
+    for split in ("train", "val"):
+        for i, (image, target, _) in enumerate(train[j] for j in range(len(train))):
+            folder = root / split / f"class_{target}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{i}.png")
+    if corrupt:
+        (root / "train" / "class_3" / "broken.png").write_bytes(b"\x89PNG garbage")

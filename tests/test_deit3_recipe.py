@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FAST
 from PIL import Image
+from short_runs import deit3_recipe
 
 from deit.cli import main
 from deit.config import TrainConfig, load_yaml
 from deit.data.transforms import Recipe, train_transform
 from deit.distill.losses import class_criterion
 from deit.train import build_student
-from tests.conftest import FAST
-from tests.short_runs import deit3_recipe
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import timm
 import torch
+from conftest import same_topk
 from PIL import Image
 
 import deit
 from deit.cli import main
 from deit.predict import predict
-from tests.conftest import same_topk
 
 transformers = pytest.importorskip("transformers")
 

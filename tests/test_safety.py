@@ -455,7 +455,7 @@ if __name__ == "__main__":  # the students' processes are spawned: they import t
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_12_a_stopped_demo_stops_every_student_process_within_seconds(tmp_path, sig):
-    from test_train import write_digit_folder
+    from conftest import write_digit_folder
 
     write_digit_folder(tmp_path / "digits")
     out = tmp_path / "demo"

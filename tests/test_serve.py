@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
+from conftest import same_topk
 from fastapi.testclient import TestClient
 
 import deit
 from deit.cli import main
 from deit.data import build_dataset
 from deit.serve import MAX_IMAGES, PUBLIC_PATHS, SHUTDOWN_GRACE_S, Batcher, Model, check_bind, create_app
-from tests.conftest import same_topk
 
 
 def png(image: Image.Image) -> bytes:

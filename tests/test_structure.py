@@ -97,3 +97,25 @@ def test_the_layers_read_from_the_bottom_up():
     commands = COMMANDS | {m for m in edges if m.startswith("deit.demo")}
     assert not edges["deit.engine"] & ({"deit.train", "deit.config"} | commands)
     assert not edges["deit.train"] & commands
+
+
+def imports_of(path: Path) -> list[ast.ImportFrom]:
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.module]
+
+
+def test_tests_take_their_helpers_from_one_place():
+    """Shared helpers live in conftest.py and short_runs.py, imported by those names: never through `tests.` nor
+    from another test module."""
+    tests = Path(__file__).parent
+    for path in tests.rglob("*.py"):
+        for node in imports_of(path):
+            assert not node.module.startswith(("tests", "test_")), f"{path.name} imports {node.module}"
+
+
+def test_benchmarks_use_only_public_names():
+    for path in (SRC.parent / "benchmarks").glob("*.py"):
+        for node in imports_of(path):
+            if node.module.startswith("deit"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                private += [p for p in node.module.split(".") if p.startswith("_")]
+                assert not private, f"{path.name} imports {node.module}: {private}"

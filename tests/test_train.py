@@ -3,13 +3,12 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import short_runs
 import torch
-from conftest import FAST, assert_same_run, interrupted_then_resumed, read_log
+from conftest import FAST, assert_same_run, interrupted_then_resumed, read_log, write_digit_folder
 
 import deit
 import deit.train as train_module
@@ -284,19 +283,6 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
         )
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
     assert len(read_log(out)) == 1
-
-
-def write_digit_folder(root: Path, corrupt: bool = False):
-    from deit.data import build_dataset
-
-    train, _ = build_dataset("mnist5k", None, True, labels_per_class=8)
-    for split in ("train", "val"):
-        for i, (image, target, _) in enumerate(train[j] for j in range(len(train))):
-            folder = root / split / f"class_{target}"
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(folder / f"{i}.png")
-    if corrupt:
-        (root / "train" / "class_3" / "broken.png").write_bytes(b"\x89PNG garbage")
 
 
 @pytest.mark.parametrize("batch_aug", [False, True], ids=["per-image", "batch-aug"])

@@ -310,7 +310,7 @@ def _measure_distilled(
 
 
 # -- data pipeline --------------------------------------------------------------------------------------------------
-def _transforms(size: int, in_chans: int) -> dict:
+def view_transforms(size: int, in_chans: int) -> dict:
     """The training augmentation: ours and timm's per image; crop and flip per image with the rest per batch."""
     from timm.data import create_transform
 
@@ -522,7 +522,7 @@ def run_benchmark(
     loading = dict(bs=bs, num_workers=num_workers, rounds=rounds, dev=dev)
     if "data" in parts or "e2e" in parts:
         jpegs = jpeg_dataset(data_images, cfg["in_chans"], cfg["jpeg_size"])
-        transforms = _transforms(size, cfg["in_chans"])
+        transforms = view_transforms(size, cfg["in_chans"])
     if "data" in parts:
         results += _measure_data(jpegs, transforms, **loading)
     if "e2e" in parts:

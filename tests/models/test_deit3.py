@@ -4,12 +4,12 @@ paper; the official models_v2.py layout; the distillation token added to a DeiT 
 import pytest
 import timm
 import torch
+from short_runs import deit3_distilled_then_finetuned
+from short_runs import official_deit3_state as official_state
 
 import deit
 from deit.cli import main
 from deit.models import MODELS
-from tests.short_runs import deit3_distilled_then_finetuned
-from tests.short_runs import official_deit3_state as official_state
 
 DEIT3 = [n for n in deit.list_models() if n.startswith("deit3_") and "_pico" not in n]
 PLAIN = [n for n in DEIT3 if "_distilled" not in n]
