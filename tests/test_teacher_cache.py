@@ -10,7 +10,7 @@ from timm.data import Mixup
 from deit.cli import main
 from deit.data import Recipe, build_dataset, train_transform
 from deit.data.sampling import SeededDataset, batch_seed, sample_seed, train_sampler
-from deit.distill.cache import TeacherCache, epoch_file
+from deit.distill.cache import CacheSpec, DataSpec, TeacherCache, TeacherSpec, ViewSpec, epoch_file
 from deit.engine import Views
 
 # A distilled student with every cached part in play: Mixup/CutMix pairs and lambdas, soft logits, attention maps.
@@ -180,8 +180,8 @@ def test_cache_spec_names_a_teacher_that_sees_resized_views():
         size: cache_spec(cfg, train, 10, Teacher(cnn, "small_cnn", 10, size), None, 1, img_size=28)
         for size in (None, 28, 8)
     }
-    assert specs[None]["teacher"] == specs[28]["teacher"] and "input_size" not in specs[28]["teacher"]
-    assert specs[8]["teacher"]["input_size"] == 8
+    assert specs[None].teacher == specs[28].teacher and "input_size" not in specs[28].sections()["teacher"]
+    assert specs[8].sections()["teacher"]["input_size"] == 8
 
 
 @pytest.mark.smoke
@@ -202,17 +202,13 @@ def test_checksums_writes_and_lookups_ignore_the_callers_autocast(tmp_path, dtyp
     positions = indices = torch.arange(6)
     plain = view_checksum(views)
     stored = logits.to(getattr(torch, dtype)).float()  # k = the class count: every logit, at the cache's precision
-    spec = {
-        "data": {"data_set": "random", "size": 6, "num_classes": 10},
-        "views": {"seed": 0, "mixup": None, "repeated_aug": False, "batch_aug": False, "batch_size": 6},
-        "teacher": {"name": "small_cnn"},
-        "attention": None,
-        "epochs": 1,
-        "topk": 10,
-        "dtype": dtype,
-        "distillation_type": "soft",
-    }
-    spec["views"]["world_size"] = 1
+    spec = CacheSpec(
+        data=DataSpec("random", 6, 10),
+        views=ViewSpec(seed=0, batch_size=6),
+        teacher=TeacherSpec("small_cnn"),
+        dtype=dtype,
+        distillation_type="soft",
+    )
     for write_amp, read_amp in product((False, True), repeat=2):
         cache = TeacherCache.open_or_create(tmp_path / f"{write_amp}{read_amp}", spec, create=True)
         with amp(write_amp):

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .distill.cache import CacheSpec, DataSpec, TeacherSpec, ViewSpec
 from .distributed import DistEnv, cpu_name, resolve_device, threads_beside
 from .files import atomic_write, slug
 
@@ -249,18 +250,14 @@ def _distillation(cfg: dict, dev: torch.device):
     return teacher, loss, cached_loss
 
 
-def _bench_spec(cfg: dict, bs: int, steps: int) -> dict:
+def _bench_spec(cfg: dict, bs: int, steps: int) -> CacheSpec:
     """A cache description for the benchmark's synthetic cache."""
-    return {
-        "data": {"data_set": "random", "size": bs * steps, "num_classes": cfg["num_classes"]},
-        "views": {"seed": 0, "mixup": None, "repeated_aug": False, "batch_size": bs, "world_size": 1},
-        "teacher": {"name": cfg["teacher"]},
-        "attention": None,
-        "epochs": 1,
-        "topk": min(10, cfg["num_classes"]),
-        "dtype": "float16",
-        "distillation_type": "hard",
-    }
+    return CacheSpec(
+        data=DataSpec("random", bs * steps, cfg["num_classes"]),
+        views=ViewSpec(seed=0, batch_size=bs),
+        teacher=TeacherSpec(cfg["teacher"]),
+        topk=min(10, cfg["num_classes"]),
+    )
 
 
 def _synthetic_cache(folder: str, cfg: dict, teacher, x: torch.Tensor, batches: int, amp):

@@ -36,7 +36,16 @@ from .data.shards.streams import ShardOrder
 from .data.transforms import mixup_cutmix
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_blocks
-from .distill.cache import TeacherCache, targets_digest, weights_digest
+from .distill.cache import (
+    AttentionSpec,
+    CacheSpec,
+    DataSpec,
+    TeacherCache,
+    TeacherSpec,
+    ViewSpec,
+    targets_digest,
+    weights_digest,
+)
 from .distill.losses import class_criterion
 from .engine import NonFiniteLoss, Views, evaluate, fill_teacher_cache, train_one_epoch
 from .files import FolderLock
@@ -304,7 +313,7 @@ def _cache_for(p: Pieces) -> TeacherCache:
     distributed.barrier()
     if cache is None:
         cache = TeacherCache.open_or_create(folder, spec, create=False)
-    missing = cache.missing_epochs(env.rank, spec["epochs"])
+    missing = cache.missing_epochs(env.rank, spec.epochs)
     if missing and not can_fill:
         raise ValueError(f"teacher cache {folder} lacks epoch {missing[0]}: give --teacher-path to finish it")
     return cache
@@ -512,58 +521,52 @@ def cache_spec(
     world_size: int,
     augment=None,
     img_size: int | None = None,
-) -> dict:
+) -> CacheSpec:
     """What a teacher cache must have been made for to serve this run (see `distill/cache.py`)."""
     aug = cfg.aug
-    teacher_spec = {"weights": None}  # no teacher weights given: the cache's are trusted
+    teacher_spec = TeacherSpec()  # no teacher weights given: the cache's are trusted
     if teacher is not None:
-        teacher_spec = {"name": teacher.name, "weights": weights_digest(teacher.model)}
-        resized = teacher.resize_to(img_size)
-        if resized:  # the views were resized for it
-            teacher_spec["input_size"] = resized
+        teacher_spec = TeacherSpec(teacher.name, weights_digest(teacher.model), teacher.resize_to(img_size) or None)
     transform = [t for t in (train_set.transform, augment) if t is not None]
-    mixup = None
-    if aug.mixup_active:
-        mixup = {
-            "mixup": aug.mixup,
-            "cutmix": aug.cutmix,
-            "prob": aug.mixup_prob,
-            "switch_prob": aug.mixup_switch_prob,
-            "mode": aug.mixup_mode,
-        }
-    return {
-        "data": {
-            "data_set": canonical_name(cfg.data.data_set),
-            "size": len(train_set),
-            "num_classes": num_classes,
-            "targets": train_set.split.labels_digest
-            if hasattr(train_set, "split")
-            else targets_digest(train_set.targets),
-            **({"repeat": cfg.data.repeat} if cfg.data.repeat > 1 else {}),
-        },
-        "views": {
-            "seed": cfg.run.seed,
-            "transform": [line.strip() for t in transform for line in repr(t).splitlines()],
-            "mixup": mixup,
-            "batch_aug": augment is not None,
-            "repeated_aug": aug.repeated_aug and world_size > 1,
-            "batch_size": cfg.run.batch_size,
-            "world_size": world_size,
+    shards = hasattr(train_set, "split")
+    return CacheSpec(
+        data=DataSpec(
+            canonical_name(cfg.data.data_set),
+            len(train_set),
+            num_classes,
+            train_set.split.labels_digest if shards else targets_digest(train_set.targets),
+            cfg.data.repeat,
+        ),
+        views=ViewSpec(
+            seed=cfg.run.seed,
+            transform=tuple(line.strip() for t in transform for line in repr(t).splitlines()),
+            mixup=_mixup_spec(aug),
+            batch_aug=augment is not None,
+            repeated_aug=aug.repeated_aug and world_size > 1,
+            batch_size=cfg.run.batch_size,
+            world_size=world_size,
             # shards: the order within a process also follows from its loader workers and shuffle buffer
-            **(
-                {"stream": {"workers": cfg.data.num_workers, "shuffle_buffer": cfg.data.shuffle_buffer}}
-                if hasattr(train_set, "split")
-                else {}
-            ),
-        },
-        "teacher": teacher_spec,
-        "attention": {"blocks": list(attention.blocks), "grid": attention.grid, "heads": attention.heads}
-        if attention
-        else None,
-        "epochs": cfg.run.epochs,
-        "topk": min(cfg.distill.teacher_cache_topk, num_classes),
-        "dtype": cfg.distill.teacher_cache_dtype,
-        "distillation_type": cfg.distill.distillation_type,
+            stream={"workers": cfg.data.num_workers, "shuffle_buffer": cfg.data.shuffle_buffer} if shards else None,
+        ),
+        teacher=teacher_spec,
+        attention=AttentionSpec(tuple(attention.blocks), attention.grid, attention.heads) if attention else None,
+        epochs=cfg.run.epochs,
+        topk=min(cfg.distill.teacher_cache_topk, num_classes),
+        dtype=cfg.distill.teacher_cache_dtype,
+        distillation_type=cfg.distill.distillation_type,
+    )
+
+
+def _mixup_spec(aug) -> dict | None:
+    """Mixup/CutMix's settings as a cache records them; None when off."""
+    if not aug.mixup_active:
+        return None
+    return {
+        "mixup": aug.mixup,
+        "cutmix": aug.cutmix,
+        "prob": aug.mixup_prob,
+        "switch_prob": aug.mixup_switch_prob,
+        "mode": aug.mixup_mode,
     }
 
 

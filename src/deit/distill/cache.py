@@ -10,13 +10,15 @@ teacher's outputs by position. Stored per view:
 - the sample's index and a checksum of the view: a student whose views differ (other augmentation settings,
   another library version) is stopped at its first batch, not trained on misaligned targets.
 
-A folder holds `meta.json` (what the cache was made for: data, views, teacher, maps) and one safetensors file per
-epoch and producing process, each written atomically: an interrupted cache keeps its finished epochs and the next
-run fills in the rest. Nothing read is trusted: meta.json is bounded in size and checked field by field, and an
-epoch file's size, names, dtypes, shapes and index ranges are checked before a value is used, and its tensors
-against the digest, epoch and process written in its header (an edited, damaged, truncated or swapped file is
-refused naming it). One cache serves any student with the same data, seed and augmentation, and any process
-count (positions are global) unless Mixup/CutMix or repeated augmentation tie the views to the batch layout.
+A folder holds `meta.json` (what the cache was made for: a `CacheSpec` of data, views, teacher and maps, built by
+the run in `train.cache_spec`) and one safetensors file per epoch and producing process, each written atomically:
+an interrupted cache keeps its finished epochs and the next run fills in the rest. Nothing read is trusted:
+meta.json is bounded in size and checked field by field, and an epoch file's size, names, dtypes, shapes and index
+ranges are checked before a value is used, and its tensors against the digest, epoch and process written in its
+header (an edited, damaged, truncated or swapped file is refused naming it).
+
+One cache serves any student with the same data, seed and augmentation, and any process count (positions are
+global) unless Mixup/CutMix, repeated or batch augmentation tie the views to the batch layout.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import functools
 import hashlib
 import json
 import logging
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -86,6 +89,89 @@ def targets_digest(targets) -> str:
     return hashlib.sha256(json.dumps([int(t) for t in targets]).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """The training set the views are drawn from."""
+
+    data_set: str
+    size: int
+    num_classes: int
+    targets: str = ""  # a digest of the labels
+    repeat: int = 1  # passes over the set an epoch (meta.json names it only when above 1)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How each view is drawn: a function of the seed and the position, and of the batch layout when Mixup,
+    repeated augmentation or batch augmentation draw per batch (`layout_bound`)."""
+
+    seed: int
+    transform: tuple[str, ...] = ()  # the per-image transform's steps, as their reprs print them
+    mixup: dict | None = None  # Mixup/CutMix's settings; None: off
+    batch_aug: bool = False
+    repeated_aug: bool = False
+    batch_size: int = 1
+    world_size: int = 1
+    stream: dict | None = None  # shards: loader workers and shuffle buffer (meta.json names it only for shards)
+
+    @property
+    def layout_bound(self) -> bool:
+        return self.mixup is not None or self.repeated_aug or self.batch_aug
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    name: str | None = None
+    weights: str | None = None  # a digest of its weights; None: no teacher at hand, the cache's is trusted
+    input_size: int | None = None  # the views were resized to this for it (meta.json names it only then)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    blocks: tuple[int, ...]  # the student blocks whose maps are kept
+    grid: int  # the student's patch grid, a side
+    heads: int  # the student's heads
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache is made for, and what a run asks of one; meta.json holds it (`sections`) with the version."""
+
+    data: DataSpec
+    views: ViewSpec
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    attention: AttentionSpec | None = None
+    epochs: int = 1
+    topk: int = 10
+    dtype: str = "float16"
+    distillation_type: str = "hard"
+
+    def sections(self) -> dict:
+        """The spec as meta.json writes it: lists for tuples, optional keys only when they say something."""
+        optional = {"repeat": 1, "stream": None, "input_size": None, "name": None}
+
+        def plain(section) -> dict | None:
+            if section is None:
+                return None
+            values = asdict(section)
+            return {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in values.items()
+                if not (k in optional and v == optional[k])
+            }
+
+        return {
+            "data": plain(self.data),
+            "views": plain(self.views),
+            "teacher": plain(self.teacher),
+            "attention": plain(self.attention),
+            "epochs": self.epochs,
+            "topk": self.topk,
+            "dtype": self.dtype,
+            "distillation_type": self.distillation_type,
+        }
+
+
 def epoch_file(epoch: int, rank: int) -> str:
     return f"epoch_{epoch:04d}_rank_{rank:03d}.safetensors"
 
@@ -111,8 +197,8 @@ class TeacherCache:
 
     # -- making one ---------------------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, root: str | Path, spec: dict, *, create: bool) -> TeacherCache:
-        """The cache at `root` for a run described by `spec` (see `train.cache_spec`).
+    def open_or_create(cls, root: str | Path, spec: CacheSpec, *, create: bool) -> TeacherCache:
+        """The cache at `root` for a run described by `spec`.
 
         An existing cache must match the spec (else ValueError naming the difference); a missing one is started
         when `create` (its meta written; epochs are filled by the caller), else ValueError.
@@ -143,7 +229,7 @@ class TeacherCache:
                 "give --teacher-path so this run makes it first"
             )
         root.mkdir(parents=True, exist_ok=True)
-        meta = {"version": VERSION, **spec}
+        meta = {"version": VERSION, **spec.sections()}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
         return cls(root, meta)
 
@@ -361,17 +447,16 @@ def check_meta(meta, path: Path) -> None:
         number(attention, "heads", 1, 1024, "attention.heads")
 
 
-def _check(meta: dict, spec: dict, root: Path) -> None:
+def _check(meta: dict, spec: CacheSpec, root: Path) -> None:
     """Refuse a cache made for another run, naming the first difference."""
-    # Mixup, repeated augmentation and batch augmentation draw per batch: a view depends on the batch layout
-    layout_bound = spec["views"]["mixup"] is not None or spec["views"]["repeated_aug"] or spec["views"]["batch_aug"]
+    wanted = spec.sections()
     for section in ("data", "views", "teacher", "attention"):
-        theirs, ours = meta.get(section), spec.get(section)
-        if section == "teacher" and ours and ours.get("weights") is None:
+        theirs, ours = meta.get(section), wanted[section]
+        if section == "teacher" and spec.teacher.weights is None:
             continue  # no teacher weights given: trust the cache's
         if section == "attention" and ours is None:
             continue  # the maps are not needed
-        if section == "views" and not layout_bound:  # else the batch layout does not change a view
+        if section == "views" and not spec.views.layout_bound:  # else the batch layout does not change a view
             ignore = ("batch_size", "world_size", "stream")
             theirs = {k: v for k, v in (theirs or {}).items() if k not in ignore}
             ours = {k: v for k, v in ours.items() if k not in ignore}
@@ -386,15 +471,15 @@ def _check(meta: dict, spec: dict, root: Path) -> None:
                 f"teacher cache {root} was made for {section} {diff}={_short(got)}, but this run has "
                 f"{_short(want)}; make a new cache (another --teacher-cache folder)"
             )
-    if meta["epochs"] < spec["epochs"]:
+    if meta["epochs"] < spec.epochs:
         raise ValueError(
-            f"teacher cache {root} holds {meta['epochs']} epochs, this run needs {spec['epochs']}; make a "
-            "new cache with --epochs"
+            f"teacher cache {root} holds {meta['epochs']} epochs, this run needs {spec.epochs}; make a new cache "
+            "with --epochs"
         )
-    if spec["distillation_type"] == "soft" and meta["topk"] < spec["topk"]:
+    if spec.distillation_type == "soft" and meta["topk"] < spec.topk:
         raise ValueError(
             f"teacher cache {root} keeps the top {meta['topk']} logits, soft distillation here asks for "
-            f"{spec['topk']}; make a new cache with --teacher-cache-topk {spec['topk']}"
+            f"{spec.topk}; make a new cache with --teacher-cache-topk {spec.topk}"
         )
 
 
