@@ -169,9 +169,9 @@ def test_an_unfinished_cache_is_completed_or_refused(teacher, tmp_path, capsys):
 
 def test_cache_spec_names_a_teacher_that_sees_resized_views():
     # a cache made while the teacher saw the views at its own size is refused by a run whose teacher did not
+    from deit.caching import cache_spec
     from deit.config import TrainConfig
     from deit.teachers import SmallCNN, Teacher
-    from deit.train import cache_spec
 
     train, _ = build_dataset("digits", None, True)
     cfg = TrainConfig.from_dict({"distill": {"distillation_type": "hard"}})

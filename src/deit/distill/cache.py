@@ -11,7 +11,7 @@ teacher's outputs by position. Stored per view:
   another library version) is stopped at its first batch, not trained on misaligned targets.
 
 A folder holds `meta.json` (what the cache was made for: a `CacheSpec` of data, views, teacher and maps, built by
-the run in `train.cache_spec`) and one safetensors file per epoch and producing process, each written atomically:
+the run in `caching.cache_spec`) and one safetensors file per epoch and producing process, each written atomically:
 an interrupted cache keeps its finished epochs and the next run fills in the rest. Nothing read is trusted:
 meta.json is bounded in size and checked field by field, and an epoch file's size, names, dtypes, shapes and index
 ranges are checked before a value is used, and its tensors against the digest, epoch and process written in its
