@@ -22,6 +22,7 @@ at ImageNet's typical size (500x375).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
@@ -30,6 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -141,6 +143,36 @@ def jpeg_dataset(count: int, in_chans: int, size: tuple[int, int] = (500, 375)):
 
 
 # -- shared pieces --------------------------------------------------------------------------------------------------
+@dataclass
+class Bench:
+    """One benchmark run: its settings, and what every part measures with."""
+
+    cfg: dict  # the preset
+    dev: torch.device
+    amp: contextlib.AbstractContextManager  # bf16 autocast, or nothing
+    batch_size: int
+    steps: int  # per timed step
+    rounds: int
+    num_workers: int
+    compiled: bool
+    x: torch.Tensor  # a stand-in batch and its targets
+    y: torch.Tensor
+    models: dict[str, torch.nn.Module]  # ours, timm's (and both compiled)
+    optimizers: dict | None = None  # keyed as the models are, without " compiled"
+
+    @property
+    def student(self) -> str:
+        """The model of ours that a distilled step trains: compiled when the run compiles."""
+        return "ours compiled" if self.compiled else "ours"
+
+    @property
+    def baseline(self) -> str:
+        return "timm compiled" if self.compiled else "timm"
+
+    def sync(self) -> None:
+        _sync(self.dev)
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -214,12 +246,12 @@ def _infer(model: torch.nn.Module, x: torch.Tensor, amp) -> None:
         model(x)
 
 
-def _measure_inference(models: dict, x: torch.Tensor, amp, *, steps, rounds, sync, compiled) -> list[dict]:
+def _measure_inference(b: Bench) -> list[dict]:
     for key in ("ours", "timm"):  # the compiled models share these modules
-        models[key].eval()
-    run = {k: _repeat(functools.partial(_infer, m, x, amp), steps) for k, m in models.items()}
-    measured = paired_rates(run, len(x) * steps, rounds, 1, sync)
-    return _report_pairs("inference", measured, compiled)
+        b.models[key].eval()
+    run = {k: _repeat(functools.partial(_infer, m, b.x, b.amp), b.steps) for k, m in b.models.items()}
+    measured = paired_rates(run, len(b.x) * b.steps, b.rounds, 1, b.sync)
+    return _report_pairs("inference", measured, b.compiled)
 
 
 # -- train step -----------------------------------------------------------------------------------------------------
@@ -228,11 +260,11 @@ def _plain_loss(x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> tor
     return sum(F.cross_entropy(o.float(), y) for o in (out if isinstance(out, tuple) else (out,)))
 
 
-def _measure_train(models: dict, optimizers: dict, x, y, amp, *, steps, rounds, sync, compiled) -> list[dict]:
-    loss_fn = functools.partial(_plain_loss, x, y)
-    run = {k: _repeat(_trainer(models, optimizers, k, loss_fn, amp), steps) for k in models}
-    measured = paired_rates(run, len(x) * steps, rounds, 1, sync)
-    return _report_pairs("train step", measured, compiled)
+def _measure_train(b: Bench) -> list[dict]:
+    loss_fn = functools.partial(_plain_loss, b.x, b.y)
+    run = {k: _repeat(_trainer(b.models, b.optimizers, k, loss_fn, b.amp), b.steps) for k in b.models}
+    measured = paired_rates(run, len(b.x) * b.steps, b.rounds, 1, b.sync)
+    return _report_pairs("train step", measured, b.compiled)
 
 
 # -- distilled step, teacher online and cached ----------------------------------------------------------------------
@@ -285,21 +317,20 @@ def _cached_loss(loss, cache, positions: list, counter, x, y, model: torch.nn.Mo
     return loss.parts(x, model(x), y, teacher_logits=teacher_logits)["loss"]
 
 
-def _measure_distilled(
-    models: dict, optimizers: dict, best: str, cfg: dict, distillation, x, y, amp, *, steps, rounds, sync
-) -> list[dict]:
+def _measure_distilled(b: Bench, distillation) -> list[dict]:
     """The official loop, ours with the teacher online and ours with it cached, in one set of rounds."""
     teacher, loss, cached_loss = distillation
     with tempfile.TemporaryDirectory() as folder:
-        cache, positions = _synthetic_cache(folder, cfg, teacher, x, steps, amp)
-        online = functools.partial(_online_loss, loss, x, y)
-        from_cache = functools.partial(_cached_loss, cached_loss, cache, positions, itertools.count(), x, y)
+        cache, positions = _synthetic_cache(folder, b.cfg, teacher, b.x, b.steps, b.amp)
+        online = functools.partial(_online_loss, loss, b.x, b.y)
+        from_cache = functools.partial(_cached_loss, cached_loss, cache, positions, itertools.count(), b.x, b.y)
         run = {
-            "timm + teacher": _trainer(models, optimizers, "timm" + best, online, amp),
-            "ours + teacher": _trainer(models, optimizers, "ours" + best, online, amp),
-            "ours + cache": _trainer(models, optimizers, "ours" + best, from_cache, amp),
+            "timm + teacher": _trainer(b.models, b.optimizers, b.baseline, online, b.amp),
+            "ours + teacher": _trainer(b.models, b.optimizers, b.student, online, b.amp),
+            "ours + cache": _trainer(b.models, b.optimizers, b.student, from_cache, b.amp),
         }
-        measured = paired_rates({k: _repeat(fn, steps) for k, fn in run.items()}, len(x) * steps, rounds, 1, sync)
+        run = {k: _repeat(fn, b.steps) for k, fn in run.items()}
+        measured = paired_rates(run, len(b.x) * b.steps, b.rounds, 1, b.sync)
     result = _report("distilled step, teacher online", measured, "ours + teacher", "timm + teacher")
     result["cached_ratio"] = ratio(measured["times"], "ours + cache", "timm + teacher")
     print(f"{'distilled step, teacher cached':34s} ours + cache / timm + teacher: {result['cached_ratio']:.2f}x")
@@ -364,16 +395,17 @@ def _loader_pass(loader, dev: torch.device, augment) -> None:
     _sync(dev)
 
 
-def _measure_data(jpegs: _Jpegs, transforms: dict, *, bs, num_workers, rounds, dev) -> list[dict]:
-    loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=num_workers, dev=dev)
+def _measure_data(b: Bench, jpegs: _Jpegs, transforms: dict) -> list[dict]:
+    bs, dev = b.batch_size, b.dev
+    loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=b.num_workers, dev=dev)
     run = {
         "ours": functools.partial(_loader_pass, loader(transforms["ours"], True), dev, None),
         "timm": functools.partial(_loader_pass, loader(transforms["timm"], False), dev, None),
         "ours, batch aug": functools.partial(_loader_pass, loader(transforms["crop"], True), dev, transforms["batch"]),
     }
-    measured = paired_rates(run, (len(jpegs) // bs) * bs, rounds, 1, _no_sync)
+    measured = paired_rates(run, (len(jpegs) // bs) * bs, b.rounds, 1, _no_sync)
     return [
-        _report(f"data pipeline ({num_workers} workers)", measured, "ours", "timm"),
+        _report(f"data pipeline ({b.num_workers} workers)", measured, "ours", "timm"),
         _report(f"data pipeline, batch aug on {dev.type}", measured, "ours, batch aug", "timm"),
     ]
 
@@ -410,9 +442,7 @@ def _threads_for(fn: Callable[[], None], threads: int) -> None:
         torch.set_num_threads(before)
 
 
-def _measure_e2e(
-    models, optimizers, best, cfg, distillation, jpegs, transforms, x, amp, *, bs, num_workers, rounds, dev
-) -> list[dict]:
+def _measure_e2e(b: Bench, distillation, jpegs: _Jpegs, transforms: dict) -> list[dict]:
     """A whole distilled pass over the JPEGs: loader, augmentation, teacher (or its cache), student step.
 
     Baseline: the official loop (timm's transform in the loader processes, the teacher's forward every step). Ours
@@ -421,23 +451,24 @@ def _measure_e2e(
     threads `deit train` gives itself beside its loader processes (`distributed.share_cpu_cores`).
     """
     teacher, loss, cached_loss = distillation
+    bs, dev, num_workers = b.batch_size, b.dev, b.num_workers
     batches = len(jpegs) // bs
     loader = functools.partial(_jpeg_loader, jpegs, bs=bs, num_workers=num_workers, dev=dev)
     threads = threads_beside(num_workers) if dev.type == "cpu" and num_workers else torch.get_num_threads()
     with tempfile.TemporaryDirectory() as folder:
-        cache, spans = _synthetic_cache(folder, cfg, teacher, x, batches, amp)
-        official = loader(transforms["timm"], False), models["timm"], optimizers["timm"], loss, amp, dev
-        ours = models["ours" + best], optimizers["ours"], cached_loss, amp, dev
-        per_image = functools.partial(_distilled_pass, loader(transforms["ours"], True), *ours, None, cache, spans, x)
+        cache, spans = _synthetic_cache(folder, b.cfg, teacher, b.x, batches, b.amp)
+        official = loader(transforms["timm"], False), b.models["timm"], b.optimizers["timm"], loss, b.amp, dev
+        ours = b.models[b.student], b.optimizers["ours"], cached_loss, b.amp, dev
+        per_image = functools.partial(_distilled_pass, loader(transforms["ours"], True), *ours, None, cache, spans, b.x)
         batch_aug = functools.partial(
-            _distilled_pass, loader(transforms["crop"], True), *ours, transforms["batch"], cache, spans, x
+            _distilled_pass, loader(transforms["crop"], True), *ours, transforms["batch"], cache, spans, b.x
         )
         run = {
             "official loop": functools.partial(_distilled_pass, *official),
             "ours": functools.partial(_threads_for, per_image, threads),
             "ours, batch aug": functools.partial(_threads_for, batch_aug, threads),
         }
-        measured = paired_rates(run, batches * bs, rounds, 1, _no_sync)
+        measured = paired_rates(run, batches * bs, b.rounds, 1, _no_sync)
     results = [
         _report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop"),
         _report(f"end to end, distilled, batch aug on {dev.type}", measured, "ours, batch aug", "official loop"),
@@ -501,28 +532,24 @@ def run_benchmark(
     y = torch.randint(0, cfg["num_classes"], (bs,), device=dev)
     record = _start_record(cfg, preset, dev, bs, dtype, compile_models, rounds, steps)
     results = record["results"]
-
-    models, best = _models(ours, twin, compile_models), " compiled" if compile_models else ""
-    timing = dict(steps=steps, rounds=rounds, sync=functools.partial(_sync, dev))
+    models = _models(ours, twin, compile_models)
+    b = Bench(cfg, dev, amp, bs, steps, rounds, num_workers, compile_models, x, y, models)
     if "inference" in parts:
-        results += _measure_inference(models, x, amp, **timing, compiled=compile_models)
+        results += _measure_inference(b)
     if "train" in parts or "distilled" in parts or "e2e" in parts:
         ours.train(), twin.train()
-        optimizers = _optimizers(ours, twin, dev)
+        b.optimizers = _optimizers(ours, twin, dev)
     if "train" in parts:
-        results += _measure_train(models, optimizers, x, y, amp, **timing, compiled=compile_models)
+        results += _measure_train(b)
     if "distilled" in parts or "e2e" in parts:
         distillation = _distillation(cfg, dev)
     if "distilled" in parts:
-        results += _measure_distilled(models, optimizers, best, cfg, distillation, x, y, amp, **timing)
-
-    loading = dict(bs=bs, num_workers=num_workers, rounds=rounds, dev=dev)
+        results += _measure_distilled(b, distillation)
     if "data" in parts or "e2e" in parts:
         jpegs = jpeg_dataset(data_images, cfg["in_chans"], cfg["jpeg_size"])
         transforms = view_transforms(size, cfg["in_chans"])
     if "data" in parts:
-        results += _measure_data(jpegs, transforms, **loading)
+        results += _measure_data(b, jpegs, transforms)
     if "e2e" in parts:
-        e2e = models, optimizers, best, cfg, distillation, jpegs, transforms, x, amp
-        results += _measure_e2e(*e2e, **loading)
+        results += _measure_e2e(b, distillation, jpegs, transforms)
     return record
