@@ -37,7 +37,7 @@ def test_simple_random_crop_is_the_image_shifted_at_most_4_px_with_reflection():
     size = 24
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), "L")
-    recipe = Recipe(simple_crop=True, hflip=0.0, aa=None, color_jitter=0.0, reprob=0.0)
+    recipe = Recipe(src=True, hflip=0.0, aa=None, color_jitter=0.0, reprob=0.0)
     transform = train_transform(size, mean=(0.0,), std=(1.0,), recipe=recipe)
     pixels = torch.from_numpy(np.array(image)).float()[None, None] / 255
     padded = F.pad(pixels, (4, 4, 4, 4), mode="reflect")[0, 0]
@@ -55,7 +55,7 @@ def test_simple_random_crop_is_the_image_shifted_at_most_4_px_with_reflection():
 
 
 def test_simple_random_crop_resizes_the_short_side():
-    recipe = Recipe(simple_crop=True, hflip=0.0, aa=None, color_jitter=0.0, reprob=0.0)
+    recipe = Recipe(src=True, hflip=0.0, aa=None, color_jitter=0.0, reprob=0.0)
     transform = train_transform(32, mean=(0.5,) * 3, std=(0.5,) * 3, recipe=recipe)
     assert transform(Image.new("RGB", (90, 45))).shape == (3, 32, 32)
     names = [type(t).__name__ for t in transform.transforms]

@@ -124,7 +124,7 @@ def cache_spec(
         views=ViewSpec(
             seed=cfg.run.seed,
             transform=tuple(line.strip() for t in transform for line in repr(t).splitlines()),
-            mixup=_mixup_spec(aug),
+            mixup=aug.mixup_settings(),
             batch_aug=augment is not None,
             repeated_aug=aug.repeated_aug and world_size > 1,
             batch_size=cfg.run.batch_size,
@@ -139,16 +139,3 @@ def cache_spec(
         dtype=cfg.distill.teacher_cache_dtype,
         distillation_type=cfg.distill.distillation_type,
     )
-
-
-def _mixup_spec(aug) -> dict | None:
-    """Mixup/CutMix's settings as a cache records them; None when off."""
-    if not aug.mixup_active:
-        return None
-    return {
-        "mixup": aug.mixup,
-        "cutmix": aug.cutmix,
-        "prob": aug.mixup_prob,
-        "switch_prob": aug.mixup_switch_prob,
-        "mode": aug.mixup_mode,
-    }

@@ -225,30 +225,14 @@ class DataConfig:
 
 
 @dataclass
-class AugConfig:
-    """The DeiT recipe (paper, Table 9) by default; built-in small-image data sets bring gentler values."""
+class AugConfig(Recipe):
+    """The DeiT recipe (paper, Table 9) by default; built-in small-image data sets bring gentler values. The
+    per-image augmentation's fields are `data.transforms.Recipe`'s (an AugConfig is one); the rest follow."""
 
-    crop_scale: float = 0.08
-    """Smallest area fraction kept by RandomResizedCrop."""
-    hflip: float = 0.5
-    """Horizontal flip probability (0 for digits)."""
-    color_jitter: float = 0.3
-    aa: str | None = "rand-m9-mstd0.5-inc1"
-    """RandAugment policy in timm's notation; null for none."""
-    three_augment: bool = False
-    """3-Augment (grayscale, solarize or blur, one at a time) instead of RandAugment."""
     smoothing: float = 0.1
     """Label smoothing."""
     bce_loss: bool = False
     """The class loss as binary cross-entropy, each class of a (mixed) target present counted as 1 (DeiT III)."""
-    src: bool = False
-    """Simple Random Crop (DeiT III) in place of RandomResizedCrop: the short side resized to the input size, then a
-    random crop of it from the image padded by 4 px (reflected)."""
-    train_interpolation: str = "bicubic"
-    reprob: float = 0.25
-    """Random erasing probability."""
-    remode: str = "pixel"
-    recount: int = 1
     repeated_aug: bool = True
     """Repeated augmentation (3 augmented copies of each image per epoch, spread over processes) under DDP."""
     mixup: float = 0.8
@@ -297,19 +281,22 @@ class AugConfig:
         return self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
 
     def recipe(self) -> Recipe:
-        """The per-image augmentation these settings describe, for both pipelines."""
-        return Recipe(
-            crop_scale=self.crop_scale,
-            hflip=self.hflip,
-            color_jitter=self.color_jitter,
-            aa=self.aa,
-            three_augment=self.three_augment,
-            simple_crop=self.src,
-            interpolation=self.train_interpolation,
-            reprob=self.reprob,
-            remode=self.remode,
-            recount=self.recount,
-        )
+        """The per-image augmentation these settings describe, for both pipelines (a plain Recipe: the rest of the
+        config does not travel with it)."""
+        return Recipe(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)})
+
+    def mixup_settings(self) -> dict | None:
+        """Mixup/CutMix's settings (`data.transforms.mixup_cutmix`'s arguments, less smoothing and classes); None
+        when off."""
+        if not self.mixup_active:
+            return None
+        return {
+            "mixup": self.mixup,
+            "cutmix": self.cutmix,
+            "prob": self.mixup_prob,
+            "switch_prob": self.mixup_switch_prob,
+            "mode": self.mixup_mode,
+        }
 
 
 @dataclass
@@ -607,10 +594,14 @@ def field_docs(section_cls) -> dict[str, str]:
     import inspect
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(section_cls)))
-    body = tree.body[0].body
     docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(after.value.value).split())
+    for cls in reversed([c for c in section_cls.__mro__ if dataclasses.is_dataclass(c)]):  # a base's fields too
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+            ):
+                docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs

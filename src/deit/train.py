@@ -147,18 +147,8 @@ def _datasets(cfg: TrainConfig, world_size: int) -> tuple[Dataset, Dataset, Data
 
 def _mixup(cfg: TrainConfig, num_classes: int):
     """timm's Mixup/CutMix when the recipe mixes batches, else None."""
-    aug = cfg.aug
-    if not aug.mixup_active:
-        return None
-    return mixup_cutmix(
-        aug.mixup,
-        aug.cutmix,
-        prob=aug.mixup_prob,
-        switch_prob=aug.mixup_switch_prob,
-        mode=aug.mixup_mode,
-        smoothing=aug.smoothing,
-        num_classes=num_classes,
-    )
+    settings = cfg.aug.mixup_settings()
+    return None if settings is None else mixup_cutmix(**settings, smoothing=cfg.aug.smoothing, num_classes=num_classes)
 
 
 def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> Pieces:

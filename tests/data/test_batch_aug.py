@@ -24,7 +24,7 @@ def digits():
 
 
 def _plain(*, mean=(0.0,), std=(1.0,), ratio=(1.0, 1.0), **recipe) -> BatchAugment:
-    settings = dict(crop_scale=1.0, hflip=0.0, aa=None, color_jitter=0, reprob=0.0, interpolation="bilinear")
+    settings = dict(crop_scale=1.0, hflip=0.0, aa=None, color_jitter=0, reprob=0.0, train_interpolation="bilinear")
     return BatchAugment(28, mean=mean, std=std, ratio=ratio, recipe=Recipe(**{**settings, **recipe}))
 
 

@@ -99,7 +99,7 @@ class BatchAugment:
             raise ValueError(f"aug.remode={recipe.remode!r}: choose one of {', '.join(REMODES)}")
         if recipe.three_augment:
             raise ValueError("batch augmentation has no 3-Augment: use RandAugment (aug.aa)")
-        aa, interpolation = recipe.policy, recipe.interpolation
+        aa, interpolation = recipe.policy, recipe.train_interpolation
         self.img_size, self.scale, self.ratio, self.hflip = img_size, (recipe.crop_scale, 1.0), ratio, recipe.hflip
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
         self.mode = "bicubic" if interpolation == "bicubic" else "nearest" if interpolation == "nearest" else "bilinear"

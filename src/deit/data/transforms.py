@@ -24,25 +24,27 @@ from torchvision.transforms import functional as TF
 REMODES = ("pixel", "rand", "const")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recipe:
     """The per-image part of the DeiT training augmentation (the paper's Table 9 by default). One value serves both
     pipelines: timm's transforms on each image (`train_transform`) and the batch version (`batch_aug.BatchAugment`).
-    Mixup/CutMix act on whole batches and are not part of it."""
+    Mixup/CutMix act on whole batches and are not part of it. The training config's `aug` section is a Recipe with
+    the rest of the augmentation settings (`config.AugConfig`): its fields are these, flag for flag."""
 
     crop_scale: float = 0.08
-    """Smallest area fraction RandomResizedCrop keeps."""
+    """Smallest area fraction kept by RandomResizedCrop."""
     hflip: float = 0.5
+    """Horizontal flip probability (0 for digits)."""
     color_jitter: float = 0.3
-    """Off under RandAugment and 3-Augment's own jitter, as in timm."""
+    """Colour jitter strength; off under RandAugment and 3-Augment's own jitter, as in timm."""
     aa: str | None = "rand-m9-mstd0.5-inc1"
-    """RandAugment policy in timm's notation; None or "none" for none."""
+    """RandAugment policy in timm's notation; null for none."""
     three_augment: bool = False
-    """3-Augment (grayscale, solarize or blur, one per image) instead of RandAugment."""
-    simple_crop: bool = False
-    """Simple Random Crop (DeiT III) instead of RandomResizedCrop: short side resized, 4 px reflected padding, a
-    random crop."""
-    interpolation: str = "bicubic"
+    """3-Augment (grayscale, solarize or blur, one at a time) instead of RandAugment."""
+    src: bool = False
+    """Simple Random Crop (DeiT III) in place of RandomResizedCrop: the short side resized to the input size, then a
+    random crop of it from the image padded by 4 px (reflected)."""
+    train_interpolation: str = "bicubic"
     reprob: float = 0.25
     """Random erasing probability."""
     remode: str = "pixel"
@@ -63,7 +65,7 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
         hflip=recipe.hflip,
         color_jitter=None if recipe.three_augment or not recipe.color_jitter else recipe.color_jitter,
         auto_augment=recipe.policy,
-        interpolation=recipe.interpolation,
+        interpolation=recipe.train_interpolation,
         mean=mean,
         std=std,
         re_prob=recipe.reprob,
@@ -71,9 +73,10 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
         re_count=recipe.recount,
     )
     keep_posterize_bits(transform)
-    if recipe.simple_crop:
+    if recipe.src:
         steps = list(transform.transforms)
-        transform = T.Compose(simple_random_crop(img_size, recipe.interpolation) + steps[1:])  # in the crop's place
+        # the simple crop in RandomResizedCrop's place
+        transform = T.Compose(simple_random_crop(img_size, recipe.train_interpolation) + steps[1:])
     if recipe.three_augment:
         # after crop and flip: one of grayscale / solarize / blur on every image, then colour jitter
         steps = list(transform.transforms)
@@ -121,9 +124,9 @@ def crop_transform(img_size: int, recipe: Recipe = Recipe()):
     """PIL image -> uint8 tensor (C, img_size, img_size): the recipe's RandomResizedCrop and flip only, for images
     read from files whose other augmentation is done a batch at a time (`batch_aug.BatchAugment`)."""
     crop = (
-        simple_random_crop(img_size, recipe.interpolation)
-        if recipe.simple_crop
-        else [ResizedCrop(img_size, scale=(recipe.crop_scale, 1.0), interpolation=recipe.interpolation)]
+        simple_random_crop(img_size, recipe.train_interpolation)
+        if recipe.src
+        else [ResizedCrop(img_size, scale=(recipe.crop_scale, 1.0), interpolation=recipe.train_interpolation)]
     )
     return T.Compose([*crop, HorizontalFlip(recipe.hflip), ToUint8Tensor()])
 
