@@ -95,7 +95,7 @@ def test_the_layers_read_from_the_bottom_up():
         if m in FOUNDATION or part(m)
     }
     assert not {m: ts for m, ts in upward.items() if ts}
-    commands = COMMANDS | {m for m in edges if m.startswith(("deit.demo", "deit.benchmark"))}
+    commands = COMMANDS | {m for m in edges if m.startswith(("deit.demo", "deit.benchmark", "deit.serve"))}
     assert not edges["deit.engine"] & ({"deit.train", "deit.config"} | commands)
     assert not edges["deit.train"] & commands
 
