@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 import deit
 import deit.train
-from deit.cli import _flag
+from deit.cli import flag_name
 from deit.config import SECTIONS, TrainConfig
 from deit.data import dataset_defaults
 from deit.models import save_weights
@@ -119,7 +119,7 @@ def test_any_value_in_any_yaml_field_works_or_is_one_line(validated, scratch, fi
 @given(field=st.sampled_from(FIELDS), value=VALUES, spelling=st.sampled_from(["value", "bare", "no"]))
 def test_any_value_of_any_flag_works_or_is_one_line(validated, scratch, field, value, spelling):
     _, name, annotation = field
-    flag = _flag(name)
+    flag = flag_name(name)
     if annotation == "bool":
         argv = {"value": [flag, str(value)], "bare": [flag], "no": ["--no-" + flag[2:]]}[spelling]
     else:
