@@ -1,124 +1,18 @@
-"""Training configuration: nested dataclasses, YAML presets, command-line overrides.
-
-`configs/*.yaml` -> flags (the official DeiT `main.py` names where the concept exists) -> `TrainConfig`. A YAML file
-holds the sections below (`model:`, `data:`, `aug:`, `optim:`, `distill:`, `run:`) with the field names below.
-Unknown keys and flags are errors. Every value is checked for its type and range as it is read, from YAML or a
-flag alike, before any work starts: a section's `__post_init__` first makes each field its annotated type (a
-whole number stays whole, `lr: 1e-3`, which YAML reads as a string, becomes a float, NaN is refused), then checks
-the ranges. `TrainConfig.explicit` records which fields the user set, so that a built-in data set's defaults (small
-images want gentler augmentation) fill only the rest.
-"""
+"""The sections of a training config (`model:`, `data:`, `aug:`, `optim:`, `distill:`, `run:`): their fields,
+defaults, help texts (the string after each field) and rules."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import math
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 
-import yaml
-
-from .data.transforms import MIXUP_MODES, REMODES, Recipe
-from .distill.attention import ATTENTION_LOSSES, parse_blocks
-from .distill.cache import DTYPES as CACHE_DTYPES
-from .distill.losses import DISTILLATION_TYPES
-from .distributed import PRECISIONS
-from .models.metadata import INTENSITIES, INTERPOLATIONS
-from .models.metadata import show_value as _show
-
-
-def _as_type(name: str, value, annotation: str):
-    """`value` as the field's annotated type ("int", "float | None", ...); ValueError naming the field otherwise."""
-    kinds = [part.strip() for part in annotation.split("|")]
-    kind = next(k for k in kinds if k != "None")
-    if value is None:
-        if "None" in kinds:
-            return None
-        raise ValueError(f"{name} must be given (a {_KIND_NAMES[kind]}), not null")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{name}={_show(value)} must be true or false")
-    if kind == "str":
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{name}={_show(value)} must be a string")
-    if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string; a number written as text is a number
-        try:
-            value = int(value) if kind == "int" else float(value)
-        except ValueError:
-            raise ValueError(f"{name}={_show(value)} must be a {_KIND_NAMES[kind]}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}={_show(value)} must be a {_KIND_NAMES[kind]}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name}={_show(value)} must be a finite number")
-    if kind == "int":
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{name}={_show(value)} must be a whole number")
-        return int(value)
-    try:
-        return float(value)
-    except OverflowError:
-        raise ValueError(f"{name}={_show(value)} is too large") from None
-
-
-_KIND_NAMES = {"int": "whole number", "float": "number", "str": "string", "bool": "true or false"}
-
-
-def _check(section: str, config, rules) -> None:
-    """Make every field of a config section its annotated type, then check `rules(config)`, a list of
-    (field, holds, rule): the first that does not hold is a ValueError naming the field, its value and the rule."""
-    for f in fields(config):
-        setattr(config, f.name, _as_type(f"{section}.{f.name}", getattr(config, f.name), f.type))
-    for name, holds, rule in rules(config):
-        if not holds:
-            raise ValueError(f"{section}.{name}={_show(getattr(config, name))} {rule}")
-
-
-def _in(low: float, value, high: float) -> bool:
-    return value is None or low <= value <= high
-
-
-def _one_of(values) -> str:
-    """The rule for a field with a list of allowed values: "must be a, b or c"."""
-    values = list(values)
-    return f"must be {', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else f"must be {values[0]}"
-
-
-def known_architecture(name: str) -> bool:
-    """A deit model, `small_cnn`, or a timm / torchvision architecture."""
-    from .models import MODELS
-
-    if name in MODELS or name == "small_cnn":
-        return True
-    import timm
-    import torchvision
-
-    return timm.is_model(name) or name in torchvision.models.list_models()
-
-
-def check_policy(aa: str | None, batch_aug: bool) -> None:
-    """A timm augmentation policy string (RandAugment, AugMix or AutoAugment), as timm parses it."""
-    if aa is None or aa == "none":
-        return
-    from timm.data import auto_augment
-
-    try:
-        if aa.startswith("rand"):
-            auto_augment.rand_augment_transform(aa, {"translate_const": 100})
-        elif aa.startswith("augmix"):
-            auto_augment.augment_and_mix_transform(aa, {"translate_const": 100})
-        else:
-            auto_augment.auto_augment_transform(aa, {"translate_const": 100})
-    except Exception:
-        raise ValueError(
-            f"aug.aa={_show(aa)} is not a timm augmentation policy; e.g. rand-m9-mstd0.5-inc1 "
-            "(RandAugment), augmix-m5-w4-d2 or original (AutoAugment), or none"
-        ) from None
-    if batch_aug and not aa.startswith("rand"):
-        raise ValueError(f"aug.aa={_show(aa)}: batch augmentation takes RandAugment policies ('rand-m9-...')")
+from ..data.transforms import MIXUP_MODES, REMODES, Recipe
+from ..distill.attention import ATTENTION_LOSSES, parse_blocks
+from ..distill.cache import DTYPES as CACHE_DTYPES
+from ..distill.losses import DISTILLATION_TYPES
+from ..distributed import PRECISIONS
+from ..models.metadata import INTENSITIES, INTERPOLATIONS
+from .values import check_policy, check_section, known_architecture, one_of, within
 
 
 @dataclass
@@ -135,7 +29,7 @@ class ModelConfig:
     """Where a DeiT III's LayerScale starts; None: the model's own (1e-4, as the official models_v2.py)."""
 
     def __post_init__(self):
-        _check(
+        check_section(
             "model",
             self,
             lambda c: [
@@ -145,7 +39,7 @@ class ModelConfig:
                     c.layer_scale_init is None or 0.0 <= c.layer_scale_init <= 100.0,
                     "must be between 0 and 100",
                 ),
-                ("input_size", _in(8, c.input_size, 4096), "must be between 8 and 4096 px"),
+                ("input_size", within(8, c.input_size, 4096), "must be between 8 and 4096 px"),
                 (
                     "model",
                     known_architecture(c.model),
@@ -188,7 +82,7 @@ class DataConfig:
     """Pinned host memory, for faster copies to the GPU."""
 
     def __post_init__(self):
-        from .data.datasets import DATA_SETS, canonical_name
+        from ..data.datasets import DATA_SETS, canonical_name
 
         def known(name: str) -> bool:
             try:
@@ -196,7 +90,7 @@ class DataConfig:
             except ValueError:
                 return False
 
-        _check(
+        check_section(
             "data",
             self,
             lambda c: [
@@ -205,7 +99,7 @@ class DataConfig:
                     known(c.data_set),
                     f"is not a data set; choose one of {', '.join(DATA_SETS)}",
                 ),
-                ("labels_per_class", _in(1, c.labels_per_class, 10**9), "must be >= 1"),
+                ("labels_per_class", within(1, c.labels_per_class, 10**9), "must be >= 1"),
                 ("repeat", 1 <= c.repeat <= 10**6, "must be >= 1"),
                 ("num_workers", 0 <= c.num_workers <= 256, "must be between 0 and 256"),
                 ("shuffle_buffer", 0 <= c.shuffle_buffer <= 10**7, "must be between 0 (no shuffle) and 10,000,000"),
@@ -219,7 +113,7 @@ class DataConfig:
                     c.repeat == 1 or not known(c.data_set) or canonical_name(c.data_set) != "wds",
                     "is for sets held whole (folders, built-ins); shards are read once per epoch, as a stream",
                 ),
-                ("intensity", c.intensity in INTENSITIES, _one_of(INTENSITIES)),
+                ("intensity", c.intensity in INTENSITIES, one_of(INTENSITIES)),
             ],
         )
 
@@ -252,7 +146,7 @@ class AugConfig(Recipe):
     rest runs on the batch. Same recipe; a batch replays from (seed, epoch, process, step)."""
 
     def __post_init__(self):
-        _check(
+        check_section(
             "aug",
             self,
             lambda c: [
@@ -260,15 +154,15 @@ class AugConfig(Recipe):
                 ("hflip", 0.0 <= c.hflip <= 1.0, "must be in [0, 1]"),
                 ("color_jitter", 0.0 <= c.color_jitter <= 10.0, "must be in [0, 10]"),
                 ("smoothing", 0.0 <= c.smoothing < 1.0, "must be in [0, 1)"),
-                ("train_interpolation", c.train_interpolation in INTERPOLATIONS, _one_of(INTERPOLATIONS)),
+                ("train_interpolation", c.train_interpolation in INTERPOLATIONS, one_of(INTERPOLATIONS)),
                 ("reprob", 0.0 <= c.reprob <= 1.0, "must be in [0, 1]"),
-                ("remode", c.remode in REMODES, _one_of(REMODES)),
+                ("remode", c.remode in REMODES, one_of(REMODES)),
                 ("recount", 1 <= c.recount <= 64, "must be between 1 and 64"),
                 ("mixup", 0.0 <= c.mixup <= 1e3, "must be >= 0 (0 disables it)"),
                 ("cutmix", 0.0 <= c.cutmix <= 1e3, "must be >= 0 (0 disables it)"),
                 ("mixup_prob", 0.0 <= c.mixup_prob <= 1.0, "must be in [0, 1]"),
                 ("mixup_switch_prob", 0.0 <= c.mixup_switch_prob <= 1.0, "must be in [0, 1]"),
-                ("mixup_mode", c.mixup_mode in MIXUP_MODES, _one_of(MIXUP_MODES)),
+                ("mixup_mode", c.mixup_mode in MIXUP_MODES, one_of(MIXUP_MODES)),
                 ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
                 ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
                 ("batch_aug", not (c.batch_aug and c.src), "crops with RandomResizedCrop: drop --src or --batch-aug"),
@@ -325,7 +219,7 @@ class OptimConfig:
     def __post_init__(self):
         from timm.optim import list_optimizers
 
-        _check(
+        check_section(
             "optim",
             self,
             lambda c: [
@@ -381,11 +275,11 @@ class DistillConfig:
             self.attn_distillation_layers = ",".join(map(str, layers))
         elif isinstance(layers, int) and not isinstance(layers, bool):
             self.attn_distillation_layers = str(layers)
-        _check(
+        check_section(
             "distill",
             self,
             lambda c: [
-                ("distillation_type", c.distillation_type in DISTILLATION_TYPES, _one_of(DISTILLATION_TYPES)),
+                ("distillation_type", c.distillation_type in DISTILLATION_TYPES, one_of(DISTILLATION_TYPES)),
                 (
                     "teacher_model",
                     known_architecture(c.teacher_model),
@@ -394,9 +288,9 @@ class DistillConfig:
                 ("distillation_alpha", 0.0 <= c.distillation_alpha <= 1.0, "must be in [0, 1]"),
                 ("distillation_tau", 0.0 < c.distillation_tau <= 1e3, "must be > 0"),
                 ("attn_distillation_weight", 0.0 <= c.attn_distillation_weight <= 1e3, "must be >= 0"),
-                ("attn_distillation_loss", c.attn_distillation_loss in ATTENTION_LOSSES, _one_of(ATTENTION_LOSSES)),
+                ("attn_distillation_loss", c.attn_distillation_loss in ATTENTION_LOSSES, one_of(ATTENTION_LOSSES)),
                 ("teacher_cache_topk", 1 <= c.teacher_cache_topk <= 10**6, "must be >= 1"),
-                ("teacher_cache_dtype", c.teacher_cache_dtype in CACHE_DTYPES, _one_of(CACHE_DTYPES)),
+                ("teacher_cache_dtype", c.teacher_cache_dtype in CACHE_DTYPES, one_of(CACHE_DTYPES)),
             ],
         )
         parse_blocks(self.attn_distillation_layers)
@@ -430,7 +324,7 @@ class RunConfig:
     def __post_init__(self):
         import re
 
-        _check(
+        check_section(
             "run",
             self,
             lambda c: [
@@ -442,7 +336,7 @@ class RunConfig:
                     re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None,
                     "must be auto, cpu, cuda or cuda:N",
                 ),
-                ("precision", c.precision in PRECISIONS, _one_of(PRECISIONS)),
+                ("precision", c.precision in PRECISIONS, one_of(PRECISIONS)),
             ],
         )
 
@@ -455,153 +349,3 @@ SECTIONS = {
     "distill": DistillConfig,
     "run": RunConfig,
 }
-
-
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    aug: AugConfig = field(default_factory=AugConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    explicit: frozenset = frozenset()
-    """Dotted names of the fields the user set (YAML or flags)."""
-
-    def __post_init__(self):
-        if self.data.unlabelled and self.data.labels_per_class is None:
-            raise ValueError(
-                "data.unlabelled needs data.labels_per_class (which images keep their labels); add --labels-per-class N"
-            )
-        if self.data.unlabelled and not self.distill.needs_teacher:
-            raise ValueError(
-                "data.unlabelled: images without labels teach only through a teacher; give --distillation-type "
-                "hard or soft (with --teacher-path), or --attn-distillation-weight, or drop --unlabelled"
-            )
-        if self.data.unlabelled and self.aug.bce_loss:
-            raise ValueError(
-                "aug.bce_loss: images without labels have no class targets to binarise; drop --bce-loss or --unlabelled"
-            )
-        if self.aug.mixup_active and self.run.batch_size % 2:
-            raise ValueError(
-                f"run.batch_size={self.run.batch_size} is odd, but Mixup/CutMix pair each image with another in "
-                f"the batch; use {self.run.batch_size + 1}, or turn them off with --mixup 0 --cutmix 0"
-            )
-
-    def to_dict(self) -> dict:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
-
-    @classmethod
-    def from_dict(cls, values: dict, explicit: set[str] | frozenset = frozenset()) -> TrainConfig:
-        """Build from nested {section: {field: value}}; unknown sections or fields raise ValueError."""
-        unknown = set(values) - set(SECTIONS)
-        if unknown:
-            shown = sorted(map(_show, unknown))
-            raise ValueError(f"unknown config section(s) {', '.join(shown)}; sections are: {', '.join(SECTIONS)}")
-        sections = {}
-        for name, section_cls in SECTIONS.items():
-            given = values.get(name)
-            given = {} if given is None else given
-            if not isinstance(given, dict):
-                raise ValueError(f"config section {name} must be a mapping of field: value, not {_show(given)}")
-            known = {f.name for f in fields(section_cls)}
-            for key in given:
-                if key not in known:
-                    close = difflib.get_close_matches(str(key), known, n=1)
-                    hint = f" (did you mean {name}.{close[0]}?)" if close else ""
-                    keys = ", ".join(sorted(known))
-                    shown = key if isinstance(key, str) else _show(key)
-                    raise ValueError(f"unknown config key {name}.{shown}{hint}; keys of {name}: {keys}")
-            sections[name] = section_cls(**given)
-        return cls(**sections, explicit=frozenset(explicit))
-
-    def with_defaults(self, defaults: dict[str, object]) -> TrainConfig:
-        """A copy where each dotted field in `defaults` takes its value unless the user set that field."""
-        values = self.to_dict()
-        for dotted, value in defaults.items():
-            if dotted not in self.explicit:
-                section, key = dotted.split(".")
-                values[section][key] = value
-        return TrainConfig.from_dict(values, self.explicit)
-
-
-MAX_YAML_BYTES = 2**20  # a preset is a few KB
-MAX_YAML_VALUES = 100_000  # values in the document with its aliases expanded: a preset has about a hundred
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_YAML_BYTES:
-        raise ValueError(f"{path} is {path.stat().st_size:,} bytes, over the {MAX_YAML_BYTES:,} a config may take")
-    try:
-        values = yaml.safe_load(path.read_text())
-        if _values_over(values, MAX_YAML_VALUES):  # aliases of aliases name 10^9 values in a few lines
-            raise ValueError(
-                f"{path} holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded; a config "
-                "needs far fewer"
-            )
-    except RecursionError:
-        raise ValueError(f"{path} nests its values too deeply to be read") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text file (not UTF-8); a preset is YAML text") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of sections (model:, data:, ...)")
-    return values
-
-
-def _values_over(value, budget: int) -> bool:
-    """Whether `value` holds more than `budget` values, counting a shared (aliased) one each time it appears; stops
-    counting at the budget."""
-    stack, seen = [value], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > budget:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def merge(base: dict, overrides: dict[str, object]) -> tuple[dict, set[str]]:
-    """Apply dotted overrides ("optim.lr": 1e-3) to nested values; returns the values and every dotted name set."""
-    for section, values in base.items():
-        if values is not None and not isinstance(values, dict):
-            raise ValueError(f"config section {_show(section)} must be a mapping of field: value, not {_show(values)}")
-    merged = {section: dict(values or {}) for section, values in base.items()}
-    explicit = {f"{section}.{key}" for section, values in merged.items() for key in values}
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        merged.setdefault(section, {})[key] = value
-        explicit.add(dotted)
-    return merged, explicit
-
-
-@functools.cache
-def field_docs(section_cls) -> dict[str, str]:
-    """Field docstrings (the string literal after each field), for --help texts (read once per process: finding a
-    class's source parses its whole module)."""
-    import ast
-    import inspect
-    import textwrap
-
-    docs = {}
-    for cls in reversed([c for c in section_cls.__mro__ if dataclasses.is_dataclass(c)]):  # a base's fields too
-        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-        for node, after in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant)
-            ):
-                docs[node.target.id] = " ".join(str(after.value.value).split())
-    return docs
