@@ -10,7 +10,8 @@ from timm.data import Mixup
 from deit.cli import main
 from deit.data import Recipe, build_dataset, train_transform
 from deit.data.sampling import SeededDataset, batch_seed, sample_seed, train_sampler
-from deit.distill.cache import CacheSpec, DataSpec, TeacherCache, TeacherSpec, ViewSpec, epoch_file
+from deit.distill.cache import TeacherCache, epoch_file
+from deit.distill.cache_spec import CacheSpec, DataSpec, TeacherSpec, ViewSpec
 from deit.engine import Views
 
 # A distilled student with every cached part in play: Mixup/CutMix pairs and lambdas, soft logits, attention maps.

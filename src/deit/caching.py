@@ -12,16 +12,8 @@ from .config import TrainConfig
 from .data import canonical_name
 from .data.loaders import cache_loader
 from .data.sampling import process_seed, seed_everything
-from .distill.cache import (
-    AttentionSpec,
-    CacheSpec,
-    DataSpec,
-    TeacherCache,
-    TeacherSpec,
-    ViewSpec,
-    targets_digest,
-    weights_digest,
-)
+from .distill.cache import TeacherCache, targets_digest, weights_digest
+from .distill.cache_spec import AttentionSpec, CacheSpec, DataSpec, TeacherSpec, ViewSpec
 from .engine import fill_teacher_cache
 from .files import FolderLock
 from .pieces import Pieces

@@ -33,9 +33,7 @@ from .data.sampling import batch_seed, process_seed, seed_everything
 from .data.transforms import mixup_cutmix
 from .distill import AttentionDistillation, DistillationLoss
 from .distill.attention import parse_blocks
-from .distill.cache import (
-    TeacherCache,
-)
+from .distill.cache import TeacherCache
 from .distill.losses import class_criterion
 from .engine import NonFiniteLoss, Views, evaluate, train_one_epoch
 from .models import MODELS, create_model, load_weights, read_checkpoint

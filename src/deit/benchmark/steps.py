@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..distill.cache import CacheSpec, DataSpec, TeacherSpec, ViewSpec
+from ..distill.cache_spec import CacheSpec, DataSpec, TeacherSpec, ViewSpec
 from .timing import Bench, paired_rates, ratio, repeated, report, report_pairs
 
 

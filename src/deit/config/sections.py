@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..data.transforms import MIXUP_MODES, REMODES, Recipe
 from ..distill.attention import ATTENTION_LOSSES, parse_blocks
-from ..distill.cache import DTYPES as CACHE_DTYPES
+from ..distill.cache_spec import DTYPES as CACHE_DTYPES
 from ..distill.losses import DISTILLATION_TYPES
 from ..distributed import PRECISIONS
 from ..models.metadata import INTENSITIES, INTERPOLATIONS
