@@ -62,7 +62,7 @@ class DataInfo:
 BUILTINS = ("mnist5k", "digits", "fashion-mnist", "fashion-mnist-full", "cifar10", "cifar100")
 FOLDER_SETS = ("imagenet", "folder")
 SHARD_SETS = ("wds",)
-"""WebDataset tar shards (`shards.py`): a folder with their index, or a brace pattern."""
+"""WebDataset tar shards (`shards/`): a folder with their index, or a brace pattern."""
 DATA_SETS = FOLDER_SETS + SHARD_SETS + BUILTINS
 ALIASES = {
     "imnet": "imagenet",
