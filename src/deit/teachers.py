@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import create_model, read_checkpoint
+from .models.fitting import check_finite
 from .models.metadata import CNN_FAMILY
-from .models.weights import Checkpoint, WeightsError, check_finite
+from .models.weights import Checkpoint, WeightsError
 
 
 class SmallCNN(nn.Module):

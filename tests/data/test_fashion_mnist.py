@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deit.data import build_dataset
-from deit.data.datasets import FASHION_CLASSES, FASHION_MNIST_SYSTEM, read_idx
+from deit.data.builtin_sets import FASHION_CLASSES, FASHION_MNIST_SYSTEM, read_idx
 
 REAL = pytest.mark.skipif(
     not (FASHION_MNIST_SYSTEM / "train-images-idx3-ubyte.gz").exists(),

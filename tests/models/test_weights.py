@@ -11,7 +11,7 @@ from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTC
 
 import deit
 from deit.models import WeightsError, export_weights, read_checkpoint, save_weights
-from deit.models.weights import resize_pos_embed
+from deit.models.fitting import resize_pos_embed
 
 TINY_HF = dict(
     hidden_size=192,

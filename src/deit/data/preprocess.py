@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import torch
 
-from .datasets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
+from .builtin_sets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 from .images import read_image
 from .transforms import eval_transform
 

@@ -1,9 +1,10 @@
 """DeiT networks, their named configurations, and their weights."""
 
 from .factory import create_model
+from .fitting import load_weights
 from .registry import MODELS, list_models
 from .vit import DistilledVisionTransformer, VisionTransformer
-from .weights import WeightsError, export_weights, load_weights, read_checkpoint, save_weights
+from .weights import WeightsError, export_weights, read_checkpoint, save_weights
 
 __all__ = [
     "MODELS",

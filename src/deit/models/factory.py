@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from . import metadata
+from .fitting import load_state
 from .registry import MODELS, OVERRIDABLE, model_kwargs
 from .vit import DistilledVisionTransformer, VisionTransformer
-from .weights import Checkpoint, checkpoint_sizes, infer_architecture, load_state, read_checkpoint
+from .weights import Checkpoint, checkpoint_sizes, infer_architecture, read_checkpoint
 
 
 def create_model(
