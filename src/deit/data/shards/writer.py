@@ -102,9 +102,7 @@ def write_split(
     recorded in `.{split}-progress.json` and kept when the same plan is written again. Files that are not readable
     images are left out, each named in a warning.
     """
-    import webdataset as wds
-
-    from ...files import FolderLock, atomic_write, write_text
+    from ...files import FolderLock, write_text
     from ...progress import progress
 
     out.mkdir(parents=True, exist_ok=True)
@@ -121,15 +119,7 @@ def write_split(
                 f"{out / INDEX} holds shards of classes {existing['class_names'][:3]}..., these are "
                 f"{class_names[:3]}...: write them to another folder"
             )
-        state = _progress(state_path)
-        if state.get("plan") != digest:
-            stale = sorted(out.glob(f"{split}-*.tar"))
-            if stale:
-                raise ValueError(
-                    f"{out} holds {split} shards written from another source or with other settings (seed, shard "
-                    f"size): give another folder, or remove its {split}-*.tar to write them again"
-                )
-            state = {"plan": digest, "done": {}}
+        state = _resumed(state_path, digest, out, split)
         names = [f"{split}-{k:06d}.tar" for k in range(len(plan))]
         bar, task = progress(f"shard {split}", len(items), show_progress)
         left_out = 0
@@ -139,42 +129,13 @@ def write_split(
                 if done and (out / name).is_file() and (out / name).stat().st_size == done["bytes"]:
                     bar.advance(task, len(members))
                     continue
-                labels: list[int] = []
-                seeks: list[int] = []
-
-                def write(tmp: Path, members=members, labels=labels, seeks=seeks, k=k) -> None:
-                    with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
-                        for j, i in enumerate(members):
-                            item = items[i]
-                            data = _checked(item)
-                            bar.advance(task)
-                            if data is None:
-                                continue
-                            if len(labels) % SEEK_EVERY == 0:
-                                seeks.append(tar.tarstream.offset)  # where this sample's first member begins
-                            key = f"{k:06d}{j:06d}_{_key_part(item.name)}"
-                            tar.write({"__key__": key, item.ext: data, "cls": str(item.target).encode()})
-                            labels.append(item.target)
-
-                atomic_write(out / name, write)
-                left_out += len(members) - len(labels)
-                size = (out / name).stat().st_size
-                state["done"][name] = {"samples": len(labels), "bytes": size, "seeks": seeks, "labels": labels}
+                state["done"][name] = _write_shard(
+                    out / name, k, [items[i] for i in members], lambda: bar.advance(task)
+                )
+                left_out += len(members) - state["done"][name]["samples"]
                 write_text(state_path, json.dumps(state))
-        done = [state["done"][name] for name in names]
-        entry = {
-            "shards": [
-                {"name": n, "samples": d["samples"], "bytes": d["bytes"], "seeks": d["seeks"]}
-                for n, d in zip(names, done)
-            ],
-            "samples": sum(d["samples"] for d in done),
-            "seek_every": SEEK_EVERY,
-            "class_counts": np.bincount([t for d in done for t in d["labels"]], minlength=len(class_names)).tolist(),
-            "labels_digest": labels_digest(t for d in done for t in d["labels"]),
-            "seed": seed,
-            "shard_size": shard_size,
-            "source": source,
-        }
+        entry = _split_entry([(name, state["done"][name]) for name in names], class_names)
+        entry.update(seed=seed, shard_size=shard_size, source=source)
         index = existing or {"format": FORMAT, "version": VERSION, "class_names": class_names, "splits": {}}
         index["splits"][split] = entry
         write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
@@ -183,6 +144,57 @@ def write_split(
                 stale.unlink()
     entry["left_out"] = left_out
     return entry
+
+
+def _resumed(state_path: Path, digest: str, out: Path, split: str) -> dict:
+    """The shards already written for this plan (`digest`), or a fresh start where none of the split's are there."""
+    state = _progress(state_path)
+    if state.get("plan") == digest:
+        return state
+    if sorted(out.glob(f"{split}-*.tar")):
+        raise ValueError(
+            f"{out} holds {split} shards written from another source or with other settings (seed, shard "
+            f"size): give another folder, or remove its {split}-*.tar to write them again"
+        )
+    return {"plan": digest, "done": {}}
+
+
+def _write_shard(path: Path, k: int, members: list[Item], advance: Callable[[], None]) -> dict:
+    """Shard number `k` of a split, written atomically: its readable members, with what the index records of it."""
+    import webdataset as wds
+
+    from ...files import atomic_write
+
+    labels: list[int] = []
+    seeks: list[int] = []
+
+    def write(tmp: Path) -> None:
+        with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
+            for j, item in enumerate(members):
+                data = _checked(item)
+                advance()
+                if data is None:
+                    continue
+                if len(labels) % SEEK_EVERY == 0:
+                    seeks.append(tar.tarstream.offset)  # where this sample's first member begins
+                key = f"{k:06d}{j:06d}_{_key_part(item.name)}"
+                tar.write({"__key__": key, item.ext: data, "cls": str(item.target).encode()})
+                labels.append(item.target)
+
+    atomic_write(path, write)
+    return {"samples": len(labels), "bytes": path.stat().st_size, "seeks": seeks, "labels": labels}
+
+
+def _split_entry(done: list[tuple[str, dict]], class_names: list[str]) -> dict:
+    """A split's entry in the index, from its shards' records in order."""
+    labels = [t for _, d in done for t in d["labels"]]
+    return {
+        "shards": [{"name": n, "samples": d["samples"], "bytes": d["bytes"], "seeks": d["seeks"]} for n, d in done],
+        "samples": sum(d["samples"] for _, d in done),
+        "seek_every": SEEK_EVERY,
+        "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
+        "labels_digest": labels_digest(labels),
+    }
 
 
 def _checked(item: Item) -> bytes | None:
