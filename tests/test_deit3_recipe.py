@@ -16,7 +16,7 @@ from deit.cli import main
 from deit.config import TrainConfig, load_yaml
 from deit.data.transforms import Recipe, train_transform
 from deit.distill.losses import class_criterion
-from deit.train import build_student
+from deit.students import build_student
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

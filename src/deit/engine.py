@@ -82,7 +82,6 @@ def train_one_epoch(
     `teacher_cache`, the teacher's outputs for each batch's views are read from it.
     """
     model.train()
-    attention = getattr(criterion, "attention", None)
     sums: dict[str, torch.Tensor] = {}
     images_seen, skipped = 0, 0
     bar, task = progress(f"epoch {epoch}", len(loader), show_progress)
@@ -98,13 +97,7 @@ def train_one_epoch(
             last = updates.ends_group(step, len(loader))
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
-                with autocast(views.device, amp_dtype):
-                    if attention is not None:  # the student's class-token rows at the distilled blocks, too
-                        outputs, maps = model(images, attn_blocks=list(attention.blocks), attn_form="cls")
-                        teacher["student_maps"] = maps
-                    else:
-                        outputs = model(images)
-                    parts = criterion.parts(images, outputs, targets, labelled=labelled, **teacher)
+                parts = _forward_backward(model, criterion, images, targets, labelled, teacher, views.device, amp_dtype)
                 (parts["loss"] / updates.accum_iter).backward()
             # one all-reduce of the detached parts: logged means over processes, and every process sees a NaN
             values = all_reduce_sum(torch.stack([p.detach().float() for p in parts.values()])) / world_size
@@ -132,6 +125,18 @@ def train_one_epoch(
         skipped_images=int(all_reduce_sum(torch.tensor([skipped], dtype=torch.float64)).item()),
     )
     return stats
+
+
+def _forward_backward(model, criterion, images, targets, labelled, teacher: dict, device, amp_dtype) -> dict:
+    """The loss's parts for one batch, under autocast (the loss first; `backward` is the caller's)."""
+    attention = getattr(criterion, "attention", None)
+    with autocast(device, amp_dtype):
+        if attention is not None:  # the student's class-token rows at the distilled blocks, too
+            outputs, maps = model(images, attn_blocks=list(attention.blocks), attn_form="cls")
+            teacher = {**teacher, "student_maps": maps}
+        else:
+            outputs = model(images)
+        return criterion.parts(images, outputs, targets, labelled=labelled, **teacher)
 
 
 @torch.inference_mode()

@@ -36,11 +36,11 @@ from .distill.attention import parse_blocks
 from .distill.cache import TeacherCache
 from .distill.losses import class_criterion
 from .engine import NonFiniteLoss, Views, evaluate, train_one_epoch
-from .models import MODELS, create_model, load_weights, read_checkpoint
 from .models.weights import deit_config
 from .optim import Updates, build_optimizer, cosine_schedule, weight_ema
 from .pieces import Pieces
-from .teachers import Teacher, create_cnn, load_teacher
+from .students import build_student, finetune
+from .teachers import Teacher, load_teacher
 
 log = logging.getLogger("deit")
 
@@ -157,17 +157,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
     if device.type == "cpu":
         distributed.share_cpu_cores(num_workers)
     seed_everything(cfg.run.seed, cuda=device.type == "cuda")  # the same initial weights for a seed, in every process
-    model, img_size = build_student(
-        cfg.model.model,
-        num_classes=info.num_classes,
-        in_chans=info.in_chans,
-        input_size=cfg.model.input_size,
-        drop_path=cfg.model.drop_path,
-        native_size=info.native_size,
-        layer_scale_init=cfg.model.layer_scale_init,
-    )
-    if cfg.model.finetune:
-        finetune(model, cfg.model.finetune)
+    model, img_size = _student(cfg, info)
 
     norm = dict(mean=info.mean, std=info.std)
     augment = training_views(train_set, aug.recipe(), img_size=img_size, batch_aug=aug.batch_aug, **norm)
@@ -197,22 +187,43 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         train_loader=train_loader(
             train_set, sampler, batch_size=cfg.run.batch_size, batch_aug=aug.batch_aug, options=options
         ),
-        val_loader=eval_loader(
-            val_set,
-            img_size=img_size,
-            interpolation=aug.train_interpolation,
-            crop_ratio=aug.eval_crop_ratio,
-            batch_size=max(2 * cfg.run.batch_size, 128),
-            rank=env.rank,
-            world_size=env.world_size,
-            options=options,
-            **norm,
-        ),
+        val_loader=_val_loader(cfg, env, val_set, img_size, options, norm),
         # every batch's augmentation and Mixup draw from (seed, epoch, process, step): a resumed run repeats them
         views=Views(device, augment, mixup, seed=lambda epoch, step: batch_seed(cfg.run.seed, epoch, env.rank, step)),
         options=options,
         teacher=teacher,
         criterion=criterion,
+    )
+
+
+def _student(cfg: TrainConfig, info) -> tuple[nn.Module, int]:
+    """The model to train, sized to the data (classes, channels, the images' own size for a CNN), and its input size."""
+    model, img_size = build_student(
+        cfg.model.model,
+        num_classes=info.num_classes,
+        in_chans=info.in_chans,
+        input_size=cfg.model.input_size,
+        drop_path=cfg.model.drop_path,
+        native_size=info.native_size,
+        layer_scale_init=cfg.model.layer_scale_init,
+    )
+    if cfg.model.finetune:
+        finetune(model, cfg.model.finetune)
+    return model, img_size
+
+
+def _val_loader(cfg: TrainConfig, env: distributed.DistEnv, val_set, img_size: int, options: dict, norm: dict):
+    """The evaluation batches: the whole validation split, each process its share, at twice the training batch."""
+    return eval_loader(
+        val_set,
+        img_size=img_size,
+        interpolation=cfg.aug.train_interpolation,
+        crop_ratio=cfg.aug.eval_crop_ratio,
+        batch_size=max(2 * cfg.run.batch_size, 128),
+        rank=env.rank,
+        world_size=env.world_size,
+        options=options,
+        **norm,
     )
 
 
@@ -397,47 +408,6 @@ def _announcement(p: Pieces, cache: TeacherCache | None, n_parameters: int) -> s
         f"{images}, {p.info.num_classes} classes, {p.img_size} px, {cfg.run.epochs} epochs, total batch "
         f"{_total_batch(p)}, lr {_lr(p):.2e}, {p.env.world_size} process(es) on {p.device.type}{teacher_note}"
     )
-
-
-def build_student(
-    name: str,
-    *,
-    num_classes: int,
-    in_chans: int,
-    input_size: int | None,
-    drop_path: float,
-    native_size: int | None,
-    layer_scale_init: float | None = None,
-) -> tuple[nn.Module, int]:
-    """A DeiT by registered name, else a CNN (our small one, timm's or torchvision's); and its input size."""
-    if layer_scale_init is not None and (name not in MODELS or MODELS[name].layer_scale_init is None):
-        raise ValueError(f"model.layer_scale_init: {name} has no LayerScale; a DeiT III (deit3_*) has")
-    if name in MODELS:
-        kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
-        if layer_scale_init is not None:
-            kwargs["layer_scale_init"] = layer_scale_init
-        if input_size is not None:
-            kwargs["img_size"] = input_size
-        model = create_model(name, **kwargs)
-        return model, model.hparams["img_size"]
-    return create_cnn(name, num_classes=num_classes, in_chans=in_chans), input_size or native_size or 224
-
-
-def finetune(model: nn.Module, path: str) -> None:
-    """Start from the weights at `path`: a DeiT's pos_embed is resized and a head of another class count replaced;
-    a CNN takes the tensors that fit (at least half of them)."""
-    if hasattr(model, "pos_embed"):
-        load_weights(model, path)
-        return
-    sd = read_checkpoint(path).state_dict
-    own = model.state_dict()
-    fitting = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    if len(fitting) < len(own) // 2:
-        raise ValueError(f"{path} does not fit this model: only {len(fitting)} of {len(own)} tensors match")
-    model.load_state_dict(fitting, strict=False)
-    left = [k for k in own if k not in fitting]
-    if left:
-        log.warning(f"{path}: {len(left)} tensors left at their initialisation ({', '.join(left[:4])})")
 
 
 def _tensorboard(out: Path):

@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(sub)
     _add_benchmark(sub)
     _add_model_use(sub)
+    _add_serve(sub)
+    _add_export(sub)
     _add_shard(sub)
     parser.commands = sub.choices  # name -> the command's parser
     return parser
@@ -116,10 +118,7 @@ def _add_benchmark(sub) -> None:
 
 
 def _add_model_use(sub) -> None:
-    """The commands that work on a trained model: predict, attention, eval, export, convert."""
-    from ..export import FORMATS as EXPORT_FORMATS
-    from ..models.weights import LAYOUTS as WEIGHTS_LAYOUTS
-    from ..serve import BACKENDS as SERVE_BACKENDS
+    """The commands that read images with a trained model: predict, attention, eval."""
 
     p = model_command(sub, "predict", "top-k classes of images or folders of images with a trained model")
     p.add_argument(
@@ -145,6 +144,11 @@ def _add_model_use(sub) -> None:
     p.add_argument("--num_workers", type=count(0), default=2)
     p.set_defaults(func=commands.cmd_eval)
 
+
+def _add_serve(sub) -> None:
+    """deit serve: a trained model behind a REST API."""
+    from ..serve import BACKENDS as SERVE_BACKENDS
+
     p = model_command(sub, "serve", "a trained model behind a REST API: /v1/predict, /v1/attention, /v1/model")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on; another than this one needs --token")
     p.add_argument("--port", type=port_number, default=8000, help="0: a free port, named in the start-up line")
@@ -165,6 +169,12 @@ def _add_model_use(sub) -> None:
         help="torch (any weights) or onnx (a file of deit export); default: onnx for a .onnx file, else torch",
     )
     p.set_defaults(func=commands.cmd_serve)
+
+
+def _add_export(sub) -> None:
+    """A trained model written for other tools: export (ONNX), convert (deit, timm and HF layouts)."""
+    from ..export import FORMATS as EXPORT_FORMATS
+    from ..models.weights import LAYOUTS as WEIGHTS_LAYOUTS
 
     p = model_command(
         sub, "export", "a trained model as ONNX, checked in onnxruntime (safetensors: deit convert --to deit)"

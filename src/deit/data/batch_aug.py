@@ -197,7 +197,25 @@ class BatchAugment:
 
     def _geometry(self, b: int, h: int, w: int, ops, g: torch.Generator) -> torch.Tensor:
         """Per image, the affine map from output to source coordinates, in grid_sample's normalised form."""
-        # RandomResizedCrop's box (timm/torchvision: 10 tries at a random area and aspect, else a central crop)
+        left, top, cw, ch = self._crop_boxes(b, h, w, g)
+        flip = torch.rand(b, generator=g) < self.hflip
+        s = float(self.img_size)
+        # undo the flip, then map the crop (size s) onto its box in the source image
+        unflip = torch.eye(3).repeat(b, 1, 1)
+        unflip[flip, 0, 0], unflip[flip, 0, 2] = -1.0, s
+        box = torch.zeros(b, 3, 3)
+        box[:, 0, 0], box[:, 0, 2] = cw / s, left
+        box[:, 1, 1], box[:, 1, 2] = ch / s, top
+        box[:, 2, 2] = 1
+        pixel = box @ unflip @ _geometric_ops(b, s, ops)
+        # normalised coordinates (align_corners=False): u = 2 p / size - 1 on both sides
+        to_pixel = torch.tensor([[s / 2, 0, s / 2], [0, s / 2, s / 2], [0, 0, 1.0]])
+        to_norm = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1.0]])
+        return (to_norm @ pixel @ to_pixel)[:, :2]
+
+    def _crop_boxes(self, b: int, h: int, w: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """RandomResizedCrop's box per image, (left, top, width, height): timm/torchvision's 10 tries at a random
+        area and aspect, else a central crop of the aspect clamped to the range."""
         area = h * w
         tries = 10
         target = torch.empty(b, tries).uniform_(*self.scale, generator=g) * area
@@ -219,45 +237,7 @@ class BatchAugment:
         left = torch.floor(torch.rand(b, generator=g) * (w - cw + 1))
         top = torch.where(any_fit, top, float((h - fh) // 2))
         left = torch.where(any_fit, left, float((w - fw) // 2))
-        flip = torch.rand(b, generator=g) < self.hflip
-
-        s = float(self.img_size)
-        # output pixel coordinates (pixel i spans [i, i + 1)) -> RandAugment's input, as 3x3 matrices
-        m = torch.eye(3).repeat(b, 1, 1)
-        for layer in ops:
-            for name, (chosen, level) in layer.items():
-                if name not in _GEOMETRIC:
-                    continue
-                step = torch.eye(3).repeat(b, 1, 1)
-                if name == "Rotate":  # PIL's rotate: counter-clockwise about the centre
-                    a = -torch.deg2rad(level)
-                    cos, sin = torch.cos(a), torch.sin(a)
-                    step[:, 0, 0], step[:, 0, 1], step[:, 1, 0], step[:, 1, 1] = cos, sin, -sin, cos
-                    step[:, 0, 2] = s / 2 - cos * s / 2 - sin * s / 2
-                    step[:, 1, 2] = s / 2 + sin * s / 2 - cos * s / 2
-                elif name == "ShearX":
-                    step[:, 0, 1] = level
-                elif name == "ShearY":
-                    step[:, 1, 0] = level
-                elif name in ("TranslateX", "TranslateXRel"):
-                    step[:, 0, 2] = level * (s if name.endswith("Rel") else 1)
-                else:
-                    step[:, 1, 2] = level * (s if name.endswith("Rel") else 1)
-                step[~chosen] = torch.eye(3)
-                # output -> input of the last op first: the maps compose in layer order
-                m = m @ step
-        # undo the flip, then map the crop (size s) onto its box in the source image
-        unflip = torch.eye(3).repeat(b, 1, 1)
-        unflip[flip, 0, 0], unflip[flip, 0, 2] = -1.0, s
-        box = torch.zeros(b, 3, 3)
-        box[:, 0, 0], box[:, 0, 2] = cw / s, left
-        box[:, 1, 1], box[:, 1, 2] = ch / s, top
-        box[:, 2, 2] = 1
-        pixel = box @ unflip @ m
-        # normalised coordinates (align_corners=False): u = 2 p / size - 1 on both sides
-        to_pixel = torch.tensor([[s / 2, 0, s / 2], [0, s / 2, s / 2], [0, 0, 1.0]])
-        to_norm = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1.0]])
-        return (to_norm @ pixel @ to_pixel)[:, :2]
+        return left, top, cw, ch
 
     def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """torchvision's ColorJitter(v, v, v): brightness, contrast, saturation factors in [1 - v, 1 + v], in a
@@ -309,6 +289,35 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     return ((0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) * 255).round() / 255
+
+
+def _geometric_ops(b: int, s: float, ops) -> torch.Tensor:
+    """RandAugment's geometric ops drawn for each image, as one 3x3 map per image from output pixel coordinates
+    (pixel i spans [i, i + 1)) to the ops' input; an op not chosen for an image is the identity there."""
+    m = torch.eye(3).repeat(b, 1, 1)
+    for layer in ops:
+        for name, (chosen, level) in layer.items():
+            if name not in _GEOMETRIC:
+                continue
+            step = torch.eye(3).repeat(b, 1, 1)
+            if name == "Rotate":  # PIL's rotate: counter-clockwise about the centre
+                a = -torch.deg2rad(level)
+                cos, sin = torch.cos(a), torch.sin(a)
+                step[:, 0, 0], step[:, 0, 1], step[:, 1, 0], step[:, 1, 1] = cos, sin, -sin, cos
+                step[:, 0, 2] = s / 2 - cos * s / 2 - sin * s / 2
+                step[:, 1, 2] = s / 2 + sin * s / 2 - cos * s / 2
+            elif name == "ShearX":
+                step[:, 0, 1] = level
+            elif name == "ShearY":
+                step[:, 1, 0] = level
+            elif name in ("TranslateX", "TranslateXRel"):
+                step[:, 0, 2] = level * (s if name.endswith("Rel") else 1)
+            else:
+                step[:, 1, 2] = level * (s if name.endswith("Rel") else 1)
+            step[~chosen] = torch.eye(3)
+            # output -> input of the last op first: the maps compose in layer order
+            m = m @ step
+    return m
 
 
 def _colour_op(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,8 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    context = multiprocessing.get_context("spawn")
     cores = os.cpu_count() or 1
     lanes = max(1, min(lanes or min(cores, 4), len(jobs)))
-    threads = max(1, cores // lanes)
     columns = [
         TextColumn("{task.description:<36}"),
         BarColumn(),
@@ -42,9 +40,10 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
     pending, running, seconds, free, workers, told = list(jobs), {}, {}, [], [], False
     try:
         # one process per lane, each taking up job after job: torch is imported once per lane, not once per run
+        context = multiprocessing.get_context("spawn")
         for _ in range(lanes):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_lane, args=(theirs, threads))
+            process = context.Process(target=_lane, args=(theirs, max(1, cores // lanes)))
             process.start()
             theirs.close()
             workers.append((process, ours))
@@ -60,26 +59,11 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
                         running[job.name] = (job, worker, time.perf_counter())
                 time.sleep(0.5)
                 for name, (job, worker, started) in list(running.items()):
-                    process, pipe = worker
-                    if job.cache_only:
-                        made = len(list(Path(job.cfg.distill.teacher_cache).glob("epoch_*")))
-                        bar.update(tasks[name], completed=made, info="teacher outputs")
-                    else:
-                        log = read_log(out / name / "log.jsonl")
-                        info = f"top-1 {log[-1]['test_acc1']:.1f}%" if log else "starting"
-                        bar.update(tasks[name], completed=len(log), info=info)
-                    if process.is_alive() and not pipe.poll():
-                        continue
-                    try:
-                        outcome = pipe.recv() if pipe.poll() else ("error", "bug", f"exit code {process.exitcode}")
-                    except EOFError:  # it ended as it answered
-                        outcome = ("error", "bug", f"exit code {process.exitcode}")
-                    del running[name]
-                    if outcome[0] != "ok":  # bad input stays a one-line error; anything else is a bug to show
-                        kind = ValueError if outcome[1] == "input" else RuntimeError
-                        raise kind(f"the {name} run failed: {outcome[2]} (its output: {out / name / 'train.out'})")
-                    seconds[name] = round(time.perf_counter() - started, 1)
-                    free.append(worker)
+                    bar.update(tasks[name], **_progress(job, out))
+                    if _ended(worker, name, out):
+                        del running[name]
+                        seconds[name] = round(time.perf_counter() - started, 1)
+                        free.append(worker)
         for _, pipe in free:  # done: each lane ends when told
             with contextlib.suppress(OSError):
                 pipe.send(None)
@@ -93,6 +77,29 @@ def train_side_by_side(jobs: list[Job], out: Path, lanes: int | None = None) -> 
             log = read_log(out / job.name / "log.jsonl")
             done[job.name].update(acc1=log[-1]["test_acc1"], n_parameters=log[-1]["n_parameters"], log=log)
     return done
+
+
+def _progress(job: Job, out: Path) -> dict:
+    """How far a running job is: a cache by its epoch files, a training run by its log."""
+    if job.cache_only:
+        return {"completed": len(list(Path(job.cfg.distill.teacher_cache).glob("epoch_*"))), "info": "teacher outputs"}
+    log = read_log(out / job.name / "log.jsonl")
+    return {"completed": len(log), "info": f"top-1 {log[-1]['test_acc1']:.1f}%" if log else "starting"}
+
+
+def _ended(worker: tuple, name: str, out: Path) -> bool:
+    """Whether the lane's job has ended; a failure raised: bad input as a one-line error, anything else as a bug."""
+    process, pipe = worker
+    if process.is_alive() and not pipe.poll():
+        return False
+    try:
+        outcome = pipe.recv() if pipe.poll() else ("error", "bug", f"exit code {process.exitcode}")
+    except EOFError:  # it ended as it answered
+        outcome = ("error", "bug", f"exit code {process.exitcode}")
+    if outcome[0] != "ok":
+        kind = ValueError if outcome[1] == "input" else RuntimeError
+        raise kind(f"the {name} run failed: {outcome[2]} (its output: {out / name / 'train.out'})")
+    return True
 
 
 def _stop(processes: list, grace: float = 10.0, wait: float = 0.0) -> None:

@@ -31,6 +31,22 @@ SHUTDOWN_GRACE_S = 5
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
+def _error_responses(schemas, body_timeout_s: float) -> dict:
+    """The errors every upload route may answer, as OpenAPI documents them."""
+    return {
+        status: {"model": schemas.Error, "description": text}
+        for status, text in (
+            (400, "a multipart form that cannot be read"),
+            (401, "missing or wrong token"),
+            (408, f"the body took more than {body_timeout_s:g} s to arrive"),
+            (413, "an upload over the byte, file or pixel limit"),
+            (415, "neither a multipart form nor an image body"),
+            (422, "not an image, truncated, empty, or in another form field"),
+            (503, "the server is stopping"),
+        )
+    }
+
+
 def create_app(
     served: Model,
     *,
@@ -47,18 +63,7 @@ def create_app(
     check_token_text(token)
 
     schemas = _schemas()
-    errors = {
-        status: {"model": schemas.Error, "description": text}
-        for status, text in (
-            (400, "a multipart form that cannot be read"),
-            (401, "missing or wrong token"),
-            (408, f"the body took more than {body_timeout_s:g} s to arrive"),
-            (413, "an upload over the byte, file or pixel limit"),
-            (415, "neither a multipart form nor an image body"),
-            (422, "not an image, truncated, empty, or in another form field"),
-            (503, "the server is stopping"),
-        )
-    }
+    errors = _error_responses(schemas, body_timeout_s)
 
     batcher = Batcher(served.topk, max_batch=max_batch, wait_ms=wait_ms)
     stopping = Stopping()

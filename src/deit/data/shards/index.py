@@ -204,49 +204,63 @@ def _index_problem(index) -> str | None:
     splits = index.get("splits")
     if not isinstance(splits, dict) or not splits or any(s not in SPLITS for s in splits):
         return f"splits must map {' and/or '.join(SPLITS)} to their shards"
-    owner: dict[str, str] = {}
+    owner: dict[str, str] = {}  # shard name -> the split listing it
     for split, entry in splits.items():
-        shards = entry.get("shards") if isinstance(entry, dict) else None
-        if not isinstance(shards, list) or not shards:
-            return f"split {split} lists no shards"
-        if len(shards) > MAX_SHARDS:
-            return f"split {split} lists {len(shards):,} shards, over the {MAX_SHARDS:,} a split may have"
-        every = entry.get("seek_every", SEEK_EVERY)
-        if not (_count(every, 10**9) and every >= 1):
-            return f"split {split}: seek_every={_shown(every)} is not a positive count of samples"
-        for shard in shards:
-            if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
-                return f"split {split}: a shard without a name"
-            name = shard["name"]
-            if not SHARD_NAME.match(name):
-                return f"split {split}: shard name {name[:60]!r} is not a plain .tar file name"
-            if name in owner:  # read twice, its samples would count twice (or leak from val into train)
-                return f"shard {name} is listed twice (in {owner[name]} and in {split})"
-            owner[name] = split
-            n = shard.get("samples")
-            if not _count(n, 10**9):
-                return f"split {split}: shard {name} has samples={_shown(n)}, not a count"
-            seeks = shard.get("seeks", [])
-            if not (
-                isinstance(seeks, list)
-                and all(_count(o, 2**62) for o in seeks)
-                and (not seeks or (seeks[0] == 0 and len(seeks) == -(-n // every)))
-                and all(a < b for a, b in zip(seeks, seeks[1:]))
-            ):
-                return f"split {split}: shard {name} has seeks that are not its samples' offsets"
-        total = sum(s["samples"] for s in shards)
-        if entry.get("samples") != total:
-            return f"split {split}: samples={_shown(entry.get('samples'))} is not the sum of its shards' counts"
-        counts = entry.get("class_counts")
-        if counts is not None and not (
-            isinstance(counts, list)
-            and len(counts) == len(names)
-            and all(_count(c, 10**9) for c in counts)
-            and sum(counts) == total
-        ):
-            return f"split {split}: class_counts must give each of the {len(names)} classes a count, {total} in all"
-        if not isinstance(entry.get("labels_digest"), str):
-            return f"split {split}: no labels_digest"
+        problem = _split_problem(split, entry, len(names), owner)
+        if problem:
+            return problem
+    return None
+
+
+def _split_problem(split: str, entry, num_classes: int, owner: dict[str, str]) -> str | None:
+    shards = entry.get("shards") if isinstance(entry, dict) else None
+    if not isinstance(shards, list) or not shards:
+        return f"split {split} lists no shards"
+    if len(shards) > MAX_SHARDS:
+        return f"split {split} lists {len(shards):,} shards, over the {MAX_SHARDS:,} a split may have"
+    every = entry.get("seek_every", SEEK_EVERY)
+    if not (_count(every, 10**9) and every >= 1):
+        return f"split {split}: seek_every={_shown(every)} is not a positive count of samples"
+    for shard in shards:
+        problem = _shard_problem(split, shard, every, owner)
+        if problem:
+            return problem
+    total = sum(s["samples"] for s in shards)
+    if entry.get("samples") != total:
+        return f"split {split}: samples={_shown(entry.get('samples'))} is not the sum of its shards' counts"
+    counts = entry.get("class_counts")
+    if counts is not None and not (
+        isinstance(counts, list)
+        and len(counts) == num_classes
+        and all(_count(c, 10**9) for c in counts)
+        and sum(counts) == total
+    ):
+        return f"split {split}: class_counts must give each of the {num_classes} classes a count, {total} in all"
+    if not isinstance(entry.get("labels_digest"), str):
+        return f"split {split}: no labels_digest"
+    return None
+
+
+def _shard_problem(split: str, shard, every: int, owner: dict[str, str]) -> str | None:
+    if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
+        return f"split {split}: a shard without a name"
+    name = shard["name"]
+    if not SHARD_NAME.match(name):
+        return f"split {split}: shard name {name[:60]!r} is not a plain .tar file name"
+    if name in owner:  # read twice, its samples would count twice (or leak from val into train)
+        return f"shard {name} is listed twice (in {owner[name]} and in {split})"
+    owner[name] = split
+    n = shard.get("samples")
+    if not _count(n, 10**9):
+        return f"split {split}: shard {name} has samples={_shown(n)}, not a count"
+    seeks = shard.get("seeks", [])
+    if not (
+        isinstance(seeks, list)
+        and all(_count(o, 2**62) for o in seeks)
+        and (not seeks or (seeks[0] == 0 and len(seeks) == -(-n // every)))
+        and all(a < b for a, b in zip(seeks, seeks[1:]))
+    ):
+        return f"split {split}: shard {name} has seeks that are not its samples' offsets"
     return None
 
 
