@@ -100,14 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     run_demo(
-        data_set=args.data_set,
-        data_path=args.data_path,
-        output_dir=args.output_dir,
-        quick=args.quick,
-        seed=args.seed,
-        vit_teacher=args.vit_teacher,
-        num_workers=args.num_workers,
-        lanes=args.lanes,
+        **_given(args, "data_set", "data_path", "output_dir", "quick", "seed", "vit_teacher", "num_workers", "lanes")
     )
     return 0
 
@@ -118,15 +111,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from ..benchmark import PARTS, run_benchmark, save_record
 
     record = run_benchmark(
-        preset=args.preset,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        rounds=args.rounds,
-        steps=args.steps,
+        **_given(args, "preset", "device", "precision", "batch_size", "rounds", "steps", "num_workers", "data_images"),
         compile_models=args.compile,
-        num_workers=args.num_workers,
-        data_images=args.data_images,
         parts=tuple(args.parts),
     )
     if args.out:  # a subset of the parts is named by them: a script running parts one by one keeps each record
@@ -266,3 +252,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
             f"({total / 1e6:,.1f} MB) in {out}{left}"
         )
     return 0
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The named flags' values, as keyword arguments of the same names."""
+    return {name: getattr(args, name) for name in names}

@@ -82,9 +82,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag_name(f.name), type=_parse_type(f.type), metavar=f.name.upper(), **kwargs)
 
 
+def command(sub, name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command whose flags are spelled out in full (no abbreviations: a new flag never changes an old one)."""
+    return sub.add_parser(name, help=help_text, description=description, allow_abbrev=False)
+
+
 def model_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     """A sub-command that works on a trained model: --weights (any format) and --model."""
-    p = sub.add_parser(name, help=help_text, allow_abbrev=False)
+    p = command(sub, name, help_text)
     p.add_argument("--weights", required=True, help="a checkpoint of `deit train`, or DeiT weights in any format")
     p.add_argument("--model", default=None, help="architecture name, when the weights do not make it clear")
     return p

@@ -7,7 +7,7 @@ import logging
 
 from ..failures import run_command
 from . import commands
-from .flags import Parser, add_config_flags, count, model_command, port_number
+from .flags import Parser, add_config_flags, command, count, model_command, port_number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "demo",
-        help="what distillation is for, on shipped digits in minutes on a CPU: few labels, a CNN teacher",
-        description="For 10, 100 and all labels per class: a CNN teacher on the labelled images, the same small "
+        "what distillation is for, on shipped digits in minutes on a CPU: few labels, a CNN teacher",
+        "For 10, 100 and all labels per class: a CNN teacher on the labelled images, the same small "
         "DeiT on them alone, and distilled (hard, hard + attention) on them and the unlabelled rest; with every "
         "label, the paper's Table 3 (soft too). Writes report.md, results.json, curve.png and pictures.",
-        allow_abbrev=False,
     )
     p.add_argument("--data-set", default="mnist5k", help="a built-in (mnist5k, digits, fashion-mnist, ...) or folder")
     p.add_argument(
@@ -78,7 +78,7 @@ def _add_training(sub) -> None:
             "--teacher-cache DIR read the teacher's outputs instead of running it. An unfinished cache is completed.",
         ),
     ):
-        p = sub.add_parser(name, help=short, description=long, allow_abbrev=False)
+        p = command(sub, name, short, long)
         p.add_argument("--config", default=None, help="YAML preset: sections model, data, aug, optim, distill, run")
         add_config_flags(p)
         p.set_defaults(func=func)
@@ -88,11 +88,11 @@ def _add_benchmark(sub) -> None:
     from ..benchmark import PARTS
     from ..distributed import PRECISIONS
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "benchmark",
-        help="time inference, the train step, distilled steps (teacher online / cached) and the data pipeline "
+        "time inference, the train step, distilled steps (teacher online / cached) and the data pipeline "
         "against timm, in one run",
-        allow_abbrev=False,
     )
     p.add_argument(
         "--preset",
@@ -192,13 +192,13 @@ def _add_export(sub) -> None:
 
 
 def _add_shard(sub) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "shard",
-        help="write a folder of images (or a built-in data set) as WebDataset tar shards for --data-set wds",
-        description="Writes SRC's train/ and val/ class folders (or a folder of class folders, or a built-in data "
+        "write a folder of images (or a built-in data set) as WebDataset tar shards for --data-set wds",
+        "Writes SRC's train/ and val/ class folders (or a folder of class folders, or a built-in data "
         "set) as OUT/{split}-NNNNNN.tar, each image's own bytes with its class, shuffled across shards, and "
         "OUT/index.json (class names, samples per shard). Interrupted, it keeps the shards it finished.",
-        allow_abbrev=False,
     )
     p.add_argument("src", help="a folder with train/ and val/ class folders, a folder of class folders, or a built-in")
     p.add_argument("out", help="the folder for the shards and index.json")
