@@ -18,12 +18,13 @@ from .files import write_text
 from .stopping import loader_worker_init
 
 
-@torch.inference_mode()
-def evaluation_report(
+def validation_batches(
     model: torch.nn.Module, data_set: str, data_path: str | None, *, batch_size: int = 128, num_workers: int = 2
-) -> dict:
-    """Evaluate on the validation split of a data set, preprocessed as the model's training data was."""
-    model = model.eval()
+):
+    """The validation split of a data set as (images, targets, unreadable) batches, prepared as the model's training
+    data was evaluated (its saved data config: size, crop ratio, interpolation, normalisation, intensity), and its
+    class names. Every evaluation of a trained model reads its images through here, or through the same transform
+    (`deit predict`), so that each gives the top-1 its run logged."""
     prep = preprocessing(model)
     val, info = build_dataset(
         canonical_name(data_set), data_path, False, grayscale=model.hparams["in_chans"] == 1, intensity=prep.intensity
@@ -46,11 +47,18 @@ def evaluation_report(
     # an unreadable file is left out and counted, never replaced by another image
     options = dict(num_workers=num_workers, worker_init_fn=loader_worker_init)
     if isinstance(val, ShardSet):
-        loader = shard_loader(
-            EvalStream(val, rank=0, world_size=1, batch_size=batch_size, workers=num_workers), options
-        )
-    else:
-        loader = DataLoader(val, batch_size=batch_size, collate_fn=collate_readable, **options)
+        stream = EvalStream(val, rank=0, world_size=1, batch_size=batch_size, workers=num_workers)
+        return shard_loader(stream, options), names
+    return DataLoader(val, batch_size=batch_size, collate_fn=collate_readable, **options), names
+
+
+@torch.inference_mode()
+def evaluation_report(
+    model: torch.nn.Module, data_set: str, data_path: str | None, *, batch_size: int = 128, num_workers: int = 2
+) -> dict:
+    """Evaluate on the validation split of a data set, preprocessed as the model's training data was."""
+    model = model.eval()
+    loader, names = validation_batches(model, data_set, data_path, batch_size=batch_size, num_workers=num_workers)
     n = model.num_classes
     confusion = torch.zeros(n, n, dtype=torch.long)
     top5 = unreadable = 0

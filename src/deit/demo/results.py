@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import build_dataset, canonical_name
+from ..data.datasets import canonical_name
 from ..distributed import machine
-from ..models.registry import MODELS
 from .plan import DISTILLED_STUDENT, STUDY_ORDER, TEACHER_MODEL, Job, table3_jobs
 
 
@@ -17,8 +16,7 @@ def gather_results(
     out: Path, jobs: list[Job], done: dict, per_class: int, *, data_set: str, data_path, seed: int, quick: bool
 ) -> dict:
     """results.json: the teacher, Table 3's students, the curve and the heads."""
-    test = test_batches(data_set, data_path, MODELS[DISTILLED_STUDENT].img_size)
-    curve, heads = curve_and_heads(out, jobs, done, per_class, test)
+    curve, heads = curve_and_heads(out, jobs, done, per_class, data_set, data_path)
     teacher = done["teacher_all"]
     return {
         "data_set": canonical_name(data_set),
@@ -44,7 +42,9 @@ def gather_results(
     }
 
 
-def curve_and_heads(out: Path, jobs: list[Job], done: dict, per_class: int, test) -> tuple[list, list]:
+def curve_and_heads(
+    out: Path, jobs: list[Job], done: dict, per_class: int, data_set: str, data_path: str | None
+) -> tuple[list, list]:
     """Each study run's top-1 at its count of labels; each distilled student's heads read alone."""
     curve, heads = [], []
     for job in jobs:
@@ -56,7 +56,7 @@ def curve_and_heads(out: Path, jobs: list[Job], done: dict, per_class: int, test
         point = {"labels_per_class": n, "method": method}
         curve.append({**point, "acc1": result["acc1"], "train_seconds": result["train_seconds"]})
         if job.row["model"] == DISTILLED_STUDENT:
-            heads.append({**point, **head_accuracy(out / job.name, test)})
+            heads.append({**point, **head_accuracy(out / job.name, data_set, data_path)})
 
     def order(p):
         return p["labels_per_class"], STUDY_ORDER.index(p["method"])
@@ -64,28 +64,20 @@ def curve_and_heads(out: Path, jobs: list[Job], done: dict, per_class: int, test
     return sorted(curve, key=order), sorted(heads, key=order)
 
 
-def test_batches(data_set: str, data_path: str | None, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The test split as normalised (images, targets) batches at `size` px, read once for every student."""
-    from ..data.sampling import EvalBatches
-
-    val, info = build_dataset(data_set, data_path, False)
-    if not hasattr(val, "tensor") or val.images.shape[1] != size:  # a folder: read through the eval transform
-        from ..data import eval_transform
-
-        val.transform = eval_transform(size, mean=info.mean, std=info.std, crop_ratio=1.0)
-        return [(torch.stack([val[i][0] for i in range(len(val))]), torch.as_tensor(val.targets))]
-    return list(EvalBatches(val.tensor(), val.targets, mean=info.mean, std=info.std, batch_size=500))
-
-
 @torch.no_grad()
-def head_accuracy(run: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+def head_accuracy(run: Path, data_set: str, data_path: str | None) -> dict:
     """Test top-1 (%) of a distilled student's class head, distillation head, and their average (what the model
-    answers in eval mode)."""
+    answers in eval mode: the top-1 its run logged and `deit eval` gives), on the test images prepared as its run
+    evaluated them."""
+    from ..evaluation import validation_batches
     from ..models import create_model
 
     model = create_model(pretrained=run / "checkpoint.pth").eval()
+    batches, _ = validation_batches(model, data_set, data_path, batch_size=500, num_workers=0)
     hits, count = torch.zeros(3), 0
-    for images, targets in batches:
+    for images, targets, _ in batches:
+        if images is None:
+            continue
         tokens = model.forward_features(images)
         cls, dist = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
         for i, logits in enumerate((cls, dist, (cls + dist) / 2)):
