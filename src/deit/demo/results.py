@@ -3,6 +3,7 @@ labels, and each distilled student's two heads read alone on the test set."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ def curve_and_heads(
 ) -> tuple[list, list]:
     """Each study run's top-1 at its count of labels; each distilled student's heads read alone."""
     curve, heads = [], []
+    prepared: dict = {}  # the test images read once for every student prepared alike
     for job in jobs:
         method = job.row.get("curve")  # the study's runs (soft and the ViT teacher are Table-3 rows alone)
         if method is None:
@@ -56,7 +58,7 @@ def curve_and_heads(
         point = {"labels_per_class": n, "method": method}
         curve.append({**point, "acc1": result["acc1"], "train_seconds": result["train_seconds"]})
         if job.row["model"] == DISTILLED_STUDENT:
-            heads.append({**point, **head_accuracy(out / job.name, data_set, data_path)})
+            heads.append({**point, **head_accuracy(out / job.name, data_set, data_path, prepared)})
 
     def order(p):
         return p["labels_per_class"], STUDY_ORDER.index(p["method"])
@@ -65,19 +67,22 @@ def curve_and_heads(
 
 
 @torch.no_grad()
-def head_accuracy(run: Path, data_set: str, data_path: str | None) -> dict:
+def head_accuracy(run: Path, data_set: str, data_path: str | None, prepared: dict | None = None) -> dict:
     """Test top-1 (%) of a distilled student's class head, distillation head, and their average (what the model
     answers in eval mode: the top-1 its run logged and `deit eval` gives), on the test images prepared as its run
-    evaluated them."""
+    evaluated them. `prepared` keeps the test batches of each preparation (the model's input size, channels and
+    data config) for the next student."""
     from ..evaluation import validation_batches
     from ..models import create_model
 
     model = create_model(pretrained=run / "checkpoint.pth").eval()
-    batches, _ = validation_batches(model, data_set, data_path, batch_size=500, num_workers=0)
+    prepared = {} if prepared is None else prepared
+    key = json.dumps([model.hparams["img_size"], model.hparams["in_chans"], model.data_config], sort_keys=True)
+    if key not in prepared:
+        loader, _ = validation_batches(model, data_set, data_path, batch_size=500, num_workers=0)
+        prepared[key] = [(images, targets) for images, targets, _ in loader if images is not None]
     hits, count = torch.zeros(3), 0
-    for images, targets, _ in batches:
-        if images is None:
-            continue
+    for images, targets in prepared[key]:
         tokens = model.forward_features(images)
         cls, dist = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
         for i, logits in enumerate((cls, dist, (cls + dist) / 2)):
