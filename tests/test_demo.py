@@ -105,6 +105,35 @@ def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(t
     assert [s["method"] for s in results["students"]] == [label for label, _, _ in METHODS]
 
 
+def test_every_data_set_gets_the_demos_settings_but_mirroring(tmp_path):
+    # one set of settings for every data set, built-in or a folder: only whether a mirror image keeps its class
+    # (digits: no) follows the data; each set's own defaults (e.g. a folder's CutMix and 0.875 crop) are overridden
+    from dataclasses import asdict
+
+    from deit.data.datasets import dataset_defaults
+    from deit.demo.plan import LABELS, study_jobs
+
+    targets = [c for c in range(10) for _ in range(400)]
+    settings = {}
+    for data_set in ("mnist5k", "fashion-mnist", "folder"):
+        common = {"data.data_set": data_set, "data.data_path": str(tmp_path), "run.seed": 0}
+        for job in study_jobs(tmp_path / data_set, common, targets, LABELS):
+            cfg = job.cfg.with_defaults(dataset_defaults(data_set))
+            aug = asdict(cfg.aug)
+            settings.setdefault(job.name, {})[data_set] = (
+                aug.pop("hflip"),
+                aug,
+                asdict(cfg.optim),
+                cfg.run.epochs,
+                cfg.run.batch_size,
+            )
+    assert len(settings) == 16  # 3 label counts x (teacher, its cache, 3 students), and soft with every label
+    for name, by_set in settings.items():
+        assert by_set["mnist5k"][0] == 0.0 and by_set["fashion-mnist"][0] == by_set["folder"][0] == 0.5, name
+        assert by_set["mnist5k"][1:] == by_set["fashion-mnist"][1:] == by_set["folder"][1:], name
+        assert (by_set["folder"][1]["cutmix"], by_set["folder"][1]["eval_crop_ratio"]) == (0.0, 1.0), name
+
+
 def test_a_failing_student_is_reported_in_one_line(tmp_path):
     values, explicit = merge(
         {},
