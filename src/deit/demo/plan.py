@@ -68,7 +68,7 @@ STUDENTS = {
     "optim.warmup_epochs": 1.0,
     "optim.model_ema": False,
     "aug.aa": None,
-    "aug.crop_scale": 0.75,
+    "aug.crop_scale": 0.9,  # 0.75: every student lower with every label (fashion-mnist, docs/few-labels.md)
     "aug.reprob": 0.1,
     "aug.mixup": 0.0,
     "model.drop_path": 0.0,
