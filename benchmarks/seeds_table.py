@@ -1,0 +1,90 @@
+"""Markdown tables from `demo_seeds.py` records: each point of the study per seed with mean and spread, then the
+best distilled student at each count of labels against the DeiT alone and against its teacher.
+
+    python benchmarks/seeds_table.py benchmarks/results/demo_seeds_mnist5k_*.json [more records]
+
+A margin counts as shown when its mean is larger than the larger seed spread of the two rows it compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+NAMES = {
+    "teacher": "teacher (small_cnn), labelled images",
+    "none": "DeiT alone, labelled images",
+    "hard": "DeiT, hard distillation, + unlabelled",
+    "hard + attention": "DeiT, hard + attention, + unlabelled",
+}
+DISTILLED = ("hard", "hard + attention")
+
+
+def curve_table(record: dict) -> str:
+    seeds = record["seeds"]
+    lines = [
+        "| labels per class | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread |",
+        "|---|---|" + "---|" * len(seeds) + "---|---|",
+    ]
+    for p in record["curve"]:
+        values = " | ".join(f"{v:.1f}" for v in p["acc1"])
+        name = NAMES.get(p["method"], p["method"])
+        lines.append(f"| {p['labels_per_class']} | {name} | {values} | {p['mean']:.1f} | {p['spread']:.1f} |")
+    return "\n".join(lines)
+
+
+def margins(record: dict) -> list[dict]:
+    """Per count of labels: the distilled student with the best mean, its margins (means) and the spreads."""
+    at = {(p["labels_per_class"], p["method"]): p for p in record["curve"]}
+    rows = []
+    for n in sorted({p["labels_per_class"] for p in record["curve"]}):
+        best = max(DISTILLED, key=lambda m: at[n, m]["mean"])
+        student, alone, teacher = at[n, best], at[n, "none"], at[n, "teacher"]
+        over_alone = statistics.mean(s - a for s, a in zip(student["acc1"], alone["acc1"]))
+        to_teacher = statistics.mean(s - t for s, t in zip(student["acc1"], teacher["acc1"]))
+        rows.append(
+            {
+                "labels_per_class": n,
+                "best": best,
+                "student": student["mean"],
+                "alone": alone["mean"],
+                "teacher": teacher["mean"],
+                "over_alone": round(over_alone, 2),
+                "alone_spread": max(student["spread"], alone["spread"]),
+                "to_teacher": round(to_teacher, 2),
+                "teacher_spread": max(student["spread"], teacher["spread"]),
+            }
+        )
+    return rows
+
+
+def margin_table(record: dict) -> str:
+    lines = [
+        "| labels per class | best distilled | its top-1 | minus DeiT alone (larger spread) "
+        "| minus teacher (larger spread) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in margins(record):
+        lines.append(
+            f"| {r['labels_per_class']} | {r['best']} | {r['student']:.1f} | {r['over_alone']:+.1f} "
+            f"({r['alone_spread']:.1f}) | {r['to_teacher']:+.1f} ({r['teacher_spread']:.1f}) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", type=Path)
+    args = parser.parse_args()
+    for path in args.records:
+        record = json.loads(path.read_text())
+        seconds = ", ".join(f"seed {s}: {t:.0f} s" for s, t in record["seconds"].items())
+        print(f"## {record['data_set']} ({record['machine']}, {record['date']}; {seconds})\n")
+        print(curve_table(record) + "\n")
+        print(margin_table(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
