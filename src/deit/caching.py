@@ -32,6 +32,7 @@ def open_cache(p: Pieces) -> TeacherCache:
         env.world_size,
         p.views.augment,
         p.img_size,
+        p.input_path,
     )
     can_fill = p.teacher is not None
     cache = TeacherCache.open_or_create(folder, spec, create=can_fill) if env.is_main else None
@@ -97,6 +98,7 @@ def cache_spec(
     world_size: int,
     augment=None,
     img_size: int | None = None,
+    input_path: str = "loader",
 ) -> CacheSpec:
     """What a teacher cache must have been made for to serve this run (see `distill/cache.py`)."""
     aug = cfg.aug
@@ -118,6 +120,7 @@ def cache_spec(
             transform=tuple(line.strip() for t in transform for line in repr(t).splitlines()),
             mixup=aug.mixup_settings(),
             batch_aug=augment is not None,
+            input_path="device" if input_path == "device" else "loader",
             repeated_aug=aug.repeated_aug and world_size > 1,
             batch_size=cfg.run.batch_size,
             world_size=world_size,

@@ -29,18 +29,28 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class Views:
-    """How a loader's batch becomes what the model sees: on the device, batch-augmented (`BatchAugment`) and mixed
-    (timm's Mixup/CutMix) under the batch's seed, `seed(epoch, step)` (the step when None)."""
+    """How a loader's batch becomes what the model sees: on the device, decoded and cropped (`decode`, the device
+    input path), batch-augmented (`BatchAugment`) and mixed (timm's Mixup/CutMix) under the batch's seed,
+    `seed(epoch, step)` (the step when None)."""
 
     device: torch.device
     augment: Callable | None = None
     mixup: Callable | None = None
     seed: Callable[[int, int], int] | None = None
+    decode: Callable | None = None  # `device_views.DeviceDecoder`: encoded images -> (crops, order)
+
+    def counts(self) -> dict[str, int]:
+        """What the decoder counted since the last call: images decoded on the CPU, images no decoder read."""
+        return self.decode.take_counts() if self.decode is not None else {}
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int):
         """(images, targets, labelled): `labelled` is None when every image has its label; else a bool mask of those
         that have one (target -1 marks an image without, `--unlabelled`). Under Mixup/CutMix an image is labelled
         when both images mixed into it were (timm pairs image i with image B - 1 - i)."""
+        if self.decode is not None and not isinstance(images, torch.Tensor):
+            images, order = self.decode(images)
+            if order is not None:  # an image nothing could read: another's view, and its target, in its place
+                targets = targets[order]
         labelled = None
         if not targets.is_floating_point() and bool((targets < 0).any()):  # still on the host: no device sync
             labelled = (targets >= 0).to(self.device, non_blocking=True)
@@ -82,6 +92,7 @@ def train_one_epoch(
     `teacher_cache`, the teacher's outputs for each batch's views are read from it.
     """
     model.train()
+    views.counts()  # the decoder's counts from before this epoch (a teacher cache's pass) are not its own
     sums: dict[str, torch.Tensor] = {}
     images_seen, skipped = 0, 0
     bar, task = progress(f"epoch {epoch}", len(loader), show_progress)
@@ -118,12 +129,12 @@ def train_one_epoch(
     elapsed = time.perf_counter() - start
     steps = max(len(loader), 1)
     stats = {f"train_{key}" if key == "loss" else key: (value / steps).item() for key, value in sums.items()}
-    stats.update(
-        lr=updates.lr,
-        images_per_s=images_seen / elapsed,
-        train_seconds=elapsed,
-        skipped_images=int(all_reduce_sum(torch.tensor([skipped], dtype=torch.float64)).item()),
-    )
+    decoded = views.counts()
+    counted = torch.tensor([skipped + decoded.get("unreadable", 0), decoded.get("cpu_decoded", 0)], dtype=torch.float64)
+    skipped, cpu_decoded = (int(n) for n in all_reduce_sum(counted).tolist())
+    stats.update(lr=updates.lr, images_per_s=images_seen / elapsed, train_seconds=elapsed, skipped_images=skipped)
+    if views.decode is not None:
+        stats["cpu_decoded_images"] = cpu_decoded
     return stats
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def printable(text: str) -> str:
     """`text` with control characters (terminal escape codes, newlines) written as escapes: printed as it is, a
@@ -12,4 +14,5 @@ def printable(text: str) -> str:
 def first_line(error: BaseException) -> str:
     """An exception as one line: its type and its message's first sentence (libraries write paragraphs)."""
     text = str(error).strip().split("\n")[0].split(". ")[0][:160]
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "its bytes", text)  # Pillow's name for a file in memory
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

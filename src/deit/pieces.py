@@ -41,3 +41,4 @@ class Pieces:
     options: dict  # DataLoader settings
     teacher: Teacher | None
     criterion: DistillationLoss
+    input_path: str = "loader"  # where the training views are made (`data.loaders.input_path`)

@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data import DataInfo, build_dataset, canonical_name, dataset_defaults
 from .data.loaders import (
     eval_loader,
+    input_path,
     loader_options,
     train_loader,
     training_order,
@@ -160,7 +161,10 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
     model, img_size = _student(cfg, info)
 
     norm = dict(mean=info.mean, std=info.std)
-    augment = training_views(train_set, aug.recipe(), img_size=img_size, batch_aug=aug.batch_aug, **norm)
+    path = input_path(train_set, aug.batch_aug, data.input_path, device)
+    augment, decode = training_views(
+        train_set, aug.recipe(), img_size=img_size, batch_aug=aug.batch_aug, path=path, device=device, **norm
+    )
     sampler = training_order(
         train_set,
         seed=cfg.run.seed,
@@ -189,7 +193,14 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         ),
         val_loader=_val_loader(cfg, env, val_set, img_size, options, norm),
         # every batch's augmentation and Mixup draw from (seed, epoch, process, step): a resumed run repeats them
-        views=Views(device, augment, mixup, seed=lambda epoch, step: batch_seed(cfg.run.seed, epoch, env.rank, step)),
+        views=Views(
+            device,
+            augment,
+            mixup,
+            seed=lambda epoch, step: batch_seed(cfg.run.seed, epoch, env.rank, step),
+            decode=decode,
+        ),
+        input_path=path,
         options=options,
         teacher=teacher,
         criterion=criterion,
@@ -383,10 +394,24 @@ def _epoch_line(p: Pieces, model: nn.Module, updates: Updates, epoch: int, stats
 def _epoch_summary(line: dict) -> str:
     ema = f"  ema top-1 {line['ema_acc1']:.2f}%" if "ema_acc1" in line else ""
     skipped = f"  ({line['skipped_images']} unreadable images skipped)" if line["skipped_images"] else ""
+    if line.get("cpu_decoded_images"):  # the device input path's files its decoder does not take
+        skipped += f"  ({line['cpu_decoded_images']} images decoded on the CPU)"
     return (
         f"epoch {line['epoch']}: loss {line['train_loss']:.4f}  top-1 {line['test_acc1']:.2f}%  "
         f"top-5 {line['test_acc5']:.2f}%{ema}  {line['images_per_s']:,.0f} img/s{skipped}"
     )
+
+
+def _views_said(p: Pieces) -> str:
+    """Where the training views are made, in words."""
+    device, workers = p.device.type, p.options["num_workers"]
+    loader = f"{workers} loader processes" if workers else "the training process"
+    if p.input_path == "memory":
+        return f"views augmented a batch at a time on {device}"
+    if p.input_path == "device":
+        return f"input path device: {loader} read the files, {device} decodes JPEGs and crops a batch at a time"
+    rest = f", the rest of the augmentation a batch at a time on {device}" if p.views.augment is not None else ""
+    return f"input path loader: {loader} decode and crop each image{rest}"
 
 
 def _announcement(p: Pieces, cache: TeacherCache | None, n_parameters: int) -> str:
@@ -406,7 +431,8 @@ def _announcement(p: Pieces, cache: TeacherCache | None, n_parameters: int) -> s
     return (
         f"training {cfg.model.model} ({n_parameters / 1e6:.2f}M parameters) on {canonical_name(cfg.data.data_set)}: "
         f"{images}, {p.info.num_classes} classes, {p.img_size} px, {cfg.run.epochs} epochs, total batch "
-        f"{_total_batch(p)}, lr {_lr(p):.2e}, {p.env.world_size} process(es) on {p.device.type}{teacher_note}"
+        f"{_total_batch(p)}, lr {_lr(p):.2e}, {p.env.world_size} process(es) on {p.device.type}{teacher_note}; "
+        f"{_views_said(p)}"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..data.device_views import INPUT_PATHS
 from ..data.transforms import MIXUP_MODES, REMODES, Recipe
 from ..distill.attention import ATTENTION_LOSSES, parse_blocks
 from ..distill.cache_spec import DTYPES as CACHE_DTYPES
@@ -80,6 +81,10 @@ class DataConfig:
     """DataLoader worker processes per training process."""
     pin_mem: bool = True
     """Pinned host memory, for faster copies to the GPU."""
+    input_path: str = "auto"
+    """Where image files become training views with --batch-aug: loader (the loader processes decode, crop and
+    flip each image), device (they read the bytes; the training device decodes JPEGs a batch at a time and crops
+    them all at once, the same crop boxes for a seed), or auto: device on a GPU, loader elsewhere."""
 
     def __post_init__(self):
         from ..data.datasets import DATA_SETS, canonical_name
@@ -114,6 +119,7 @@ class DataConfig:
                     "is for sets held whole (folders, built-ins); shards are read once per epoch, as a stream",
                 ),
                 ("intensity", c.intensity in INTENSITIES, one_of(INTENSITIES)),
+                ("input_path", c.input_path in INPUT_PATHS, one_of(INPUT_PATHS)),
             ],
         )
 

@@ -130,6 +130,7 @@ class ImageFolderDataset(Dataset):
         self.transform: Callable | None = None
         self.mode = "L" if grayscale else "RGB"
         self.substitute, self.intensity = substitute, intensity
+        self.reader = read_image  # the device input path reads bytes instead (`device_views.read_encoded`)
         self._warned: set[str] = set()
 
     def keep(self, indices: list[int]) -> None:
@@ -148,7 +149,7 @@ class ImageFolderDataset(Dataset):
         for skipped in range(len(self.samples)):
             path, target = self.samples[(index + skipped) % len(self.samples)]
             try:
-                image = read_image(path, self.mode, self.intensity)
+                image = self.reader(path, self.mode, self.intensity)
             except ValueError as e:
                 if path not in self._warned:
                     self._warned.add(path)

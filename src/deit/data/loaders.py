@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..stopping import loader_worker_init
 from .batch_aug import BatchAugment
 from .datasets import ArrayDataset
+from .device_views import DeviceDecoder, DrawView, read_encoded
 from .sampling import (
     EvalBatches,
     SeededDataset,
@@ -45,6 +46,20 @@ def worker_count(train_set: Dataset, batch_aug: bool, num_workers: int) -> int:
     return 0 if batch_aug and isinstance(train_set, ArrayDataset) else num_workers
 
 
+def input_path(train_set: Dataset, batch_aug: bool, asked: str, device: torch.device) -> str:
+    """Where the training images become views (`device_views.INPUT_PATHS`, resolved): "memory" (a built-in set,
+    augmented a batch at a time), "loader" (files decoded by the loader processes) or "device"."""
+    if isinstance(train_set, ArrayDataset) and batch_aug:
+        return "memory"
+    if asked == "device" and not batch_aug:
+        raise ValueError("--input-path device decodes and crops a batch at a time: add --batch-aug")
+    if asked == "device" and isinstance(train_set, ArrayDataset):
+        raise ValueError("--input-path device is for image files; this data set is held in memory")
+    if asked == "auto":
+        return "device" if batch_aug and device.type == "cuda" and not isinstance(train_set, ArrayDataset) else "loader"
+    return asked
+
+
 def training_views(
     train_set: Dataset,
     recipe: Recipe,
@@ -53,21 +68,32 @@ def training_views(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     batch_aug: bool,
-) -> BatchAugment | None:
-    """Give the training split its per-image transform; returns the batch augmentation when `batch_aug`.
+    path: str = "loader",
+    device: torch.device | str = "cpu",
+) -> tuple[BatchAugment | None, DeviceDecoder | None]:
+    """Give the training split its per-image transform; returns the batch augmentation when `batch_aug`, and on
+    the device input path (`path`, from `input_path`) its decoder.
 
-    Without it, the whole recipe runs per image. With it, images in memory get the whole recipe a batch at a time;
-    image files are decoded, cropped and flipped to one size per image (under its own seed) by the loader
-    processes, and the batch gets the rest (RandAugment, erasing, ...).
+    Without batch augmentation, the whole recipe runs per image. With it, images in memory get the whole recipe a
+    batch at a time; image files are cropped and flipped to one size per image (under its own seed), by the loader
+    processes or, on the device path, by the device from the bytes they read; the batch gets the rest
+    (RandAugment, erasing, ...).
     """
     if not batch_aug:
         train_set.transform = train_transform(img_size, mean=mean, std=std, recipe=recipe)
-        return None
+        return None, None
     if isinstance(train_set, ArrayDataset):
-        return BatchAugment(img_size, mean=mean, std=std, recipe=recipe)
-    train_set.transform = crop_transform(img_size, recipe)
-    rest = replace(recipe, crop_scale=1.0, hflip=0.0)
-    return BatchAugment(img_size, mean=mean, std=std, recipe=rest, ratio=(1.0, 1.0))
+        return BatchAugment(img_size, mean=mean, std=std, recipe=recipe), None
+    crop = crop_transform(img_size, recipe)
+    rest = BatchAugment(
+        img_size, mean=mean, std=std, recipe=replace(recipe, crop_scale=1.0, hflip=0.0), ratio=(1.0, 1.0)
+    )
+    if path != "device":
+        train_set.transform = crop
+        return rest, None
+    train_set.reader = read_encoded
+    train_set.transform = DrawView(*crop.transforms[:2])
+    return rest, DeviceDecoder(img_size, len(mean), torch.device(device))
 
 
 def training_order(

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler, default_colla
 class Batch(NamedTuple):
     """A training batch, as the loaders give it to the engine."""
 
-    images: torch.Tensor  # (B, C, H, W): normalised floats, or uint8 when augmented a batch at a time
+    images: torch.Tensor  # (B, C, H, W): normalised floats, or uint8 when augmented a batch at a time, or an
+    # `EncodedBatch` (the device input path: decoded and cropped on the training device)
     targets: torch.Tensor  # (B,) class indices; -1 for an image without its label (--unlabelled)
     skipped: torch.Tensor  # (B,) 1 where an unreadable file was replaced by another image
     positions: torch.Tensor  # (B,) each view's place in the epoch's global order, which seeds it
@@ -40,7 +41,11 @@ def _batch_of(images: torch.Tensor, *numbers: np.ndarray) -> Batch:
 
 
 def collate_batch(samples: list[tuple]) -> Batch:
-    """`SeededDataset` samples -> a `Batch`."""
+    """`SeededDataset` samples -> a `Batch` (the device input path's images: an `EncodedBatch`)."""
+    from .device_views import Encoded, EncodedBatch
+
+    if samples and isinstance(samples[0][0], Encoded):
+        return Batch(EncodedBatch.of([s[0] for s in samples]), *default_collate([s[1:] for s in samples]))
     return Batch(*default_collate(samples))
 
 

@@ -172,11 +172,18 @@ class ResizedCrop(RandomResizedCropAndInterpolation):
             self.interpolation = interpolation
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        top, left, h, w = self.get_params(img, self.scale, self.ratio)
+        (left, top, w, h), mode = self.draw(*img.size)
+        return img.resize(self.size[::-1], TF.pil_modes_mapping[mode], box=(left, top, left + w, top + h))
+
+    def draw(self, width: int, height: int) -> tuple[tuple[int, int, int, int], T.InterpolationMode]:
+        """The crop box (left, top, width, height) and interpolation for an image of this size: timm's draws, from
+        Python's generator (the device path draws them from the file's header, `device_views.DrawView`)."""
+        size_only = torch.empty((0, height, width), dtype=torch.uint8)  # get_params reads the size alone
+        top, left, h, w = self.get_params(size_only, self.scale, self.ratio)
         mode = (
             random.choice(self.interpolation) if isinstance(self.interpolation, (tuple, list)) else self.interpolation
         )
-        return img.resize(self.size[::-1], TF.pil_modes_mapping[mode], box=(left, top, left + w, top + h))
+        return (left, top, w, h), mode
 
 
 class HorizontalFlip:
@@ -186,7 +193,10 @@ class HorizontalFlip:
         self.p = p
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if random.random() < self.p else img
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.draw() else img
+
+    def draw(self) -> bool:
+        return random.random() < self.p
 
     def __repr__(self) -> str:
         return f"HorizontalFlip(p={self.p})"

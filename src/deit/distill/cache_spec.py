@@ -30,6 +30,10 @@ MAX_PROCESSES = 2**16
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+OPTIONAL = {"repeat": 1, "stream": None, "input_path": "loader", "input_size": None, "name": None}
+"""Keys meta.json names only when they differ from these values."""
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """The training set the views are drawn from."""
@@ -54,6 +58,7 @@ class ViewSpec:
     batch_size: int = 1
     world_size: int = 1
     stream: dict | None = None  # shards: loader workers and shuffle buffer (meta.json names it only for shards)
+    input_path: str = "loader"  # where files became views: "device" decodes and resamples otherwise (to a level)
 
     @property
     def layout_bound(self) -> bool:
@@ -89,7 +94,7 @@ class CacheSpec:
 
     def sections(self) -> dict:
         """The spec as meta.json writes it: lists for tuples, optional keys only when they say something."""
-        optional = {"repeat": 1, "stream": None, "input_size": None, "name": None}
+        optional = OPTIONAL
 
         def plain(section) -> dict | None:
             if section is None:
@@ -178,8 +183,8 @@ def check_serves(meta: dict, spec: CacheSpec, root: Path) -> None:
         if theirs != ours:
             keys = sorted(set(theirs or {}) | set(ours or {}), key=str) if isinstance(ours, dict) else []
             diff = next((k for k in keys if (theirs or {}).get(k) != (ours or {}).get(k)), section)
-            got = (theirs or {}).get(diff) if keys else theirs
-            want = (ours or {}).get(diff) if keys else ours
+            got = (theirs or {}).get(diff, OPTIONAL.get(diff)) if keys else theirs
+            want = (ours or {}).get(diff, OPTIONAL.get(diff)) if keys else ours
             if isinstance(got, list) and isinstance(want, list):  # e.g. the transform's steps: the first that differs
                 got, want = next(((a, b) for a, b in zip(got, want) if a != b), (len(got), len(want)))
             raise ValueError(

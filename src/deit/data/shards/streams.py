@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..images import read_image
-from ..sampling import Batch, collate_readable, sample_seed, seeded
+from ..sampling import Batch, collate_batch, collate_readable, sample_seed, seeded
 from .index import INDEX, SEEK_EVERY, Split, expand, is_pattern, read_index
 from .tar import IMAGE_KEYS, Tally, label_of, tar_samples
 
@@ -81,6 +81,7 @@ class ShardSet:
         self.split, self.mode, self.intensity = split, "L" if grayscale else "RGB", intensity
         self.class_names = split.class_names
         self.transform: Callable | None = None
+        self.reader = read_image  # the device input path reads bytes instead (`device_views.read_encoded`)
         self._epoch = multiprocessing.get_context().Value("q", 0, lock=False)
         self._offsets = np.cumsum([0] + [s.samples for s in split.shards]).tolist()
 
@@ -138,7 +139,7 @@ class ShardSet:
             raise ValueError(
                 f"{name}: class {(sample.get('cls') or b'')[:20]!r} is not one of the {len(self.class_names)}"
             )
-        return read_image(io.BytesIO(sample[ext]), self.mode, self.intensity, name=f"{name}.{ext}"), target
+        return self.reader(io.BytesIO(sample[ext]), self.mode, self.intensity, name=f"{name}.{ext}"), target
 
 
 @dataclass
@@ -238,7 +239,7 @@ class TrainStream(IterableDataset):
         for item in _substituted(self.shards, views, self.seed, epoch):
             batch.append(item)
             if len(batch) == self.batch_size:
-                yield Batch(*default_collate(batch))
+                yield collate_batch(batch)
                 batch = []
 
 
@@ -291,7 +292,7 @@ class CacheStream(IterableDataset):
         views = ((sample_id, sample_id, sample) for sample_id, sample in self.shards.sequence(order, a, b))
         items = _substituted(self.shards, views, self.seed, self.shards.epoch)
         for chunk in _chunks(items, self.batch_size):
-            yield Batch(*default_collate(chunk))
+            yield collate_batch(chunk)
 
 
 class EvalStream(IterableDataset):
