@@ -4,9 +4,11 @@ teacher a timm RegNetY given as a plain state dict (the paper's setting: DeiT-S 
     python benchmarks/bench_train.py                        # GPU: 10 classes x 256 JPEGs 500x375, batch 256
     python benchmarks/bench_train.py --small --device cpu   # a rehearsal in about a minute
 
-Two runs of `python -m deit train`, each under its own time limit and each saved to the record as it ends:
+Three runs of `python -m deit train`, each under its own time limit and each saved to the record as it ends:
 1. the teacher online, views made per image in the loader processes (deit train's defaults);
-2. the teacher cache (made first, timed apart), `--batch-aug` and `--compile`.
+2. the teacher cache (made first, timed apart), `--batch-aug`, `--compile` and `--input-path device` (the loader
+   processes read the files' bytes; the device decodes the JPEGs and crops them, a batch at a time);
+3. the same with `--input-path loader` (the loader processes decode, crop and flip each image), its own cache.
 Both use the DeiT recipe's defaults at the model's input size and `--num_workers` loader processes. The record
 (benchmarks/results/bench_train_<machine>_<date>.json) holds each epoch's images/s from the run's log.jsonl and the
 command's wall time. The teacher has random weights: speed is the point, not accuracy.
@@ -120,16 +122,18 @@ def main() -> None:
             "--distillation-type", "hard", "--teacher-model", cfg["teacher"],
             "--teacher-path", str(work / "teacher.pth"),
         ]  # fmt: skip
-        cache = ["--teacher-cache", str(work / "cache")]
-        runs = {
-            "teacher online, views per image": common,
-            "teacher cache, batch aug" + ("" if args.no_compile else ", compile"): [
+        compiled = "" if args.no_compile else ", compile"
+        runs = {"teacher online, views per image": common}
+        for path in ("device", "loader"):  # a cache serves the input path that made it
+            runs[f"teacher cache, batch aug{compiled}, input path {path}"] = [
                 *common,
-                *cache,
+                "--teacher-cache",
+                str(work / f"cache_{path}"),
                 "--batch-aug",
+                "--input-path",
+                path,
                 *([] if args.no_compile else ["--compile"]),
-            ],
-        }
+            ]
         for i, (label, argv) in enumerate(runs.items()):
             if "--teacher-cache" in argv:  # the cache made first, timed on its own
                 made = time.perf_counter()
@@ -137,7 +141,10 @@ def main() -> None:
                     [sys.executable, "-m", "deit", "cache-teacher", *argv], capture_output=True, text=True,
                     timeout=args.timeout, env=env,
                 )  # fmt: skip
-                record["cache_teacher"] = {"exit": cached.returncode, "wall_s": round(time.perf_counter() - made, 1)}
+                record.setdefault("cache_teacher", {})[label] = {
+                    "exit": cached.returncode,
+                    "wall_s": round(time.perf_counter() - made, 1),
+                }
             result = train(argv, work / f"run{i}", args.timeout, env)
             record["runs"][label] = result
             rates = ", ".join(f"epoch {e['epoch']} {e['images_per_s']:,.0f} img/s" for e in result["epochs"])

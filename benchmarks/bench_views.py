@@ -149,7 +149,7 @@ def main() -> None:
     }
     for kind, (in_chans, jpeg_size, size) in KINDS.items():
         jpegs = jpeg_dataset(args.images, in_chans, jpeg_size)
-        transforms = view_transforms(size, in_chans)
+        transforms = view_transforms(size, in_chans, torch.device("cpu"))
         pick = {key: transforms[key] for key in ("ours", "timm", "crop")}
         measured = step_times(jpegs.blobs, jpegs.mode, pick, args.rounds)
         med = {k: statistics.median(v) for k, v in measured["ours"].items()}

@@ -33,8 +33,10 @@ def test_benchmark_measures_each_part_against_its_baseline(tmp_path, precision):
         "distilled step, teacher online",
         "data pipeline (0 workers)",
         "data pipeline, batch aug on cpu",
+        "data pipeline, device path on cpu",
         "end to end, distilled (0 workers)",
         "end to end, distilled, batch aug on cpu",
+        "end to end, distilled, device path on cpu",
     ]
     for result in record["results"]:
         assert result["ratio"] > 0 and all(v > 0 for v in result["img_s"].values())

@@ -17,10 +17,11 @@ from .timing import Bench, no_sync, paired_rates, report, sync_device
 
 
 class Jpegs(torch.utils.data.Dataset):
-    """JPEG bytes decoded per sample through `transform`, as (image, target, skipped)."""
+    """JPEG bytes decoded per sample through `transform`, as (image, target, skipped); `encoded`: read as the
+    device input path reads them (`device_views.read_encoded`: the bytes, decoded later on the device)."""
 
-    def __init__(self, blobs: list[bytes], mode: str, transform=None):
-        self.blobs, self.mode, self.transform = blobs, mode, transform
+    def __init__(self, blobs: list[bytes], mode: str, transform=None, encoded: bool = False):
+        self.blobs, self.mode, self.transform, self.encoded = blobs, mode, transform, encoded
 
     def __len__(self):
         return len(self.blobs)
@@ -28,7 +29,12 @@ class Jpegs(torch.utils.data.Dataset):
     def __getitem__(self, index):
         from PIL import Image
 
-        image = Image.open(io.BytesIO(self.blobs[index])).convert(self.mode)
+        from ..data.device_views import read_encoded
+
+        if self.encoded:
+            image = read_encoded(io.BytesIO(self.blobs[index]), self.mode, name=str(index))
+        else:
+            image = Image.open(io.BytesIO(self.blobs[index])).convert(self.mode)
         return self.transform(image), index % 10, 0
 
 
@@ -49,11 +55,13 @@ def jpeg_dataset(count: int, in_chans: int, size: tuple[int, int] = (500, 375)):
     return Jpegs(blobs, mode)
 
 
-def view_transforms(size: int, in_chans: int) -> dict:
-    """The training augmentation: ours and timm's per image; crop and flip per image with the rest per batch."""
+def view_transforms(size: int, in_chans: int, dev: torch.device) -> dict:
+    """The training augmentation: ours and timm's per image; crop and flip per image with the rest per batch; the
+    device path's draw per image, its decoder and the rest per batch."""
     from timm.data import create_transform
 
     from ..data.batch_aug import BatchAugment
+    from ..data.device_views import DeviceDecoder, DrawView
     from ..data.transforms import Recipe, crop_transform, keep_posterize_bits, train_transform
 
     mean, std = (0.5,) * in_chans, (0.25,) * in_chans
@@ -70,21 +78,27 @@ def view_transforms(size: int, in_chans: int) -> dict:
     )
     # (random erasing with timm's default fill, "const", cheaper than the recipe's per-pixel noise ours draws)
     keep_posterize_bits(timm_tf)  # as ours: this Pillow refuses timm's 0-bit posterize
+    crop = crop_transform(size, Recipe())
     return {
         "ours": ours_tf,
         "timm": timm_tf,
         # --batch-aug: the loader decodes, crops and flips; RandAugment, erasing and normalisation run on the
         # batch, on the training device
-        "crop": crop_transform(size, Recipe()),
+        "crop": crop,
         "batch": BatchAugment(size, mean=mean, std=std, recipe=Recipe(crop_scale=1.0, hflip=0.0), ratio=(1.0, 1.0)),
+        # --input-path device: the loader reads the bytes and draws the crop box; the device decodes and crops
+        "draw": DrawView(*crop.transforms[:2]),
+        "decode": DeviceDecoder(size, in_chans, dev),
     }
 
 
-def _jpeg_loader(jpegs: Jpegs, transform, seeded: bool, *, bs: int, num_workers: int, dev: torch.device):
+def _jpeg_loader(
+    jpegs: Jpegs, transform, seeded: bool, *, bs: int, num_workers: int, dev: torch.device, encoded: bool = False
+):
     """The JPEGs through `transform`: ours seeded per sample (replayable), timm's plainly shuffled."""
     from ..data.sampling import SeededDataset, collate_batch, train_sampler
 
-    dataset = Jpegs(jpegs.blobs, jpegs.mode, transform)  # the same JPEGs, its own transform
+    dataset = Jpegs(jpegs.blobs, jpegs.mode, transform, encoded)  # the same JPEGs, its own transform
     kwargs = dict(
         batch_size=bs,
         num_workers=num_workers,
@@ -98,9 +112,9 @@ def _jpeg_loader(jpegs: Jpegs, transform, seeded: bool, *, bs: int, num_workers:
     return torch.utils.data.DataLoader(dataset, shuffle=True, **kwargs)
 
 
-def _loader_pass(loader, dev: torch.device, augment) -> None:
+def _loader_pass(loader, dev: torch.device, augment, decode=None) -> None:
     for step, (images, *_) in enumerate(loader):
-        images = images.to(dev, non_blocking=True)
+        images = decode(images)[0] if decode is not None else images.to(dev, non_blocking=True)
         if augment is not None:
             augment(images, step)
     sync_device(dev)
@@ -113,19 +127,25 @@ def measure_data(b: Bench, jpegs: Jpegs, transforms: dict) -> list[dict]:
         "ours": functools.partial(_loader_pass, loader(transforms["ours"], True), dev, None),
         "timm": functools.partial(_loader_pass, loader(transforms["timm"], False), dev, None),
         "ours, batch aug": functools.partial(_loader_pass, loader(transforms["crop"], True), dev, transforms["batch"]),
+        "ours, device path": functools.partial(
+            _loader_pass, loader(transforms["draw"], True, encoded=True), dev, transforms["batch"], transforms["decode"]
+        ),
     }
     measured = paired_rates(run, (len(jpegs) // bs) * bs, b.rounds, 1, no_sync)
     return [
         report(f"data pipeline ({b.num_workers} workers)", measured, "ours", "timm"),
         report(f"data pipeline, batch aug on {dev.type}", measured, "ours, batch aug", "timm"),
+        report(f"data pipeline, device path on {dev.type}", measured, "ours, device path", "timm"),
     ]
 
 
-def _distilled_pass(loader, model, opt, loss, amp, dev, augment=None, cache=None, spans=None, x=None) -> None:
+def _distilled_pass(
+    loader, model, opt, loss, amp, dev, augment=None, cache=None, spans=None, x=None, decode=None
+) -> None:
     """One pass over `loader` training `model`; with `cache`, the teacher's outputs read from it (batch i at
-    `spans[i]`, stored for the stand-in batch `x`)."""
+    `spans[i]`, stored for the stand-in batch `x`); with `decode`, the device path's decoder first."""
     for step, (images, targets, *_) in enumerate(loader):
-        images = images.to(dev, non_blocking=True)
+        images = decode(images)[0] if decode is not None else images.to(dev, non_blocking=True)
         targets = targets.to(dev, non_blocking=True)
         if augment is not None:
             images = augment(images, step)
@@ -173,15 +193,27 @@ def measure_e2e(b: Bench, distillation, jpegs: Jpegs, transforms: dict) -> list[
         batch_aug = functools.partial(
             _distilled_pass, loader(transforms["crop"], True), *ours, transforms["batch"], cache, spans, b.x
         )
+        device_path = functools.partial(
+            _distilled_pass,
+            loader(transforms["draw"], True, encoded=True),
+            *ours,
+            transforms["batch"],
+            cache,
+            spans,
+            b.x,
+            transforms["decode"],
+        )
         run = {
             "official loop": functools.partial(_distilled_pass, *official),
             "ours": functools.partial(_threads_for, per_image, threads),
             "ours, batch aug": functools.partial(_threads_for, batch_aug, threads),
+            "ours, device path": functools.partial(_threads_for, device_path, threads),
         }
         measured = paired_rates(run, batches * bs, b.rounds, 1, no_sync)
     results = [
         report(f"end to end, distilled ({num_workers} workers)", measured, "ours", "official loop"),
         report(f"end to end, distilled, batch aug on {dev.type}", measured, "ours, batch aug", "official loop"),
+        report(f"end to end, distilled, device path on {dev.type}", measured, "ours, device path", "official loop"),
     ]
     for result in results:
         result["threads"] = {"official loop": torch.get_num_threads(), "ours": threads}

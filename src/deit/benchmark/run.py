@@ -110,7 +110,7 @@ def run_benchmark(
         results += measure_distilled(b, distillation)
     if "data" in parts or "e2e" in parts:
         jpegs = jpeg_dataset(data_images, cfg["in_chans"], cfg["jpeg_size"])
-        transforms = view_transforms(size, cfg["in_chans"])
+        transforms = view_transforms(size, cfg["in_chans"], dev)
     if "data" in parts:
         results += measure_data(b, jpegs, transforms)
     if "e2e" in parts:
