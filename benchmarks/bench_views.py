@@ -4,7 +4,9 @@
     python benchmarks/bench_views.py --rounds 15
 
 For two kinds of image (40x40 grayscale JPEGs cropped to 28 px, `deit benchmark --preset cpu`'s; 500x375 colour
-JPEGs cropped to 224 px, ImageNet's typical size), the CPU time of each step of the DeiT recipe on one sample
+JPEGs cropped to 224 px, ImageNet's typical size), and for the loader's part alone 2400x1800 photos too, the CPU
+time of the loader's part of a view from the file's bytes (whole decode, draft mode, the device path's), of each
+step of the DeiT recipe on one sample
 (decode, crop, flip, RandAugment rand-m9-mstd0.5-inc1, to tensor and normalise, random erasing), of the part
 `--batch-aug` leaves to the loader processes (decode, crop, flip, to a uint8 tensor), of the replay
 seed (`sample_seed` and seeding the generators; the SeedSequence draw it replaced, for reference), and per batch
@@ -28,6 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))  # runs from a checkout without an install
 
 KINDS = {"28 px gray (cpu preset)": (1, (40, 40), 28), "224 px colour (ImageNet)": (3, (500, 375), 224)}
+LARGE = {"224 px colour, 2400x1800 photos": (3, (2400, 1800), 224)}  # the loader parts only: draft mode's case
 
 
 ROLES = {  # a step's class -> its part of the recipe (timm's to-tensor and normalise are two steps, ours one)
@@ -65,6 +68,37 @@ def step_times(blobs: list[bytes], mode: str, transforms: dict, rounds: int) -> 
                     spent[role] += time.process_time() - start
             for name, value in spent.items():
                 times[key][name].append(value / len(blobs) * 1e6)
+    return times
+
+
+def loader_part_times(blobs: list[bytes], mode: str, size: int, rounds: int) -> dict[str, list[float]]:
+    """CPU microseconds per sample of what a loader process does for one view, from the file's bytes: the
+    --batch-aug loader path (decode, crop, flip, to a uint8 tensor) with every JPEG decoded whole and with draft
+    mode (`images.read_lazy`: decoded at a lower scale where the crop box is at least twice the output size), and
+    the device input path (read the header, draw the box and mirroring: `device_views.read_encoded`)."""
+    import io
+
+    from deit.data.device_views import DrawView, read_encoded
+    from deit.data.images import read_image, read_lazy
+    from deit.data.sampling import seeded
+    from deit.data.transforms import Recipe, crop_transform
+
+    crop = crop_transform(size, Recipe())
+    draw = DrawView(*crop.transforms[:2])
+
+    ways = {
+        "loader path, whole decode": lambda blob: crop(read_image(io.BytesIO(blob), mode)),
+        "loader path, draft mode": lambda blob: crop(read_lazy(io.BytesIO(blob), mode, smallest=2 * size)),
+        "device path, loader part": lambda blob: draw(read_encoded(io.BytesIO(blob), mode)),
+    }
+    times = {k: [] for k in ways}
+    for round_ in range(rounds):
+        for key in list(ways) if round_ % 2 == 0 else list(ways)[::-1]:
+            start = time.process_time()
+            for k, blob in enumerate(blobs):
+                with seeded(k):  # the same crop boxes for every way
+                    ways[key](blob)
+            times[key].append((time.process_time() - start) / len(blobs) * 1e6)
     return times
 
 
@@ -176,6 +210,18 @@ def main() -> None:
             "batch_aug_loader_part_us": {k: statistics.median(v) for k, v in loader_part.items()},
             "handover_us_per_batch": hand,
         }
+    print("a view's loader part from the file's bytes, CPU us per sample, median of rounds:")
+    for kind, (in_chans, jpeg_size, size) in {**KINDS, **LARGE}.items():
+        count = max(4, args.images // 8) if kind in LARGE else args.images
+        jpegs = jpeg_dataset(count, in_chans, jpeg_size)
+        parts = {
+            k: statistics.median(v) for k, v in loader_part_times(jpegs.blobs, jpegs.mode, size, args.rounds).items()
+        }
+        whole = parts["loader path, whole decode"]
+        print(f"  {kind}: {count} JPEGs {jpeg_size[0]}x{jpeg_size[1]}")
+        for key, value in parts.items():
+            print(f"    {key:32s} {value:9.1f} us  {whole / value:6.2f}x")
+        record.setdefault("loader_part_us", {})[kind] = {"jpeg_size": list(jpeg_size), "img_size": size, **parts}
     seeds = {k: statistics.median(v) for k, v in seed_times(4096, args.rounds).items()}
     print("replay seed, CPU us per sample:")
     for key, value in seeds.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import distributed
 from .config import TrainConfig
 from .data import canonical_name
+from .data.images import read_lazy
 from .data.loaders import cache_loader
 from .data.sampling import process_seed, seed_everything
 from .distill.cache import TeacherCache, targets_digest, weights_digest
@@ -121,6 +122,7 @@ def cache_spec(
             mixup=aug.mixup_settings(),
             batch_aug=augment is not None,
             input_path="device" if input_path == "device" else "loader",
+            jpeg_draft=getattr(getattr(train_set, "reader", None), "func", None) is read_lazy,
             repeated_aug=aug.repeated_aug and world_size > 1,
             batch_size=cfg.run.batch_size,
             world_size=world_size,

@@ -163,7 +163,14 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
     norm = dict(mean=info.mean, std=info.std)
     path = input_path(train_set, aug.batch_aug, data.input_path, device)
     augment, decode = training_views(
-        train_set, aug.recipe(), img_size=img_size, batch_aug=aug.batch_aug, path=path, device=device, **norm
+        train_set,
+        aug.recipe(),
+        img_size=img_size,
+        batch_aug=aug.batch_aug,
+        path=path,
+        device=device,
+        jpeg_draft=data.jpeg_draft,
+        **norm,
     )
     sampler = training_order(
         train_set,

@@ -32,6 +32,7 @@ def smooth_image(rng, width: int, height: int, mode: str = "RGB") -> Image.Image
     return Image.fromarray(low).resize((width, height), Image.BILINEAR).convert(mode)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", FILTERS)
 def test_batched_crops_are_pillows_resize_with_a_box_to_the_bit(name):
     rng = np.random.default_rng(FILTERS.index(name))
@@ -86,6 +87,7 @@ def odd_files(rng) -> dict[str, bytes]:
 DEVICE_DECODED = {"baseline.jpg", "gray.jpg", "large.jpg"}
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_same_crop_boxes_and_pixels_as_the_loader_path_for_every_kind_of_file(mode):
     files = odd_files(np.random.default_rng(0))
@@ -206,6 +208,7 @@ def folder_config(root, out, path: str, **extra):
             "run.epochs": 2,
             "run.device": "cpu",
             "optim.model_ema": False,
+            "data.jpeg_draft": False,  # the device path decodes whole JPEGs: the loader path does too, to compare
             "run.output_dir": str(out),
             **extra,
         },

@@ -81,6 +81,10 @@ class DataConfig:
     """DataLoader worker processes per training process."""
     pin_mem: bool = True
     """Pinned host memory, for faster copies to the GPU."""
+    jpeg_draft: bool = True
+    """Folders, loader path: decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, Pillow's draft
+    mode) when its random crop box is at least twice the input size both ways (large photos: several times less
+    decoding); the box is unchanged. Off: every JPEG decoded whole, as the device input path does."""
     input_path: str = "auto"
     """Where image files become training views with --batch-aug: loader (the loader processes decode, crop and
     flip each image), device (they read the bytes; the training device decodes JPEGs a batch at a time and crops

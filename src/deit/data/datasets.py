@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from . import builtin_sets
 from .builtin_sets import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
-from .images import IMAGE_EXTENSIONS, read_image, walk_files
+from .images import IMAGE_EXTENSIONS, LazyJpeg, read_image, walk_files
 
 log = logging.getLogger("deit")
 
@@ -150,6 +150,9 @@ class ImageFolderDataset(Dataset):
             path, target = self.samples[(index + skipped) % len(self.samples)]
             try:
                 image = self.reader(path, self.mode, self.intensity)
+                if isinstance(image, LazyJpeg):  # decoded by its crop (`images.read_lazy`): a damaged one fails there
+                    image = self.transform(image)
+                    return image, target, skipped
             except ValueError as e:
                 if path not in self._warned:
                     self._warned.add(path)

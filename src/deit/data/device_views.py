@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import read_image
+from .images import read_image, whole_jpeg
 from .resample import resized_crops
 from .transforms import HorizontalFlip, ResizedCrop
 
@@ -65,7 +65,7 @@ def read_encoded(source: str | os.PathLike | io.BytesIO, mode: str, intensity: s
                 and header.mode in ("L", "RGB")
                 and not header.info.get("progressive")
                 and not header.info.get("progression")
-                and _ends_with_eoi(data)
+                and whole_jpeg(data)
             )
             width, height = header.size
     except OSError as e:
@@ -83,12 +83,6 @@ def _pixels(image: Image.Image, name: str) -> Encoded:
     pixels = np.asarray(image)
     pixels = np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
     return Encoded(pixels, False, image.width, image.height, name)
-
-
-def _ends_with_eoi(data: bytes) -> bool:
-    """Whether a JPEG's end-of-image marker is there (a truncated file lacks it; the device's decoder would fill
-    the missing rows where Pillow refuses the file)."""
-    return data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
 
 
 class DrawView:

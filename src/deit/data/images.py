@@ -9,6 +9,7 @@ clipped (Pillow's own conversion turns a 16-bit image almost white): `minmax` st
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,14 +31,83 @@ def read_image(
     ValueError naming the file when it cannot be."""
     try:
         with Image.open(path) as image:
-            image.load()
-            if image.mode in HIGH_BIT_MODES:
-                image = Image.fromarray(to_8bit(np.asarray(image), intensity), "L")
-            return image.convert(mode)
+            return _decoded(image, mode, intensity)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # Pillow raises many types for damaged files: OSError, SyntaxError, struct.error, ...
         raise ValueError(f"{name or path}: not a readable image ({first_line(e)})") from None
+
+
+def _decoded(image: Image.Image, mode: str, intensity: str) -> Image.Image:
+    image.load()
+    if image.mode in HIGH_BIT_MODES:
+        image = Image.fromarray(to_8bit(np.asarray(image), intensity), "L")
+    return image.convert(mode)
+
+
+class LazyJpeg:
+    """A JPEG read but not decoded until its crop box is known (`read_lazy`, for the loader path's random resized
+    crop): where the box is at least twice the output size both ways, libjpeg decodes at 1/2, 1/4 or 1/8 scale
+    (Pillow's draft mode: DCT scaling, several times less work on large photos) and the box is scaled with it."""
+
+    def __init__(self, data: bytes, mode: str, size: tuple[int, int], name: str):
+        self.data, self.mode, self.size, self.name = data, mode, size, name
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    def decode(self, box: tuple[float, float, float, float], out: tuple[int, int]):
+        """(image, box in its pixels) for a crop `box` (left, top, right, bottom) resized to `out` (width, height);
+        ValueError naming the file when it cannot be decoded."""
+        left, top, right, bottom = box
+        reduce = min((right - left) / out[0], (bottom - top) / out[1])
+        try:
+            with Image.open(io.BytesIO(self.data)) as image:
+                if reduce >= 2:
+                    drafted = image.draft(image.mode, (-(-self.size[0] // reduce), -(-self.size[1] // reduce)))
+                    if drafted is not None:
+                        s = drafted[1][2] / self.size[0]  # 1 / the scale libjpeg decodes at
+                        box = (left * s, top * s, right * s, bottom * s)
+                image.load()
+                return image.convert(self.mode), box
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise ValueError(f"{self.name}: not a readable image ({first_line(e)})") from None
+
+
+def read_lazy(
+    path: str | os.PathLike | io.BytesIO,
+    mode: str,
+    intensity: str = "minmax",
+    name: str | None = None,
+    smallest: int = 0,
+):
+    """`read_image`, but an 8-bit JPEG whose sides are both at least `smallest` comes back as a `LazyJpeg`
+    (decoded by its crop); ValueError naming the file when it cannot be read. A JPEG without its end marker is
+    decoded here, and refused as `read_image` refuses it."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG" and image.mode in ("L", "RGB") and min(image.size) >= smallest:
+                data = path.getvalue() if isinstance(path, io.BytesIO) else Path(path).read_bytes()
+                if whole_jpeg(data):
+                    return LazyJpeg(data, mode, image.size, name or str(path))
+            return _decoded(image, mode, intensity)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise ValueError(f"{name or path}: not a readable image ({first_line(e)})") from None
+
+
+def whole_jpeg(data: bytes) -> bool:
+    """Whether a JPEG's end-of-image marker is there: a truncated file lacks it (libjpeg would fill the missing rows
+    where Pillow refuses the file)."""
+    return data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
 
 
 def to_8bit(values: np.ndarray, intensity: str) -> np.ndarray:

@@ -3,6 +3,7 @@ the training device), the evaluation batches, and the teacher's pass over the vi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -10,8 +11,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..stopping import loader_worker_init
 from .batch_aug import BatchAugment
-from .datasets import ArrayDataset
+from .datasets import ArrayDataset, ImageFolderDataset
 from .device_views import DeviceDecoder, DrawView, read_encoded
+from .images import read_lazy
 from .sampling import (
     EvalBatches,
     SeededDataset,
@@ -70,6 +72,7 @@ def training_views(
     batch_aug: bool,
     path: str = "loader",
     device: torch.device | str = "cpu",
+    jpeg_draft: bool = False,
 ) -> tuple[BatchAugment | None, DeviceDecoder | None]:
     """Give the training split its per-image transform; returns the batch augmentation when `batch_aug`, and on
     the device input path (`path`, from `input_path`) its decoder.
@@ -77,8 +80,12 @@ def training_views(
     Without batch augmentation, the whole recipe runs per image. With it, images in memory get the whole recipe a
     batch at a time; image files are cropped and flipped to one size per image (under its own seed), by the loader
     processes or, on the device path, by the device from the bytes they read; the batch gets the rest
-    (RandAugment, erasing, ...).
+    (RandAugment, erasing, ...). `jpeg_draft`: a folder's JPEGs on the loader path are decoded by their random
+    resized crop, at a lower scale where the box allows (`images.read_lazy`).
     """
+    if jpeg_draft and isinstance(train_set, ImageFolderDataset) and path != "device" and not recipe.src:
+        # only images of at least twice the input size can have a crop box that large
+        train_set.reader = functools.partial(read_lazy, smallest=2 * img_size)
     if not batch_aug:
         train_set.transform = train_transform(img_size, mean=mean, std=std, recipe=recipe)
         return None, None

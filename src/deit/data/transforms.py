@@ -20,6 +20,8 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from .images import LazyJpeg
+
 # random erasing's fills: per-pixel normal noise, one random colour per box, or zeros
 REMODES = ("pixel", "rand", "const")
 
@@ -173,7 +175,10 @@ class ResizedCrop(RandomResizedCropAndInterpolation):
 
     def __call__(self, img: Image.Image) -> Image.Image:
         (left, top, w, h), mode = self.draw(*img.size)
-        return img.resize(self.size[::-1], TF.pil_modes_mapping[mode], box=(left, top, left + w, top + h))
+        box = (left, top, left + w, top + h)
+        if isinstance(img, LazyJpeg):  # decoded now, at a lower scale where the box allows (`images.read_lazy`)
+            img, box = img.decode(box, self.size[::-1])
+        return img.resize(self.size[::-1], TF.pil_modes_mapping[mode], box=box)
 
     def draw(self, width: int, height: int) -> tuple[tuple[int, int, int, int], T.InterpolationMode]:
         """The crop box (left, top, width, height) and interpolation for an image of this size: timm's draws, from

@@ -30,7 +30,7 @@ MAX_PROCESSES = 2**16
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-OPTIONAL = {"repeat": 1, "stream": None, "input_path": "loader", "input_size": None, "name": None}
+OPTIONAL = {"repeat": 1, "stream": None, "input_path": "loader", "jpeg_draft": False, "input_size": None, "name": None}
 """Keys meta.json names only when they differ from these values."""
 
 
@@ -59,6 +59,7 @@ class ViewSpec:
     world_size: int = 1
     stream: dict | None = None  # shards: loader workers and shuffle buffer (meta.json names it only for shards)
     input_path: str = "loader"  # where files became views: "device" decodes and resamples otherwise (to a level)
+    jpeg_draft: bool = False  # a folder's large JPEGs decoded at a lower scale (`images.read_lazy`)
 
     @property
     def layout_bound(self) -> bool:
