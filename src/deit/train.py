@@ -198,7 +198,7 @@ def _build(cfg: TrainConfig, env: distributed.DistEnv, device: torch.device) -> 
         train_loader=train_loader(
             train_set, sampler, batch_size=cfg.run.batch_size, batch_aug=aug.batch_aug, options=options
         ),
-        val_loader=_val_loader(cfg, env, val_set, img_size, options, norm),
+        val_loader=_val_loader(cfg, env, val_set, img_size, options, norm, path, device),
         # every batch's augmentation and Mixup draw from (seed, epoch, process, step): a resumed run repeats them
         views=Views(
             device,
@@ -230,8 +230,11 @@ def _student(cfg: TrainConfig, info) -> tuple[nn.Module, int]:
     return model, img_size
 
 
-def _val_loader(cfg: TrainConfig, env: distributed.DistEnv, val_set, img_size: int, options: dict, norm: dict):
-    """The evaluation batches: the whole validation split, each process its share, at twice the training batch."""
+def _val_loader(
+    cfg: TrainConfig, env: distributed.DistEnv, val_set, img_size: int, options: dict, norm: dict, path, device
+):
+    """The evaluation batches: the whole validation split, each process its share, at twice the training batch;
+    on the device input path, decoded and prepared on the device."""
     return eval_loader(
         val_set,
         img_size=img_size,
@@ -241,6 +244,8 @@ def _val_loader(cfg: TrainConfig, env: distributed.DistEnv, val_set, img_size: i
         rank=env.rank,
         world_size=env.world_size,
         options=options,
+        path="device" if path == "device" else "loader",
+        device=device,
         **norm,
     )
 

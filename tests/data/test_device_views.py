@@ -59,7 +59,7 @@ def test_batched_crops_are_pillows_resize_with_a_box_to_the_bit(name):
 
 
 def test_rows_first_where_pillow_does():
-    first = vertical_first(torch.tensor([150.0, 100.0, 10.0]), torch.tensor([40.0, 100.0, 300.0]), 24)
+    first = vertical_first(torch.tensor([150.0, 100.0, 10.0]), torch.tensor([40.0, 100.0, 300.0]), 24, 24)
     import PIL
 
     assert first.tolist() == ([True, False, False] if int(PIL.__version__.split(".")[0]) >= 13 else [False] * 3)
@@ -189,6 +189,10 @@ def write_mixed_folder(root, corrupt: bool = True):
                 image.save(folder / f"{i}.jpg", quality=90)
     if corrupt:
         (root / "train" / "class_3" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+        # validation: one no reader opens, one whose header reads and whose data no decoder does (both left out)
+        (root / "val" / "class_3" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+        whole = next((root / "val").glob("*/*.jpg")).read_bytes()
+        (root / "val" / "class_2" / "damaged.jpg").write_bytes(whole[:400] + bytes(len(whole) - 402) + whole[-2:])
 
 
 def folder_config(root, out, path: str, **extra):
@@ -226,6 +230,9 @@ def test_a_run_on_the_device_path_is_the_loader_paths_run_and_resumes_to_it(tmp_
     assert "input path loader" in said and "input path device" in said
     assert_same_run(tmp_path / "loader", tmp_path / "device", parts=("model",))
     log = read_log(tmp_path / "device")
+    # the evaluation too: the validation files decoded, resized and centre-cropped on the device, the same numbers
+    evaluated = [(line["test_acc1"], line["test_loss"]) for line in log]
+    assert evaluated == [(line["test_acc1"], line["test_loss"]) for line in read_log(tmp_path / "loader")]
     assert [line["skipped_images"] for line in log] == [1, 1]
     assert all(line["cpu_decoded_images"] > 0 for line in log)  # the PNGs and progressive JPEGs
 
@@ -275,3 +282,30 @@ def test_shards_on_the_device_path_give_the_loader_paths_run(tmp_path):
     assert_same_run(tmp_path / "loader", tmp_path / "device", parts=("model",))
     log = read_log(tmp_path / "device")
     assert all(line["cpu_decoded_images"] > 0 for line in log)  # deit shard left the broken file out
+    assert [line["test_loss"] for line in log] == [line["test_loss"] for line in read_log(tmp_path / "loader")]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("crop_ratio,squash", [(0.875, False), (1.0, False), (0.9, True)])
+def test_batched_centre_crops_are_timms_evaluation_view_to_the_bit(crop_ratio, squash):
+    from torchvision import transforms as T
+
+    from deit.data.resample import resized_centre_crops
+
+    rng = np.random.default_rng(7)
+    size, images, expected = 24, [], []
+    scaled = int(size / crop_ratio)
+    for name in ("bicubic", "bilinear"):
+        view = T.Compose(
+            [
+                T.Resize((scaled, scaled) if squash else scaled, interpolation=T.InterpolationMode(name)),
+                T.CenterCrop(size),
+            ]
+        )
+        images, expected = [], []
+        for width, height in [(40, 30), (30, 57), (24, 24), (27, 100), (300, 31)]:
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            images.append(torch.from_numpy(pixels).permute(2, 0, 1))
+            expected.append(torch.from_numpy(np.array(view(Image.fromarray(pixels)))).permute(2, 0, 1))
+        out = resized_centre_crops(images, size, crop_ratio, name, squash=squash, max_bytes=100_000)
+        assert torch.equal(out, torch.stack(expected)), name

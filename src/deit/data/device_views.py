@@ -1,6 +1,8 @@
 """The device input path: loader processes read each training image's bytes and draw its crop box and mirroring;
 the training device decodes the JPEGs of a batch at once (nvJPEG on a GPU, through torchvision) and crops them all
-at once (`resample.resized_crops`); the batch augmentation (`batch_aug.BatchAugment`) does the rest.
+at once (`resample.resized_crops`); the batch augmentation (`batch_aug.BatchAugment`) does the rest. A run's
+evaluation on this path decodes the validation files there too, resized and centre-cropped as the loader path's
+evaluation transform does (`DeviceEvalBatches`).
 
 The crop box and mirroring of a view are drawn by the very calls of the loader path (`transforms.ResizedCrop`,
 `transforms.HorizontalFlip`) under the view's seed, from the size in the file's header: the same boxes for the same
@@ -24,7 +26,7 @@ import torch
 from PIL import Image
 
 from .images import read_image, whole_jpeg
-from .resample import resized_crops
+from .resample import resized_centre_crops, resized_crops
 from .transforms import HorizontalFlip, ResizedCrop
 
 log = logging.getLogger("deit")
@@ -144,6 +146,39 @@ class EncodedBatch:
         return self
 
 
+class DeviceEvalBatches:
+    """An evaluation loader of encoded images -> (images, targets, unreadable) batches as the loader path's
+    evaluation transform makes them (timm's resize and centre crop, `resample.resized_centre_crops`, then
+    ToTensor and Normalize's float32 operations), decoded and prepared on the device. An image nothing reads is
+    left out and counted, never replaced."""
+
+    def __init__(self, loader, decoder: DeviceDecoder, *, crop_ratio: float, interpolation: str, mean, std):
+        self.loader, self.decoder, self.crop_ratio, self.interpolation = loader, decoder, crop_ratio, interpolation
+        device = decoder.device
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, targets, unreadable in self.loader:
+            if images is None:
+                yield None, None, unreadable
+                continue
+            pixels = self.decoder.decode(images)
+            keep = [i for i, p in enumerate(pixels) if p is not None]
+            unreadable = unreadable + len(pixels) - len(keep)
+            if not keep:
+                yield None, None, unreadable
+                continue
+            crops = resized_centre_crops(
+                [pixels[i] for i in keep], self.decoder.size, self.crop_ratio, self.interpolation
+            )
+            x = crops.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
+            yield x, targets[torch.tensor(keep)], unreadable
+
+
 class DeviceDecoder:
     """An `EncodedBatch` -> its crops, uint8 (B, C, size, size) on `device`: JPEGs decoded there in groups,
     pixels copied, every crop resampled at once. Counts the images decoded on the CPU and those replaced."""
@@ -156,8 +191,8 @@ class DeviceDecoder:
     def __repr__(self) -> str:
         return f"DeviceDecoder(size={self.size}, mode={self.mode}, resample=Pillow's, batched)"
 
-    def __call__(self, batch: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(crops, order): order[i] is the image whose crop slot i holds (None when every image was read)."""
+    def decode(self, batch: EncodedBatch) -> list[torch.Tensor | None]:
+        """Each image's pixels (C, H, W) on the device, in the model's mode; None for one nothing could read."""
         pixels: list[torch.Tensor | None] = [None] * len(batch)
         for i in range(len(batch)):
             if not batch.jpeg[i]:
@@ -167,6 +202,11 @@ class DeviceDecoder:
         for group in self._groups(batch, jpegs):
             for i, image in zip(group, self._decode(batch, group)):
                 pixels[i] = image
+        return pixels
+
+    def __call__(self, batch: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(crops, order): order[i] is the image whose crop slot i holds (None when every image was read)."""
+        pixels = self.decode(batch)
         order = list(range(len(batch)))
         for i in range(len(batch)):
             if pixels[i] is None:  # nothing could read it: the previous readable image's view in its place

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..stopping import loader_worker_init
 from .batch_aug import BatchAugment
 from .datasets import ArrayDataset, ImageFolderDataset
-from .device_views import DeviceDecoder, DrawView, read_encoded
+from .device_views import DeviceDecoder, DeviceEvalBatches, DrawView, read_encoded
 from .images import read_lazy
 from .sampling import (
     EvalBatches,
@@ -164,14 +164,17 @@ def eval_loader(
     rank: int,
     world_size: int,
     options: dict,
+    path: str = "loader",
+    device: torch.device | str = "cpu",
 ):
-    """(images, targets) batches of this process's share of the validation split, prepared for evaluation."""
+    """(images, targets) batches of this process's share of the validation split, prepared for evaluation; on the
+    device input path (`path`), image files decoded and prepared on `device` (the same views)."""
+    if path == "device" and not isinstance(val_set, ArrayDataset):
+        val_set.reader, val_set.transform = read_encoded, None
+        files = _readable_batches(val_set, batch_size, rank, world_size, options)
+        decoder = DeviceDecoder(img_size, len(mean), torch.device(device))
+        return DeviceEvalBatches(files, decoder, crop_ratio=crop_ratio, interpolation=interpolation, mean=mean, std=std)
     val_set.transform = eval_transform(img_size, mean=mean, std=std, interpolation=interpolation, crop_ratio=crop_ratio)
-    if isinstance(val_set, ShardSet):
-        stream = EvalStream(
-            val_set, rank=rank, world_size=world_size, batch_size=batch_size, workers=options["num_workers"]
-        )
-        return loader(stream, options)
     if isinstance(val_set, ArrayDataset) and crop_ratio == 1.0 and val_set.images.shape[1:3] == (img_size, img_size):
         # already at the model's size: evaluation only converts and normalises, a batch at a time
         return EvalBatches(
@@ -183,5 +186,15 @@ def eval_loader(
             rank=rank,
             world_size=world_size,
         )
+    return _readable_batches(val_set, batch_size, rank, world_size, options)
+
+
+def _readable_batches(val_set: Dataset, batch_size: int, rank: int, world_size: int, options: dict):
+    """(images, targets, unreadable) batches of this process's share, through the split's transform."""
+    if isinstance(val_set, ShardSet):
+        stream = EvalStream(
+            val_set, rank=rank, world_size=world_size, batch_size=batch_size, workers=options["num_workers"]
+        )
+        return loader(stream, options)
     sampler = ShardSampler(len(val_set), rank, world_size)
     return DataLoader(val_set, batch_size=batch_size, sampler=sampler, collate_fn=collate_readable, **options)

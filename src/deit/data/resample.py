@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import PIL
 import torch
@@ -51,16 +52,37 @@ def _sinc(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x == 0, 1.0, torch.sin(px) / torch.where(x == 0, 1.0, px))
 
 
-def axis_weights(
-    start: torch.Tensor, length: torch.Tensor, in_size: torch.Tensor, out_size: int, filters: list[str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For B images, the weights of one axis: (first source pixel read, (B, out_size, span) weights from it on,
-    in units of 2^-22 as Pillow holds them).
+@dataclass
+class Taps:
+    """Which source pixels each output pixel of one axis reads, for B images (float64, on the CPU): output o of
+    image b reads [low, high) around `centre`; `first` is the first pixel any output reads and `reach` how many
+    from it on (the taps move right with the output)."""
 
-    `start`, `length`: the box along the axis, `in_size`: the image's size along it (float64, (B,))."""
-    b = len(start)
+    centre: torch.Tensor  # (B, count)
+    low: torch.Tensor
+    high: torch.Tensor
+    filterscale: torch.Tensor  # (B,)
+    first: torch.Tensor  # (B,) int64
+    reach: torch.Tensor  # (B,) int64
+
+
+def taps(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    in_size: torch.Tensor,
+    out_size: torch.Tensor,
+    filters: list[str],
+    offset: torch.Tensor | None = None,
+    count: int | None = None,
+) -> Taps:
+    """Pillow's taps for the box [start, start + length) of an axis of `in_size` pixels resized to `out_size`
+    (all (B,) float64), for the `count` outputs from `offset` on (a centre crop of the resized image; default
+    all of a square `out_size`)."""
+    count = int(out_size[0]) if count is None else count
+    offset = torch.zeros_like(start) if offset is None else offset
     scale = length / out_size
-    centre = start[:, None] + (torch.arange(out_size, dtype=torch.float64) + 0.5)[None] * scale[:, None]
+    o = offset[:, None] + torch.arange(count, dtype=torch.float64)[None]
+    centre = start[:, None] + (o + 0.5) * scale[:, None]
     support = torch.tensor([SUPPORT.get(f, 0.5) for f in filters], dtype=torch.float64)
     filterscale = scale.clamp(min=1.0)
     reach = (support * filterscale)[:, None]
@@ -71,24 +93,32 @@ def axis_weights(
         pick = torch.floor(centre).clamp(max=in_size[:, None] - 1)
         low = torch.where(nearest[:, None], pick, low)
         high = torch.where(nearest[:, None], pick + 1, high)
-    first = low[:, 0]  # the taps move right with the output: the first output's are the leftmost
-    span = int((high[:, -1] - first).max().item()) if b else 0
-    x = first[:, None, None] + torch.arange(span, dtype=torch.float64)[None, None]  # (B, 1, span) source pixels
-    inside = (x >= low[..., None]) & (x < high[..., None])
-    weights = torch.zeros(b, out_size, span, dtype=torch.float64)
-    for name in set(filters):
-        rows = torch.tensor([f == name for f in filters])
-        if name == "nearest":
-            weights[rows] = 1.0
-            continue
-        offset = (x[rows] - centre[rows][..., None] + 0.5) / filterscale[rows][:, None, None]
-        weights[rows] = _kernel(name, offset)
-    weights = torch.where(inside, weights, 0.0)
+    first = low[:, 0]
+    return Taps(centre, low, high, filterscale, first.to(torch.int64), (high[:, -1] - first).to(torch.int64))
+
+
+def axis_weights(
+    t: Taps, filters: list[str], rows: list[int], span: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The weights of images `rows` along one axis, (G, count, span) on `device`: from each image's first pixel
+    on, in units of 2^-22 as Pillow holds them (whole numbers)."""
+    index = torch.tensor(rows)
+    centre, low, high = (v[index].to(device) for v in (t.centre, t.low, t.high))
+    filterscale = t.filterscale[index].to(device)
+    x = t.first[index].to(device, torch.float64)[:, None, None] + torch.arange(span, device=device)[None, None]
+    offset = (x - centre[..., None] + 0.5) / filterscale[:, None, None]
+    weights = torch.zeros(offset.shape, dtype=torch.float64, device=device)
+    names = [filters[i] for i in rows]
+    for name in set(names):
+        chosen = torch.tensor([f == name for f in names], device=device)
+        value = torch.ones_like(offset) if name == "nearest" else _kernel(name, offset)
+        weights = torch.where(chosen[:, None, None], value, weights)
+    weights = torch.where((x >= low[..., None]) & (x < high[..., None]), weights, 0.0)
     total = weights.sum(dim=2, keepdim=True)
-    weights = torch.where(total != 0, weights / torch.where(total == 0, 1.0, total), weights)
+    weights = weights / torch.where(total == 0, 1.0, total)
     # Pillow's fixed-point weights: each rounded to a whole number of 2^-22, halves away from zero
     weights = torch.sign(weights) * torch.floor(weights.abs() * float(1 << PRECISION_BITS) + 0.5)
-    return first.to(torch.int64), weights
+    return weights.to(dtype)
 
 
 def exact_dtype(device: torch.device) -> torch.dtype:
@@ -124,6 +154,41 @@ def resized_crops(
     filter, mirrored where `flips`: uint8 (B, C, size, size) on the images' device. Images are resampled in
     groups whose float copies stay under `max_bytes` (one image alone may exceed it)."""
     b = len(images)
+    square = torch.full((b, 2), float(size), dtype=torch.float64)
+    return _resampled(images, boxes, square, torch.zeros(b, 2, dtype=torch.float64), size, filters, flips, max_bytes)
+
+
+def resized_centre_crops(
+    images: list[torch.Tensor],
+    size: int,
+    crop_ratio: float,
+    filters: list[str] | str = "bicubic",
+    squash: bool = False,
+    max_bytes: int = 1 << 30,
+) -> torch.Tensor:
+    """timm's evaluation view of each image, as Pillow computes it: the short side (`squash`: both sides) resized
+    to floor(size / crop_ratio), the long side in proportion (torchvision's Resize), then the centre size x size
+    (torchvision's CenterCrop); uint8 (B, C, size, size)."""
+    scaled = math.floor(size / crop_ratio)
+    dims = []
+    for image in images:
+        h, w = int(image.shape[1]), int(image.shape[2])
+        if squash:
+            dims.append((scaled, scaled))
+        elif w <= h:
+            dims.append((scaled, int(scaled * h / w)))
+        else:
+            dims.append((int(scaled * w / h), scaled))
+    out = torch.tensor(dims, dtype=torch.float64)  # (width, height) of the whole resized image
+    offsets = torch.tensor([(round((w - size) / 2.0), round((h - size) / 2.0)) for w, h in dims])
+    whole = torch.tensor([(0, 0, image.shape[2], image.shape[1]) for image in images], dtype=torch.float64)
+    return _resampled(images, whole, out, offsets.to(torch.float64), size, filters, None, max_bytes)
+
+
+def _resampled(images, boxes, out, offsets, size: int, filters, flips, max_bytes: int) -> torch.Tensor:
+    """Each image's box resized to out (width, height), the size x size window from `offsets` (column, row) kept,
+    mirrored where `flips`."""
+    b = len(images)
     if b == 0:
         raise ValueError("no images to crop")
     channels = {int(image.shape[0]) for image in images}
@@ -135,34 +200,40 @@ def resized_crops(
     boxes = boxes.to("cpu", torch.float64)
     heights = torch.tensor([image.shape[1] for image in images], dtype=torch.float64)
     widths = torch.tensor([image.shape[2] for image in images], dtype=torch.float64)
-    x0, wx = axis_weights(boxes[:, 0], boxes[:, 2], widths, size, filters)
-    y0, wy = axis_weights(boxes[:, 1], boxes[:, 3], heights, size, filters)
-    wx[flips] = wx[flips].flip(1)
-    out = torch.empty(b, channels.pop(), size, size, dtype=torch.uint8, device=device)
-    first = vertical_first(heights, widths, size)
+    across = taps(boxes[:, 0], boxes[:, 2], widths, out[:, 0], filters, offsets[:, 0], size)
+    down = taps(boxes[:, 1], boxes[:, 3], heights, out[:, 1], filters, offsets[:, 1], size)
+    result = torch.empty(b, channels.pop(), size, size, dtype=torch.uint8, device=device)
+    rows_first = vertical_first(heights, widths, out[:, 1], out[:, 0])
     for order in (False, True):
-        chosen = (first == order).nonzero().squeeze(1).tolist()
-        for group in _groups(chosen, wx, wy, out.shape[1], max_bytes):
-            out[group] = _resample([images[i] for i in group], x0[group], y0[group], wx[group], wy[group], order)
-    return out
+        chosen = (rows_first == order).nonzero().squeeze(1).tolist()
+        for group in _groups(chosen, across.reach, down.reach, result.shape[1], max_bytes):
+            span_x, span_y = int(across.reach[group].max()), int(down.reach[group].max())
+            dtype = exact_dtype(device)
+            wx = axis_weights(across, filters, group, span_x, device, dtype)
+            wy = axis_weights(down, filters, group, span_y, device, dtype)
+            mirrored = flips[group].to(device)
+            wx = torch.where(mirrored[:, None, None], wx.flip(1), wx)
+            pixels = [images[i] for i in group]
+            result[group] = _resample(pixels, across.first[group], down.first[group], wx, wy, order)
+    return result
 
 
-def vertical_first(heights: torch.Tensor, widths: torch.Tensor, size: int) -> torch.Tensor:
+def vertical_first(heights: torch.Tensor, widths: torch.Tensor, out_h, out_w) -> torch.Tensor:
     """Which images Pillow resamples vertically first: from Pillow 13, those losing more than twice as many rows
     as columns (the first pass then works on fewer rows); before it, none. The order moves a pixel by a level at
     most where the two round differently in between."""
     if PILLOW_MAJOR < 13:
         return torch.zeros(len(heights), dtype=torch.bool)
-    rows_lost, cols_lost = heights - size, widths - size
+    rows_lost, cols_lost = heights - out_h, widths - out_w
     return (rows_lost > 0) & (rows_lost > 2 * cols_lost)
 
 
-def _groups(chosen: list[int], wx: torch.Tensor, wy: torch.Tensor, channels: int, max_bytes: int) -> list[list[int]]:
-    """The chosen images in groups whose padded float copies stay under max_bytes (one image alone may not)."""
+def _groups(chosen: list[int], reach_x, reach_y, channels: int, max_bytes: int) -> list[list[int]]:
+    """The chosen images in groups whose padded float64 copies stay under max_bytes (one image alone may not)."""
     groups, group, widest, tallest = [], [], 0, 0
     for i in chosen:
-        w, h = _reach(wx[i]), _reach(wy[i])
-        grown = (len(group) + 1) * channels * max(widest, w) * max(tallest, h) * 4
+        w, h = int(reach_x[i]), int(reach_y[i])
+        grown = (len(group) + 1) * channels * max(widest, w) * max(tallest, h) * 8
         if group and grown > max_bytes:
             groups.append(group)
             group, widest, tallest = [], 0, 0
@@ -171,24 +242,17 @@ def _groups(chosen: list[int], wx: torch.Tensor, wy: torch.Tensor, channels: int
     return groups + ([group] if group else [])
 
 
-def _reach(weights: torch.Tensor) -> int:
-    """How many source pixels from the first one an image's weights (out, span) read."""
-    used = (weights != 0).any(dim=0).nonzero()
-    return int(used.max().item()) + 1 if len(used) else 1
-
-
 def _resample(images: list[torch.Tensor], xs, ys, wx, wy, vertical_first: bool) -> torch.Tensor:
-    """One group: each image's read region into a zero-padded float batch, then the two passes in Pillow's order
+    """One group: each image's read region into a zero-padded batch, then the two passes in Pillow's order
     (weights past an image's own region are zero, so the padding is never read)."""
-    device = images[0].device
-    dtype = exact_dtype(device)
-    span_x, span_y = max(_reach(w) for w in wx), max(_reach(w) for w in wy)
+    device, dtype = wx.device, wx.dtype
+    span_x, span_y = wx.shape[2], wy.shape[2]
     x = torch.zeros(len(images), images[0].shape[0], span_y, span_x, dtype=dtype, device=device)
     for k, image in enumerate(images):
         region = image[:, ys[k] : ys[k] + span_y, xs[k] : xs[k] + span_x]
         x[k, :, : region.shape[1], : region.shape[2]] = region
-    across = wx[:, :, :span_x].to(device, dtype).transpose(1, 2)[:, None]  # (G, 1, span_x, size)
-    down = wy[:, :, :span_y].to(device, dtype)[:, None]  # (G, 1, size, span_y)
+    across = wx.transpose(1, 2)[:, None]  # (G, 1, span_x, size)
+    down = wy[:, None]  # (G, 1, size, span_y)
     with _full_float32():
         out = _round(down @ x) @ across if vertical_first else down @ _round(x @ across)
     return _round(out).to(torch.uint8)

@@ -125,10 +125,14 @@ def seeded(seed: int):
 def collate_readable(samples: list[tuple]) -> tuple:
     """Batch an evaluation split's samples, leaving out unreadable files: (images, targets, unreadable count);
     images and targets are None when none of the batch could be read."""
+    from .device_views import Encoded, EncodedBatch
+
     readable = [(image, target) for image, target, *_ in samples if image is not None]
     unreadable = torch.tensor(len(samples) - len(readable))
     if not readable:
         return None, None, unreadable
+    if isinstance(readable[0][0], Encoded):  # the device input path: decoded and prepared on the device
+        return EncodedBatch.of([image for image, _ in readable]), torch.tensor([t for _, t in readable]), unreadable
     images, targets = default_collate(readable)
     return images, targets, unreadable
 
