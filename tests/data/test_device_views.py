@@ -262,12 +262,14 @@ def test_a_cache_made_on_one_input_path_is_refused_by_the_other_in_one_line(tmp_
     assert "input_path=device" in message and "this run has loader" in message
 
 
-def test_the_device_path_needs_batch_augmentation(tmp_path):
+def test_the_device_path_needs_batch_augmentation_and_image_files(tmp_path):
     from deit.train import run
 
     write_mixed_folder(tmp_path / "digits", corrupt=False)
     with pytest.raises(ValueError, match="--input-path device .*add --batch-aug"):
         run(folder_config(tmp_path / "digits", tmp_path / "run", "device", **{"aug.batch_aug": False}))
+    with pytest.raises(ValueError, match="--input-path device is for image files; .* held in memory"):
+        run(folder_config(None, tmp_path / "run2", "device", **{"data.data_set": "mnist5k", "data.grayscale": False}))
 
 
 def test_shards_on_the_device_path_give_the_loader_paths_run(tmp_path):

@@ -51,12 +51,15 @@ def worker_count(train_set: Dataset, batch_aug: bool, num_workers: int) -> int:
 def input_path(train_set: Dataset, batch_aug: bool, asked: str, device: torch.device) -> str:
     """Where the training images become views (`device_views.INPUT_PATHS`, resolved): "memory" (a built-in set,
     augmented a batch at a time), "loader" (files decoded by the loader processes) or "device"."""
-    if isinstance(train_set, ArrayDataset) and batch_aug:
-        return "memory"
+    if asked == "device" and isinstance(train_set, ArrayDataset):
+        raise ValueError(
+            "--input-path device is for image files; this data set is held in memory (with --batch-aug its batches "
+            "are augmented on the training device already): drop --input-path"
+        )
     if asked == "device" and not batch_aug:
         raise ValueError("--input-path device decodes and crops a batch at a time: add --batch-aug")
-    if asked == "device" and isinstance(train_set, ArrayDataset):
-        raise ValueError("--input-path device is for image files; this data set is held in memory")
+    if isinstance(train_set, ArrayDataset) and batch_aug:
+        return "memory"
     if asked == "auto":
         return "device" if batch_aug and device.type == "cuda" and not isinstance(train_set, ArrayDataset) else "loader"
     return asked
