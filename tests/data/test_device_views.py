@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_same_run, interrupted_then_resumed, read_log
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from deit.data import build_dataset
@@ -297,7 +299,7 @@ def test_batched_centre_crops_are_timms_evaluation_view_to_the_bit(crop_ratio, s
     rng = np.random.default_rng(7)
     size, images, expected = 24, [], []
     scaled = int(size / crop_ratio)
-    for name in ("bicubic", "bilinear"):
+    for name in ("bicubic", "bilinear", "nearest"):
         view = T.Compose(
             [
                 T.Resize((scaled, scaled) if squash else scaled, interpolation=T.InterpolationMode(name)),
@@ -311,3 +313,26 @@ def test_batched_centre_crops_are_timms_evaluation_view_to_the_bit(crop_ratio, s
             expected.append(torch.from_numpy(np.array(view(Image.fromarray(pixels)))).permute(2, 0, 1))
         out = resized_centre_crops(images, size, crop_ratio, name, squash=squash, max_bytes=100_000)
         assert torch.equal(out, torch.stack(expected)), name
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    data=st.data(),
+    name=st.sampled_from(FILTERS),
+    width=st.integers(1, 90),
+    height=st.integers(1, 90),
+    size=st.integers(1, 40),
+    channels=st.sampled_from([1, 3]),
+)
+def test_any_box_of_any_image_is_pillows_crop(data, name, width, height, size, channels):
+    """Every box, size and filter, down to one pixel: Pillow's nearest steps its centres by repeated addition and
+    can land a hair under a whole number; the others round at the halves of their fixed point."""
+    cw, ch = data.draw(st.integers(1, width)), data.draw(st.integers(1, height))
+    left, top = data.draw(st.integers(0, width - cw)), data.draw(st.integers(0, height - ch))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+    crop = np.array(image.resize((size, size), PIL_FILTERS[name], box=(left, top, left + cw, top + ch)))
+    expected = torch.from_numpy(crop.reshape(size, size, channels)).permute(2, 0, 1)
+    out = resized_crops([torch.from_numpy(pixels).permute(2, 0, 1)], torch.tensor([[left, top, cw, ch]]), size, name)
+    assert torch.equal(out[0], expected)

@@ -16,6 +16,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import PIL
 import torch
 
@@ -90,11 +91,22 @@ def taps(
     high = torch.minimum(torch.floor(centre + reach + 0.5), in_size[:, None])
     nearest = torch.tensor([f == "nearest" for f in filters])
     if nearest.any():  # Pillow's nearest: the source pixel under the centre, no weighting
-        pick = torch.floor(centre).clamp(max=in_size[:, None] - 1)
+        pick = torch.floor(_stepped(start, scale, offset, count)).clamp(max=in_size[:, None] - 1)
         low = torch.where(nearest[:, None], pick, low)
         high = torch.where(nearest[:, None], pick + 1, high)
     first = low[:, 0]
     return Taps(centre, low, high, filterscale, first.to(torch.int64), (high[:, -1] - first).to(torch.int64))
+
+
+def _stepped(start: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, count: int) -> torch.Tensor:
+    """Output centres as Pillow's nearest-neighbour scaling reaches them: start + scale / 2, then scale added once
+    per output pixel in float64 (a sum that lands a hair under a whole number picks the pixel before)."""
+    rows = []
+    for s, step, first in zip(start.tolist(), scale.tolist(), offset.tolist()):
+        terms = np.full(int(first) + count, step)
+        terms[0] = s + step * 0.5
+        rows.append(np.add.accumulate(terms)[int(first) :])
+    return torch.from_numpy(np.stack(rows))
 
 
 def axis_weights(
