@@ -166,7 +166,7 @@ def test_running_out_of_device_memory_is_one_line(monkeypatch):
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", full)
     item = read_encoded(io.BytesIO(odd_files(np.random.default_rng(3))["large.jpg"]), "RGB", name="big.jpg")
-    with pytest.raises(ValueError, match=r"ran out of memory decoding 1 JPEGs \(the largest 400x300\).*--batch-size"):
+    with pytest.raises(ValueError, match=r"ran out of memory decoding 1 images \(the largest 400x300\).*--batch-size"):
         DeviceDecoder(32, 3, torch.device("cpu"))(EncodedBatch.of([item]))
 
 

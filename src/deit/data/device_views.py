@@ -172,9 +172,11 @@ class DeviceEvalBatches:
             if not keep:
                 yield None, None, unreadable
                 continue
-            crops = resized_centre_crops(
-                [pixels[i] for i in keep], self.decoder.size, self.crop_ratio, self.interpolation
-            )
+            kept = [pixels[i] for i in keep]
+            try:
+                crops = resized_centre_crops(kept, self.decoder.size, self.crop_ratio, self.interpolation)
+            except torch.OutOfMemoryError:
+                raise self.decoder.out_of_memory("resizing", kept) from None
             x = crops.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
             yield x, targets[torch.tensor(keep)], unreadable
 
@@ -217,16 +219,28 @@ class DeviceDecoder:
                 if order[i] < 0:
                     raise ValueError(f"none of a batch's {len(batch)} images could be read ({batch.names[0]}, ...)")
         pixels = [pixels[j] for j in order]
-        crops = resized_crops(
-            pixels,
-            batch.boxes[order],
-            self.size,
-            [batch.interpolations[j] for j in order],
-            batch.flips[order],
-            self.max_bytes,
-        )
+        try:
+            crops = resized_crops(
+                pixels,
+                batch.boxes[order],
+                self.size,
+                [batch.interpolations[j] for j in order],
+                batch.flips[order],
+                self.max_bytes,
+            )
+        except torch.OutOfMemoryError:
+            raise self.out_of_memory("cropping", pixels) from None
         changed = order != list(range(len(batch)))
         return crops, torch.tensor(order) if changed else None
+
+    def out_of_memory(self, doing: str, images: list) -> ValueError:
+        """The line for a device that ran out of memory `doing` images (pixels (C, H, W), or their shapes)."""
+        sides = [tuple(image.shape if isinstance(image, torch.Tensor) else image)[1:] for image in images]
+        h, w = max(sides, key=lambda side: side[0] * side[1])
+        return ValueError(
+            f"the {self.device} ran out of memory {doing} {len(images)} images (the largest {w}x{h}): lower "
+            "--batch-size, or decode in the loader processes (--input-path loader)"
+        )
 
     def take_counts(self) -> dict[str, int]:
         """The counts since the last call, then zero."""
@@ -253,14 +267,11 @@ class DeviceDecoder:
 
         data = [batch.item(i) for i in group]
         try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, device=self.device)
+            # RGB, which every device decoder gives (a gray JPEG's Y repeated, as Pillow's conversion repeats it)
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
             return [self._channels(image) for image in decoded]
         except torch.OutOfMemoryError:
-            _, h, w = max((batch.shapes[i] for i in group), key=lambda s: s[1] * s[2])
-            raise ValueError(
-                f"the {self.device} ran out of memory decoding {len(group)} JPEGs (the largest {w}x{h}): lower "
-                "--batch-size, or decode in the loader processes (--input-path loader)"
-            ) from None
+            raise self.out_of_memory("decoding", [batch.shapes[i] for i in group]) from None
         except RuntimeError:
             if len(group) == 1:
                 return [self._fallback(batch, group[0])]
