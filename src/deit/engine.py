@@ -130,7 +130,9 @@ def train_one_epoch(
     steps = max(len(loader), 1)
     stats = {f"train_{key}" if key == "loss" else key: (value / steps).item() for key, value in sums.items()}
     decoded = views.counts()
-    counted = torch.tensor([skipped + decoded.get("unreadable", 0), decoded.get("cpu_decoded", 0)], dtype=torch.float64)
+    # on the training device: NCCL, the GPUs' process group, reduces device tensors only
+    counts = [skipped + decoded.get("unreadable", 0), decoded.get("cpu_decoded", 0)]
+    counted = torch.tensor(counts, dtype=torch.float64, device=views.device)
     skipped, cpu_decoded = (int(n) for n in all_reduce_sum(counted).tolist())
     stats.update(lr=updates.lr, images_per_s=images_seen / elapsed, train_seconds=elapsed, skipped_images=skipped)
     if views.decode is not None:
