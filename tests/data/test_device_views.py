@@ -261,7 +261,7 @@ def test_a_cache_made_on_one_input_path_is_refused_by_the_other_in_one_line(tmp_
         run(folder_config(tmp_path / "digits", tmp_path / "loader", "loader", **distilled))
     message = str(refused.value)
     assert "\n" not in message
-    assert "input_path=device" in message and "this run has loader" in message
+    assert "input_path=device" in message and "this run has loader" in message and "--input-path device" in message
 
 
 def test_the_device_path_needs_batch_augmentation_and_image_files(tmp_path):

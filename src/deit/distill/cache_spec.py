@@ -188,6 +188,12 @@ def check_serves(meta: dict, spec: CacheSpec, root: Path) -> None:
             want = (ours or {}).get(diff, OPTIONAL.get(diff)) if keys else ours
             if isinstance(got, list) and isinstance(want, list):  # e.g. the transform's steps: the first that differs
                 got, want = next(((a, b) for a, b in zip(got, want) if a != b), (len(got), len(want)))
+            if diff in ("input_path", "jpeg_draft"):  # the views' pixels differ: the other setting reads this cache
+                flag = f"--input-path {got}" if diff == "input_path" else ("--jpeg-draft" if got else "--no-jpeg-draft")
+                raise ValueError(
+                    f"teacher cache {root} was made for views {diff}={short_text(got)}, but this run has "
+                    f"{short_text(want)}: give {flag} to use it, or make a new cache (another --teacher-cache folder)"
+                )
             raise ValueError(
                 f"teacher cache {root} was made for {section} {diff}={short_text(got)}, but this run has "
                 f"{short_text(want)}; make a new cache (another --teacher-cache folder)"
