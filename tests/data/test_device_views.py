@@ -336,3 +336,28 @@ def test_any_box_of_any_image_is_pillows_crop(data, name, width, height, size, c
     expected = torch.from_numpy(crop.reshape(size, size, channels)).permute(2, 0, 1)
     out = resized_crops([torch.from_numpy(pixels).permute(2, 0, 1)], torch.tensor([[left, top, cw, ch]]), size, name)
     assert torch.equal(out[0], expected)
+
+
+def test_two_processes_on_the_device_path_train_as_on_the_loader_path(tmp_path):
+    """torchrun, 2 gloo processes with a loader process each: each process decodes its own share on its device,
+    and the run equals the loader path's, weight for weight (the epoch's counts summed over processes)."""
+    import os
+    import subprocess
+    import sys
+
+    write_mixed_folder(tmp_path / "digits")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for path in ("loader", "device"):
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "deit", "train",
+                "--model", "deit_pico_patch4_28", "--data-set", "folder", "--data-path", str(tmp_path / "digits"),
+                "--grayscale", "--num_workers", "1", "--batch-size", "8", "--epochs", "2", "--no-model-ema",
+                "--batch-aug", "--no-jpeg-draft", "--input-path", path, "--device", "cpu",
+                "--output_dir", str(tmp_path / path),
+            ],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(tmp_path / "loader", tmp_path / "device", parts=("model",))
+    assert all(line["cpu_decoded_images"] > 0 for line in read_log(tmp_path / "device"))
