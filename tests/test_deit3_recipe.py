@@ -59,7 +59,33 @@ def test_simple_random_crop_resizes_the_short_side():
     transform = train_transform(32, mean=(0.5,) * 3, std=(0.5,) * 3, recipe=recipe)
     assert transform(Image.new("RGB", (90, 45))).shape == (3, 32, 32)
     names = [type(t).__name__ for t in transform.transforms]
-    assert names[:2] == ["Resize", "RandomCrop"] and "RandomResizedCropAndInterpolation" not in names
+    assert names[0] == "SimpleCrop" and "RandomResizedCropAndInterpolation" not in names
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+@pytest.mark.parametrize("width, height", [(90, 45), (33, 70), (32, 32), (20, 26)])
+def test_simple_crop_is_torchvisions_resize_and_padded_random_crop(width, height, interpolation):
+    """Our Simple Random Crop against torchvision's two steps under the same torch seeds: the same windows, the
+    same pixels; its draw alone gives the same window."""
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision import transforms as T
+
+    from deit.data.transforms import SimpleCrop
+
+    rng = np.random.default_rng(width * height)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    theirs = T.Compose(
+        [T.Resize(32, interpolation=str_to_interp_mode(interpolation)), T.RandomCrop(32, 4, padding_mode="reflect")]
+    )
+    ours = SimpleCrop(32, interpolation)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        expected = np.array(theirs(image))
+        torch.manual_seed(seed)
+        assert np.array_equal(np.array(ours(image)), expected)
+        torch.manual_seed(seed)
+        (w, h), (left, top), _ = ours.draw(width, height)
+        assert min(w, h) == 32 and -4 <= left <= w - 28 and -4 <= top <= h - 28
 
 
 def test_bce_on_mixed_targets_binarises_them_as_the_official_code():

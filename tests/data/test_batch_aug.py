@@ -157,3 +157,108 @@ def test_bad_input_is_refused(digits):
         _plain()(torch.rand(2, 1, 28, 28), 0)
     with pytest.raises(ValueError, match="RandAugment"):
         BatchAugment(28, mean=(0.5,), std=(0.5,), recipe=Recipe(aa="augmix-m5"))
+
+
+def _rgb(digits: np.ndarray) -> torch.Tensor:
+    """Colour images (B, 3, 28, 28) from the digits: three different channels."""
+    return torch.from_numpy(np.stack([digits, np.roll(digits, 3, axis=0) // 2, 255 - digits], axis=1))
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_three_augment_ops_match_torchvision(digits, kernel):
+    """Each 3-Augment op against the per-image pipeline's torchvision step on the same image (and sigma): grayscale
+    and solarize to the level; the blur to torchvision's float result (float32 sums in another order) and to its
+    8-bit image within the half level it rounds by."""
+    from torchvision import transforms as T
+    from torchvision.transforms import functional as TF
+
+    from deit.data.batch_aug import THREE_AUGMENT, three_augment
+
+    x = _rgb(digits[:12])
+    choice = torch.arange(12) % 3
+    sigma = torch.linspace(0.1, 2.0, 12)
+    ours = three_augment(x.float() / 255, choice, sigma, kernel)
+    for i in range(12):
+        pil = Image.fromarray(x[i].permute(1, 2, 0).numpy(), "RGB")
+        name = THREE_AUGMENT[int(choice[i])]
+        if name == "grayscale":
+            theirs = T.Grayscale(num_output_channels=3)(pil)
+        elif name == "solarize":
+            theirs = T.RandomSolarize(threshold=128, p=1.0)(pil)
+        else:
+            theirs = TF.gaussian_blur(pil, [kernel, kernel], [float(sigma[i])] * 2)
+            exact = TF.gaussian_blur(x[i : i + 1].float() / 255, [kernel, kernel], [float(sigma[i])] * 2)[0]
+            assert (ours[i] - exact).abs().max() < 1e-5
+        expected = torch.from_numpy(np.array(theirs)).permute(2, 0, 1).float()
+        tolerance = 0.5 + 1e-3 if name == "blur" else 0.0
+        assert (ours[i] * 255 - expected).abs().max() <= tolerance, name
+        assert (ours[i] * 255 - x[i].float()).abs().max() > 20, name  # the op did change the image
+
+
+def test_three_augment_applies_one_op_per_image_each_a_third_of_the_time(digits):
+    """BatchAugment with 3-Augment (the whole image, no jitter): every image comes out grayscaled, solarized or
+    else blurred (at sigma near 0.1 a 3-tap blur leaves the image as it was), each for a third of the images
+    (binomial std over 960 images 0.015: the bound is 4 of them), a different draw for another seed."""
+    from deit.data.batch_aug import three_augment
+
+    x = _rgb(np.repeat(digits[:24], 40, axis=0))
+    n = len(x)
+    aug = _plain(three_augment=True, mean=(0.0,) * 3, std=(1.0,) * 3)
+    out = aug(x, 3)
+    plain = x.float() / 255
+    gray = three_augment(plain, torch.zeros(n, dtype=torch.int64), torch.ones(n), 3)
+    solarized = three_augment(plain, torch.ones(n, dtype=torch.int64), torch.ones(n), 3)
+    near = lambda a, b: (a - b).flatten(1).abs().amax(dim=1) < 1e-5  # noqa: E731
+    is_gray, is_solarized = near(out, gray), near(out, solarized)
+    is_blurred = ~is_gray & ~is_solarized
+    assert not (is_gray & is_solarized).any() and not near(out, plain)[is_gray | is_solarized].any()
+    for share in (is_gray, is_solarized, is_blurred):
+        assert abs(share.float().mean().item() - 1 / 3) < 4 * math.sqrt(2 / 9 / n)
+    assert not torch.equal(near(aug(x, 4), gray), is_gray)
+
+
+def test_three_augment_is_followed_by_colour_jitter(digits):
+    """As in the per-image pipeline, 3-Augment keeps colour jitter (RandAugment turns it off)."""
+    x = _rgb(digits)
+    aug = _plain(three_augment=True, color_jitter=0.3, mean=(0.0,) * 3, std=(1.0,) * 3)
+    assert aug.jitter == 0.3 and aug.three_augment
+    assert _plain(aa="rand-m9-mstd0.5-inc1", color_jitter=0.3).jitter == 0.0
+    assert not torch.equal(aug(x, 0), _plain(three_augment=True, mean=(0.0,) * 3, std=(1.0,) * 3)(x, 0))
+
+
+def test_simple_random_crop_of_images_in_memory_is_a_window_of_the_reflected_image(digits):
+    """DeiT III's crop on a batch of images at the input size: each view is, to the bit, a window of the image
+    padded by 4 px (reflected), mirrored or not, and the windows and mirrors vary."""
+    x = torch.from_numpy(np.repeat(digits[:8], 10, axis=0)).unsqueeze(1)
+    out = _plain(src=True, hflip=0.5, train_interpolation="bicubic")(x, 11)
+    padded = F.pad(x.float(), (4, 4, 4, 4), mode="reflect") / 255
+    found = set()
+    for i in range(len(x)):
+        windows = [
+            (dy, dx, flip)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if torch.equal(out[i], (lambda w: w.flip(-1) if flip else w)(padded[i, :, dy : dy + 28, dx : dx + 28]))
+        ]
+        assert windows, f"view {i} is no window of its padded image"
+        found.update(windows)
+    assert len({(dy, dx) for dy, dx, _ in found}) > 20 and {flip for *_, flip in found} == {False, True}
+
+
+def test_simple_random_crop_resizes_images_in_memory_as_pillow():
+    """Images of another size: the short side resized as Pillow does (torchvision's Resize), then the window."""
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.integers(0, 256, (6, 3, 12, 20), dtype=np.uint8))
+    out = _plain(src=True, train_interpolation="bicubic", mean=(0.0,) * 3, std=(1.0,) * 3)(x, 0)
+    resized = [
+        np.array(T.Resize(28, T.InterpolationMode.BICUBIC)(Image.fromarray(im.permute(1, 2, 0).numpy()))) for im in x
+    ]
+    for i, image in enumerate(resized):
+        assert image.shape == (28, 46, 3)
+        padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+        views = [padded[dy : dy + 28, dx : dx + 28] for dy in range(9) for dx in range(27)]
+        ours = (out[i] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert any(np.array_equal(ours, view) for view in views)

@@ -90,21 +90,22 @@ DEVICE_DECODED = {"baseline.jpg", "gray.jpg", "large.jpg"}
 
 
 @pytest.mark.smoke
+@pytest.mark.parametrize("src", [False, True], ids=["random-resized-crop", "simple-random-crop"])
 @pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_same_crop_boxes_and_pixels_as_the_loader_path_for_every_kind_of_file(mode):
+def test_same_crop_boxes_and_pixels_as_the_loader_path_for_every_kind_of_file(mode, src):
     files = odd_files(np.random.default_rng(0))
-    loader_path = crop_transform(32, Recipe(crop_scale=0.08, hflip=0.5))
+    loader_path = crop_transform(32, Recipe(crop_scale=0.08, hflip=0.5, src=src))
     draw = DrawView(*loader_path.transforms[:2])
     expected, boxes, encoded = [], [], []
     for k, data in enumerate(files.values()):
         with seeded(100 + k):
             expected.append(loader_path(read_image(io.BytesIO(data), mode)))
-        with seeded(100 + k):  # the box the loader path drew, from the image's size
+        with seeded(100 + k):  # the box (or the resized size and window) the loader path drew, from the image's size
             image = read_image(io.BytesIO(data), mode)
-            boxes.append(loader_path.transforms[0].draw(image.width, image.height)[0])
+            boxes.append(loader_path.transforms[0].draw(image.width, image.height)[:-1])
         with seeded(100 + k):
             encoded.append(draw(read_encoded(io.BytesIO(data), mode, name=f"file {k}")))
-    assert [e.box for e in encoded] == boxes
+    assert [(e.resized, e.window) if src else (e.box,) for e in encoded] == boxes
     assert [e.jpeg for e in encoded] == [name in DEVICE_DECODED for name in files]
     decoder = DeviceDecoder(32, 3 if mode == "RGB" else 1, torch.device("cpu"))
     crops, order = decoder(EncodedBatch.of(encoded))
@@ -361,3 +362,51 @@ def test_two_processes_on_the_device_path_train_as_on_the_loader_path(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(tmp_path / "loader", tmp_path / "device", parts=("model",))
     assert all(line["cpu_decoded_images"] > 0 for line in read_log(tmp_path / "device"))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    name=st.sampled_from(FILTERS),
+    width=st.integers(1, 90),
+    height=st.integers(1, 90),
+    size=st.integers(5, 40),
+    channels=st.sampled_from([1, 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_simple_random_crop_of_any_image_is_torchvisions(name, width, height, size, channels, seed):
+    """DeiT III's Simple Random Crop (Resize of the short side, RandomCrop from the image padded by 4 px,
+    reflected), then a flip, from its drawn size and window: torchvision's and Pillow's pixels to the bit."""
+    from deit.data.resample import resized_windows, whole_boxes
+    from deit.data.transforms import HorizontalFlip, SimpleCrop
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+    crop, flip = SimpleCrop(size, name), HorizontalFlip(0.5)
+    with seeded(seed):
+        view = np.array(flip(crop(image)))
+    with seeded(seed):
+        resized, window, _ = crop.draw(width, height)
+        flipped = flip.draw()
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
+    out = resized_windows(
+        [tensor],
+        whole_boxes([tensor]),
+        torch.tensor([resized]),
+        torch.tensor([window]),
+        size,
+        name,
+        torch.tensor([flipped]),
+    )
+    assert torch.equal(out[0], torch.from_numpy(view.reshape(size, size, channels)).permute(2, 0, 1))
+
+
+def test_deit3_views_on_the_device_path_are_the_loader_paths(tmp_path):
+    """DeiT III's views (Simple Random Crop, 3-Augment, colour jitter) from a folder of mixed files: the device
+    path's run equals the loader path's, weight for weight."""
+    from deit.train import run
+
+    write_mixed_folder(tmp_path / "digits", corrupt=False)
+    deit3 = {"aug.src": True, "aug.three_augment": True, "aug.aa": None, "aug.reprob": 0.0, "run.epochs": 1}
+    run(folder_config(tmp_path / "digits", tmp_path / "loader", "loader", **deit3))
+    run(folder_config(tmp_path / "digits", tmp_path / "device", "device", **deit3))
+    assert_same_run(tmp_path / "loader", tmp_path / "device", parts=("model",))

@@ -174,8 +174,6 @@ class AugConfig(Recipe):
                 ("mixup_switch_prob", 0.0 <= c.mixup_switch_prob <= 1.0, "must be in [0, 1]"),
                 ("mixup_mode", c.mixup_mode in MIXUP_MODES, one_of(MIXUP_MODES)),
                 ("eval_crop_ratio", 0.0 < c.eval_crop_ratio <= 1.0, "must be in (0, 1]"),
-                ("batch_aug", not (c.batch_aug and c.three_augment), "has no 3-Augment: use RandAugment (aug.aa)"),
-                ("batch_aug", not (c.batch_aug and c.src), "crops with RandomResizedCrop: drop --src or --batch-aug"),
             ],
         )
         check_policy(self.aa, self.batch_aug)

@@ -5,9 +5,12 @@ core per image; on a GPU it caps a run's speed at what the CPU cores can augment
 (B, C, H, W) is augmented at once, with a magnitude and a mask per image:
 
 - RandomResizedCrop, horizontal flip and RandAugment's geometric ops (rotate, shear, translate) compose into one
-  affine map per image and one resampling (`grid_sample`) for the batch;
+  affine map per image and one resampling (`grid_sample`) for the batch; DeiT III's Simple Random Crop (`--src`)
+  is instead resampled as Pillow does it (`resample.resized_windows`), then flipped;
 - RandAugment's other ops (auto-contrast, equalize, invert, posterize, solarize, solarize-add, colour, contrast,
   brightness, sharpness), or colour jitter when RandAugment is off, act on the images that drew them;
+- or 3-Augment (DeiT III's) in RandAugment's place: one of grayscale, solarize and Gaussian blur per image, as
+  the per-image pipeline draws them, then colour jitter;
 - random erasing ("pixel" mode) fills a box per image with normal noise, after normalisation.
 
 The policy is parsed by timm (any `rand-...` string: ops, magnitude and its spread, probabilities, op weights) and
@@ -25,7 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .transforms import REMODES, Recipe
+from .resample import FILTERS, resized_size, resized_windows
+from .transforms import REMODES, Recipe, SimpleCrop, blur_kernel_size
 
 # timm's RandAugment op names -> (kind, level function of a magnitude in [0, 10]); "signed" levels get a random sign
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
@@ -82,8 +86,8 @@ def _level(name: str, m: torch.Tensor, translate_const: float) -> torch.Tensor:
 class BatchAugment:
     """Augment uint8 image batches (B, C, H, W) -> normalised float batches (B, C, size, size).
 
-    `recipe` as the per-image pipeline takes it (`transforms.Recipe`), RandAugment policies only; with one, colour
-    jitter is off (as in timm). `ratio`: RandomResizedCrop's aspect ratio range.
+    `recipe` as the per-image pipeline takes it (`transforms.Recipe`): RandAugment policies or 3-Augment; with
+    RandAugment colour jitter is off (as in timm). `ratio`: RandomResizedCrop's aspect ratio range.
     """
 
     def __init__(
@@ -97,8 +101,6 @@ class BatchAugment:
     ):
         if recipe.remode not in REMODES:
             raise ValueError(f"aug.remode={recipe.remode!r}: choose one of {', '.join(REMODES)}")
-        if recipe.three_augment:
-            raise ValueError("batch augmentation has no 3-Augment: use RandAugment (aug.aa)")
         aa, interpolation = recipe.policy, recipe.train_interpolation
         self.img_size, self.scale, self.ratio, self.hflip = img_size, (recipe.crop_scale, 1.0), ratio, recipe.hflip
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
@@ -120,12 +122,20 @@ class BatchAugment:
             self.num_layers = policy.num_layers
             self.weights = None if policy.choice_weights is None else torch.as_tensor(policy.choice_weights)
         self.jitter = 0.0 if self.ops or not recipe.color_jitter else float(recipe.color_jitter)
+        self.three_augment = recipe.three_augment
+        self.src = recipe.src
+        if self.src and interpolation not in FILTERS:
+            choices = ", ".join(FILTERS)
+            raise ValueError(f"aug.train_interpolation={interpolation!r} with --src: choose one of {choices}")
+        self.filter = interpolation
+        self.blur_kernel = blur_kernel_size(img_size)
 
     def __repr__(self) -> str:
         ops = ",".join(name for name, *_ in self.ops)
         return (
             f"BatchAugment(size={self.img_size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
-            f"randaugment={self.policy} {self.num_layers}x[{ops}], jitter={self.jitter}, "
+            f"src={self.src}, randaugment={self.policy} {self.num_layers}x[{ops}], three_augment={self.three_augment}, "
+            f"jitter={self.jitter}, "
             f"mode={self.mode}, reprob={self.reprob}, remode={self.remode}, recount={self.recount}, "
             f"mean={self.mean.tolist()}, std={self.std.tolist()})"
         )
@@ -140,18 +150,26 @@ class BatchAugment:
         device = images.device
         fill = self.mean.to(device).view(1, c, 1, 1) if len(self.mean) == c else images.new_zeros(())
         ops = self._draw_ops(b, g)
+        size = self.img_size
+        if self.src:
+            images = self._simple_crops(images, g)
+            h = w = size
         x = images.float() / 255
         theta = self._geometry(b, h, w, ops, g)
-        size = self.img_size
-        grid = F.affine_grid(theta.to(device), [b, c, size, size], align_corners=False)
-        x = F.grid_sample(x - fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False) + fill
-        x = x.clamp(0, 1)
+        if not self.src or any(name in _GEOMETRIC for layer in ops for name in layer):
+            grid = F.affine_grid(theta.to(device), [b, c, size, size], align_corners=False)
+            x = F.grid_sample(x - fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False) + fill
+            x = x.clamp(0, 1)
         for layer in ops:
             for name, (chosen, level) in layer.items():
                 if name not in _GEOMETRIC:
                     idx = chosen.nonzero().squeeze(1).to(device)
                     if len(idx):
                         x[idx] = _colour_op(name, x[idx], level[chosen].to(device))
+        if self.three_augment:
+            choice = torch.randint(0, len(THREE_AUGMENT), (b,), generator=g)
+            sigma = torch.empty(b).uniform_(*BLUR_SIGMA, generator=g)
+            x = three_augment(x, choice, sigma, self.blur_kernel)
         if self.jitter:
             x = self._jitter(x, g)
         x = (x - self.mean.to(device).view(1, -1, 1, 1)) / self.std.to(device).view(1, -1, 1, 1)
@@ -197,8 +215,12 @@ class BatchAugment:
 
     def _geometry(self, b: int, h: int, w: int, ops, g: torch.Generator) -> torch.Tensor:
         """Per image, the affine map from output to source coordinates, in grid_sample's normalised form."""
-        left, top, cw, ch = self._crop_boxes(b, h, w, g)
-        flip = torch.rand(b, generator=g) < self.hflip
+        if self.src:  # cropped and flipped already (`_simple_crops`)
+            left, top, cw, ch = (torch.zeros(b), torch.zeros(b), torch.full((b,), float(w)), torch.full((b,), float(h)))
+            flip = torch.zeros(b, dtype=torch.bool)
+        else:
+            left, top, cw, ch = self._crop_boxes(b, h, w, g)
+            flip = torch.rand(b, generator=g) < self.hflip
         s = float(self.img_size)
         # undo the flip, then map the crop (size s) onto its box in the source image
         unflip = torch.eye(3).repeat(b, 1, 1)
@@ -238,6 +260,18 @@ class BatchAugment:
         top = torch.where(any_fit, top, float((h - fh) // 2))
         left = torch.where(any_fit, left, float((w - fw) // 2))
         return left, top, cw, ch
+
+    def _simple_crops(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """DeiT III's Simple Random Crop and the flip of each image (uint8, as Pillow resamples): the short side
+        resized to the input size, a window of it at a random offset of -4 to +4 past its borders (reflected)."""
+        b, _, h, w = images.shape
+        (rw, rh), size, pad = resized_size(w, h, self.img_size), self.img_size, SimpleCrop.PAD
+        top = torch.randint(0, rh + 2 * pad - size + 1, (b,), generator=g) - pad
+        left = torch.randint(0, rw + 2 * pad - size + 1, (b,), generator=g) - pad
+        flips = torch.rand(b, generator=g) < self.hflip
+        whole = torch.tensor([[0, 0, w, h]], dtype=torch.float64).expand(b, 4)
+        resized = torch.tensor([[rw, rh]], dtype=torch.float64).expand(b, 2)
+        return resized_windows(list(images), whole, resized, torch.stack([left, top], 1), size, self.filter, flips)
 
     def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """torchvision's ColorJitter(v, v, v): brightness, contrast, saturation factors in [1 - v, 1 + v], in a
@@ -279,16 +313,58 @@ class BatchAugment:
         return torch.where(inside, fill, x)
 
 
+THREE_AUGMENT = ("grayscale", "solarize", "blur")
+BLUR_SIGMA = (0.1, 2.0)
+
+
+def three_augment(x: torch.Tensor, choice: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """3-Augment on images x in [0, 1] (B, C, H, W): image i grayscaled, solarized at 128 or blurred (sigma[i]), as
+    `choice[i]` indexes THREE_AUGMENT; the per-image pipeline's torchvision steps (`transforms.train_transform`)."""
+    x = x.clone()
+    device = x.device
+    for k, name in enumerate(THREE_AUGMENT):
+        idx = (choice == k).nonzero().squeeze(1)
+        if not len(idx):
+            continue
+        part = x[idx.to(device)]
+        if name == "grayscale":
+            part = _gray(part).expand_as(part)
+        elif name == "solarize":
+            part = _colour_op("Solarize", part, torch.full((len(idx),), 128.0, device=device))
+        else:
+            part = gaussian_blur(part, sigma[idx].to(device), kernel_size)
+        x[idx.to(device)] = part
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """torchvision's gaussian_blur with a sigma per image: the kernel's taps at -(k-1)/2 ... (k-1)/2, normalised,
+    over the image reflected at its borders; one row and one column pass (the 2-D kernel is their product)."""
+    n, c, h, w = x.shape
+    half = (kernel_size - 1) * 0.5
+    t = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n * c, k)
+    pad = kernel_size // 2
+    y = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, n * c, h + 2 * pad, w + 2 * pad)
+    y = F.conv2d(y, kernel[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL's ImageEnhance: degenerate + factor * (x - degenerate), clipped."""
     return (degenerate + factor.view(-1, 1, 1, 1) * (x - degenerate)).clamp(0, 1)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """PIL's conversion to "L": ITU-R 601-2 luma, rounded to 8 bits."""
+    """PIL's conversion to "L" of the 8-bit values nearest x: ITU-R 601-2 luma in Pillow's 16-bit fixed point
+    (every sum a whole number below 2^24: exact in float32)."""
     if x.shape[1] == 1:
         return x
-    return ((0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) * 255).round() / 255
+    q = (x * 255).round()
+    luma = q[:, 0:1] * 19595 + q[:, 1:2] * 38470 + q[:, 2:3] * 7471
+    return torch.floor((luma + 0x8000) / 0x10000) / 255
 
 
 def _geometric_ops(b: int, s: float, ops) -> torch.Tensor:

@@ -1,16 +1,16 @@
-"""The device input path: loader processes read each training image's bytes and draw its crop box and mirroring;
-the training device decodes the JPEGs of a batch at once (nvJPEG on a GPU, through torchvision) and crops them all
-at once (`resample.resized_crops`); the batch augmentation (`batch_aug.BatchAugment`) does the rest. A run's
+"""The device input path: loader processes read each training image's bytes and draw its crop box and mirroring; the
+training device decodes the JPEGs of a batch at once (nvJPEG on a GPU, through torchvision) and crops them all at
+once (`resample.resized_windows`); the batch augmentation (`batch_aug.BatchAugment`) does the rest. A run's
 evaluation on this path decodes the validation files there too, resized and centre-cropped as the loader path's
 evaluation transform does (`DeviceEvalBatches`).
 
-The crop box and mirroring of a view are drawn by the very calls of the loader path (`transforms.ResizedCrop`,
-`transforms.HorizontalFlip`) under the view's seed, from the size in the file's header: the same boxes for the same
-seed. What the device's decoder does not take (PNG, TIFF, 16-bit, CMYK, progressive JPEGs, a JPEG without its end
-marker) is decoded by the loader path's reader (`images.read_image`) in the loader process and handed over as
-pixels; a JPEG the device refuses is decoded by it in the training process. Both are counted. An unreadable file
-is passed over as on the loader path (the data set's substitution); one that only the device finds unreadable is
-replaced by the batch's previous image, counted with the skipped.
+The crop and mirroring of a view are drawn by the very calls of the loader path (`transforms.ResizedCrop` or
+`transforms.SimpleCrop`, `transforms.HorizontalFlip`) under the view's seed, from the size in the file's header: the
+same boxes for the same seed. What the device's decoder does not take (PNG, TIFF, 16-bit, CMYK, progressive JPEGs, a
+JPEG without its end marker) is decoded by the loader path's reader (`images.read_image`) in the loader process and
+handed over as pixels; a JPEG the device refuses is decoded by it in the training process. Both are counted. An
+unreadable file is passed over as on the loader path (the data set's substitution); one that only the device finds
+unreadable is replaced by the batch's previous image, counted with the skipped.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import read_image, whole_jpeg
-from .resample import resized_centre_crops, resized_crops
-from .transforms import HorizontalFlip, ResizedCrop
+from ..messages import first_line
+from .images import channels_first, decoded, read_image, whole_jpeg
+from .resample import resized_centre_crops, resized_windows
+from .transforms import HorizontalFlip, ResizedCrop, SimpleCrop
 
 log = logging.getLogger("deit")
 
@@ -51,52 +52,53 @@ class Encoded:
     height: int
     name: str = ""
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # left, top, width, height
+    resized: tuple[int, int] = (0, 0)  # width, height the box is resized to
+    window: tuple[int, int] = (0, 0)  # left, top of the view in the resized box (< 0: reflected)
     flip: bool = False
     interpolation: str = "bicubic"
 
 
 def read_encoded(source: str | os.PathLike | io.BytesIO, mode: str, intensity: str = "minmax", name: str | None = None):
-    """A training image for the device path: a JPEG the device decodes as its bytes, anything else decoded here
-    (`read_image`); ValueError naming the file when it cannot be read."""
+    """A training image for the device path: a JPEG the device decodes as its bytes, anything else decoded here as
+    the loader path's reader decodes it (`images.read_image`); ValueError naming the file, in that reader's words,
+    when it cannot be read."""
     name = name or str(source)
     try:
         data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else source.getvalue()
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
-            device_ready = (
-                header.format == "JPEG"
-                and header.mode in ("L", "RGB")
-                and not header.info.get("progressive")
-                and not header.info.get("progression")
+        with Image.open(io.BytesIO(data)) as image:  # the header only, until decoded here
+            if (
+                image.format == "JPEG"
+                and image.mode in ("L", "RGB")
+                and not image.info.get("progressive")
+                and not image.info.get("progression")
                 and whole_jpeg(data)
-            )
-            width, height = header.size
-    except OSError as e:
-        raise ValueError(f"{name}: not a readable image ({e.strerror or e})") from None
+            ):
+                return Encoded(np.frombuffer(data, dtype=np.uint8), True, image.width, image.height, name)
+            pixels = decoded(image, mode, intensity)
+            return Encoded(channels_first(np.asarray(pixels)), False, pixels.width, pixels.height, name)
     except (MemoryError, KeyboardInterrupt):
         raise
-    except Exception:  # not an image Pillow knows: its reader says why, in the loader path's words
-        device_ready = False
-    if device_ready:
-        return Encoded(np.frombuffer(data, dtype=np.uint8), True, width, height, name)
-    return _pixels(read_image(io.BytesIO(data), mode, intensity, name=name), name)
-
-
-def _pixels(image: Image.Image, name: str) -> Encoded:
-    pixels = np.asarray(image)
-    pixels = np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
-    return Encoded(pixels, False, image.width, image.height, name)
+    except Exception as e:  # Pillow raises many types for damaged files
+        raise ValueError(f"{name}: not a readable image ({first_line(e)})") from None
 
 
 class DrawView:
-    """The device path's per-image transform: the loader path's crop box and mirroring drawn for an `Encoded`
-    (the same calls, in the same order, as `transforms.crop_transform`)."""
+    """The device path's per-image transform: the loader path's crop and mirroring drawn for an `Encoded` (the
+    same calls, in the same order, as `transforms.crop_transform`): a random resized crop's box, resized to the
+    view; or DeiT III's simple crop, the whole image resized and a window of it."""
 
-    def __init__(self, crop: ResizedCrop, flip: HorizontalFlip):
+    def __init__(self, crop: ResizedCrop | SimpleCrop, flip: HorizontalFlip):
         self.crop, self.flip = crop, flip
 
     def __call__(self, image: Encoded) -> Encoded:
-        (left, top, width, height), mode = self.crop.draw(image.width, image.height)
-        return replace(image, box=(left, top, width, height), flip=self.flip.draw(), interpolation=mode.value)
+        if isinstance(self.crop, SimpleCrop):
+            resized, window, mode = self.crop.draw(image.width, image.height)
+            box = (0, 0, image.width, image.height)
+        else:
+            box, mode = self.crop.draw(image.width, image.height)
+            resized, window = (self.crop.size[1], self.crop.size[0]), (0, 0)
+        view = replace(image, box=box, resized=resized, window=window, interpolation=mode.value)
+        return replace(view, flip=self.flip.draw())
 
     def __repr__(self) -> str:
         return f"DrawView({self.crop!r}, {self.flip!r})"
@@ -112,6 +114,8 @@ class EncodedBatch:
     jpeg: list[bool]
     shapes: list[tuple[int, int, int]]  # pixels (C, H, W); JPEGs (0, H, W)
     boxes: torch.Tensor  # (B, 4) left, top, width, height
+    resized: torch.Tensor  # (B, 2) width, height
+    windows: torch.Tensor  # (B, 2) left, top
     flips: torch.Tensor  # (B,) bool
     interpolations: list[str]
     names: list[str]
@@ -126,6 +130,8 @@ class EncodedBatch:
             [image.jpeg for image in images],
             [(0 if image.jpeg else image.data.shape[0], image.height, image.width) for image in images],
             torch.tensor([image.box for image in images], dtype=torch.float64),
+            torch.tensor([image.resized for image in images], dtype=torch.float64),
+            torch.tensor([image.window for image in images], dtype=torch.float64),
             torch.tensor([image.flip for image in images]),
             [image.interpolation for image in images],
             [image.name for image in images],
@@ -220,9 +226,11 @@ class DeviceDecoder:
                     raise ValueError(f"none of a batch's {len(batch)} images could be read ({batch.names[0]}, ...)")
         pixels = [pixels[j] for j in order]
         try:
-            crops = resized_crops(
+            crops = resized_windows(
                 pixels,
                 batch.boxes[order],
+                batch.resized[order],
+                batch.windows[order],
                 self.size,
                 [batch.interpolations[j] for j in order],
                 batch.flips[order],
@@ -284,7 +292,7 @@ class DeviceDecoder:
             log.warning(f"skipping unreadable image {e}")
             return None
         self.counts["cpu_decoded"] += 1
-        return self._channels(torch.from_numpy(_pixels(image, batch.names[i]).data))
+        return self._channels(torch.from_numpy(channels_first(np.asarray(image))))
 
     def _channels(self, image: torch.Tensor) -> torch.Tensor:
         """A decoded image (1 or 3 channels) in the model's mode, as Pillow converts: gray to RGB repeats the

@@ -31,18 +31,24 @@ def read_image(
     ValueError naming the file when it cannot be."""
     try:
         with Image.open(path) as image:
-            return _decoded(image, mode, intensity)
+            return decoded(image, mode, intensity)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # Pillow raises many types for damaged files: OSError, SyntaxError, struct.error, ...
         raise ValueError(f"{name or path}: not a readable image ({first_line(e)})") from None
 
 
-def _decoded(image: Image.Image, mode: str, intensity: str) -> Image.Image:
+def decoded(image: Image.Image, mode: str, intensity: str) -> Image.Image:
+    """An opened image decoded, in `mode`: more than 8 bits scaled to 8 by `intensity` first."""
     image.load()
     if image.mode in HIGH_BIT_MODES:
         image = Image.fromarray(to_8bit(np.asarray(image), intensity), "L")
     return image.convert(mode)
+
+
+def channels_first(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) pixels -> a contiguous (C, H, W) array (a view where it already is one)."""
+    return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
 
 
 class LazyJpeg:
@@ -97,7 +103,7 @@ def read_lazy(
                 data = path.getvalue() if isinstance(path, io.BytesIO) else Path(path).read_bytes()
                 if whole_jpeg(data):
                     return LazyJpeg(data, mode, image.size, name or str(path))
-            return _decoded(image, mode, intensity)
+            return decoded(image, mode, intensity)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:

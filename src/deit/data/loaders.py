@@ -96,7 +96,7 @@ def training_views(
         return BatchAugment(img_size, mean=mean, std=std, recipe=recipe), None
     crop = crop_transform(img_size, recipe)
     rest = BatchAugment(
-        img_size, mean=mean, std=std, recipe=replace(recipe, crop_scale=1.0, hflip=0.0), ratio=(1.0, 1.0)
+        img_size, mean=mean, std=std, recipe=replace(recipe, crop_scale=1.0, hflip=0.0, src=False), ratio=(1.0, 1.0)
     )
     if path != "device":
         train_set.transform = crop

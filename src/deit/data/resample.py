@@ -1,5 +1,6 @@
 """Pillow's `Image.resize(size, filter, box=...)` for a whole batch of images of different sizes, as two matrix
-products per image on any device: the random resized crops of the device input path (`device_views`).
+products per image on any device: the random resized crops and simple random crops of the device input path
+(`device_views`) and of batch augmentation (`batch_aug`).
 
 Pillow resamples an 8-bit image in two passes, each a weighted sum of the source pixels under a filter stretched
 by the scale when shrinking (antialiasing), rounded and clipped to 8 bits in between. Each pass is a matrix: output
@@ -77,12 +78,13 @@ def taps(
     count: int | None = None,
 ) -> Taps:
     """Pillow's taps for the box [start, start + length) of an axis of `in_size` pixels resized to `out_size`
-    (all (B,) float64), for the `count` outputs from `offset` on (a centre crop of the resized image; default
-    all of a square `out_size`)."""
+    (all (B,) float64), for the `count` outputs from `offset` on (a window of the resized image; default all of
+    a square `out_size`). Outputs past either end of the resized image are read reflected at its border pixel,
+    as torchvision's reflect padding extends an image."""
     count = int(out_size[0]) if count is None else count
     offset = torch.zeros_like(start) if offset is None else offset
     scale = length / out_size
-    o = offset[:, None] + torch.arange(count, dtype=torch.float64)[None]
+    o = reflected(offset[:, None] + torch.arange(count, dtype=torch.float64)[None], out_size[:, None])
     centre = start[:, None] + (o + 0.5) * scale[:, None]
     support = torch.tensor([SUPPORT.get(f, 0.5) for f in filters], dtype=torch.float64)
     filterscale = scale.clamp(min=1.0)
@@ -91,21 +93,29 @@ def taps(
     high = torch.minimum(torch.floor(centre + reach + 0.5), in_size[:, None])
     nearest = torch.tensor([f == "nearest" for f in filters])
     if nearest.any():  # Pillow's nearest: the source pixel under the centre, no weighting
-        pick = torch.floor(_stepped(start, scale, offset, count)).clamp(max=in_size[:, None] - 1)
+        pick = torch.floor(_stepped(start, scale, o)).clamp(max=in_size[:, None] - 1)
         low = torch.where(nearest[:, None], pick, low)
         high = torch.where(nearest[:, None], pick + 1, high)
-    first = low[:, 0]
-    return Taps(centre, low, high, filterscale, first.to(torch.int64), (high[:, -1] - first).to(torch.int64))
+    first = low.amin(dim=1)
+    return Taps(centre, low, high, filterscale, first.to(torch.int64), (high.amax(dim=1) - first).to(torch.int64))
 
 
-def _stepped(start: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, count: int) -> torch.Tensor:
-    """Output centres as Pillow's nearest-neighbour scaling reaches them: start + scale / 2, then scale added once
-    per output pixel in float64 (a sum that lands a hair under a whole number picks the pixel before)."""
+def reflected(o: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Indices o of an axis of `size` pixels extended by reflection at its border pixels (-1 -> 1, size ->
+    size - 2: numpy's and torchvision's "reflect"), for overshoots smaller than the axis."""
+    o = o.abs()
+    return torch.where(o > size - 1, 2 * (size - 1) - o, o)
+
+
+def _stepped(start: torch.Tensor, scale: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """The centres of outputs o (B, count) as Pillow's nearest-neighbour scaling reaches them: start + scale / 2,
+    then scale added once per output pixel in float64 (a sum that lands a hair under a whole number picks the
+    pixel before)."""
     rows = []
-    for s, step, first in zip(start.tolist(), scale.tolist(), offset.tolist()):
-        terms = np.full(int(first) + count, step)
+    for s, step, index in zip(start.tolist(), scale.tolist(), o.to(torch.int64)):
+        terms = np.full(int(index.max()) + 1, step)
         terms[0] = s + step * 0.5
-        rows.append(np.add.accumulate(terms)[int(first) :])
+        rows.append(np.add.accumulate(terms)[index.numpy()])
     return torch.from_numpy(np.stack(rows))
 
 
@@ -167,7 +177,15 @@ def resized_crops(
     groups whose float copies stay under `max_bytes` (one image alone may exceed it)."""
     b = len(images)
     square = torch.full((b, 2), float(size), dtype=torch.float64)
-    return _resampled(images, boxes, square, torch.zeros(b, 2, dtype=torch.float64), size, filters, flips, max_bytes)
+    return resized_windows(images, boxes, square, torch.zeros(b, 2), size, filters, flips, max_bytes)
+
+
+def resized_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """(width, height) of an image whose short side torchvision's Resize(short) makes `short`: the long side in
+    proportion, rounded down."""
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
 
 
 def resized_centre_crops(
@@ -182,24 +200,35 @@ def resized_centre_crops(
     to floor(size / crop_ratio), the long side in proportion (torchvision's Resize), then the centre size x size
     (torchvision's CenterCrop); uint8 (B, C, size, size)."""
     scaled = math.floor(size / crop_ratio)
-    dims = []
-    for image in images:
-        h, w = int(image.shape[1]), int(image.shape[2])
-        if squash:
-            dims.append((scaled, scaled))
-        elif w <= h:
-            dims.append((scaled, int(scaled * h / w)))
-        else:
-            dims.append((int(scaled * w / h), scaled))
+    dims = [
+        (scaled, scaled) if squash else resized_size(int(image.shape[2]), int(image.shape[1]), scaled)
+        for image in images
+    ]
     out = torch.tensor(dims, dtype=torch.float64)  # (width, height) of the whole resized image
     offsets = torch.tensor([(round((w - size) / 2.0), round((h - size) / 2.0)) for w, h in dims])
-    whole = torch.tensor([(0, 0, image.shape[2], image.shape[1]) for image in images], dtype=torch.float64)
-    return _resampled(images, whole, out, offsets.to(torch.float64), size, filters, None, max_bytes)
+    return resized_windows(images, whole_boxes(images), out, offsets, size, filters, None, max_bytes)
 
 
-def _resampled(images, boxes, out, offsets, size: int, filters, flips, max_bytes: int) -> torch.Tensor:
-    """Each image's box resized to out (width, height), the size x size window from `offsets` (column, row) kept,
-    mirrored where `flips`."""
+def whole_boxes(images: list[torch.Tensor]) -> torch.Tensor:
+    """The box (left, top, width, height) of each whole image (C, H, W)."""
+    return torch.tensor([(0, 0, image.shape[2], image.shape[1]) for image in images], dtype=torch.float64)
+
+
+def resized_windows(
+    images: list[torch.Tensor],
+    boxes: torch.Tensor,
+    out: torch.Tensor,
+    offsets: torch.Tensor,
+    size: int,
+    filters: list[str] | str = "bicubic",
+    flips: torch.Tensor | None = None,
+    max_bytes: int = 1 << 30,
+) -> torch.Tensor:
+    """Each uint8 image's box (left, top, width, height) resized to out (width, height) with Pillow's filter, and
+    the size x size window from `offsets` (column, row) of it kept, mirrored where `flips`: uint8 (B, C, size,
+    size). A window may reach past the resized image by less than its sides: it reads it reflected there (DeiT
+    III's Simple Random Crop: torchvision's Resize, then RandomCrop padded by reflection)."""
+    out, offsets = out.to("cpu", torch.float64), offsets.to("cpu", torch.float64)
     b = len(images)
     if b == 0:
         raise ValueError("no images to crop")

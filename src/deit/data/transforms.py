@@ -20,7 +20,8 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from .images import LazyJpeg
+from .images import LazyJpeg, channels_first
+from .resample import resized_size
 
 # random erasing's fills: per-pixel normal noise, one random colour per box, or zeros
 REMODES = ("pixel", "rand", "const")
@@ -87,7 +88,7 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
             [
                 T.Grayscale(num_output_channels=len(mean)),
                 T.RandomSolarize(threshold=128, p=1.0),
-                T.GaussianBlur(kernel_size=max(3, (img_size // 10) | 1), sigma=(0.1, 2.0)),
+                T.GaussianBlur(kernel_size=blur_kernel_size(img_size), sigma=(0.1, 2.0)),
             ]
         )
         jitter = recipe.color_jitter
@@ -98,6 +99,11 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
             + steps[to_tensor:]
         )
     return T.Compose(faster_steps(list(transform.transforms)))
+
+
+def blur_kernel_size(img_size: int) -> int:
+    """3-Augment's Gaussian blur kernel: an odd tenth of the image, at least 3 taps."""
+    return max(3, (img_size // 10) | 1)
 
 
 def eval_transform(
@@ -136,12 +142,38 @@ def crop_transform(img_size: int, recipe: Recipe = Recipe()):
 def simple_random_crop(img_size: int, interpolation: str) -> list:
     """DeiT III's Simple Random Crop: the short side resized to img_size, then an img_size square at random from the
     image padded by 4 px on each side (reflected)."""
-    from timm.data.transforms import str_to_interp_mode
+    return [SimpleCrop(img_size, interpolation)]
 
-    return [
-        T.Resize(img_size, interpolation=str_to_interp_mode(interpolation)),
-        T.RandomCrop(img_size, padding=4, padding_mode="reflect"),
-    ]
+
+class SimpleCrop:
+    """DeiT III's Simple Random Crop as torchvision's Resize(size) and RandomCrop(size, padding=4, reflect) do it,
+    with the same draws from torch's generator, and its draw alone for a size (`draw`, which the device path
+    takes from a file's header)."""
+
+    PAD = 4
+
+    def __init__(self, size: int, interpolation: str = "bicubic"):
+        from timm.data.transforms import str_to_interp_mode
+
+        self.size, self.interpolation = size, str_to_interp_mode(interpolation)
+
+    def draw(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int], T.InterpolationMode]:
+        """For an image of this size: the (width, height) it is resized to, the window's (left, top) in it (from -4
+        on: the reflected border) and the interpolation."""
+        w, h = resized_size(width, height, self.size)
+        top = int(torch.randint(0, h + 2 * self.PAD - self.size + 1, size=(1,)).item())
+        left = int(torch.randint(0, w + 2 * self.PAD - self.size + 1, size=(1,)).item())
+        return (w, h), (left - self.PAD, top - self.PAD), self.interpolation
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        (w, h), (left, top), mode = self.draw(*img.size)
+        if (w, h) != img.size:
+            img = img.resize((w, h), TF.pil_modes_mapping[mode])
+        img = TF.pad(img, self.PAD, padding_mode="reflect")
+        return img.crop((left + self.PAD, top + self.PAD, left + self.PAD + self.size, top + self.PAD + self.size))
+
+    def __repr__(self) -> str:
+        return f"SimpleCrop(size={self.size}, pad={self.PAD}, reflect, interpolation={self.interpolation.value})"
 
 
 def faster_steps(steps: list) -> list:
@@ -233,7 +265,7 @@ class ToNormalizedTensor:
         if not isinstance(img, Image.Image) or img.mode not in ("L", "RGB") or len(self.mean) != len(img.mode):
             return TF.normalize(TF.to_tensor(img), self.mean, self.std)
         # channels first while still bytes (a quarter of the memory to move), then a new float32 array
-        x = _channels_first(np.asarray(img)).astype(np.float32)
+        x = channels_first(np.asarray(img)).astype(np.float32)
         x /= 255
         x -= self._mean
         x /= self._std
@@ -249,15 +281,10 @@ class ToUint8Tensor:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if img.mode not in ("L", "RGB"):
             return TF.pil_to_tensor(img)
-        return torch.from_numpy(_channels_first(np.array(img)))  # a copy of the pixels: the tensor may write
+        return torch.from_numpy(channels_first(np.array(img)))  # a copy of the pixels: the tensor may write
 
     def __repr__(self) -> str:
         return "ToUint8Tensor()"
-
-
-def _channels_first(pixels: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) pixels -> a contiguous (C, H, W) array (a view where it already is one)."""
-    return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
 
 
 def keep_posterize_bits(transform) -> None:
