@@ -62,6 +62,7 @@ def test_simple_random_crop_resizes_the_short_side():
     assert names[0] == "SimpleCrop" and "RandomResizedCropAndInterpolation" not in names
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
 @pytest.mark.parametrize("width, height", [(90, 45), (33, 70), (32, 32), (20, 26)])
 def test_simple_crop_is_torchvisions_resize_and_padded_random_crop(width, height, interpolation):

@@ -164,6 +164,7 @@ def _rgb(digits: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([digits, np.roll(digits, 3, axis=0) // 2, 255 - digits], axis=1))
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("kernel", [3, 7])
 def test_three_augment_ops_match_torchvision(digits, kernel):
     """Each 3-Augment op against the per-image pipeline's torchvision step on the same image (and sigma): grayscale
