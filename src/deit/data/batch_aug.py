@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .resample import FILTERS, resized_size, resized_windows
-from .transforms import REMODES, Recipe, SimpleCrop, blur_kernel_size
+from .transforms import BLUR_SIGMA, REMODES, Recipe, SimpleCrop, blur_kernel_size
 
 # timm's RandAugment op names -> (kind, level function of a magnitude in [0, 10]); "signed" levels get a random sign
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
@@ -313,8 +313,7 @@ class BatchAugment:
         return torch.where(inside, fill, x)
 
 
-THREE_AUGMENT = ("grayscale", "solarize", "blur")
-BLUR_SIGMA = (0.1, 2.0)
+THREE_AUGMENT = ("grayscale", "solarize", "blur")  # the per-image pipeline's RandomChoice, in its order
 
 
 def three_augment(x: torch.Tensor, choice: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:

@@ -88,7 +88,7 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
             [
                 T.Grayscale(num_output_channels=len(mean)),
                 T.RandomSolarize(threshold=128, p=1.0),
-                T.GaussianBlur(kernel_size=blur_kernel_size(img_size), sigma=(0.1, 2.0)),
+                T.GaussianBlur(kernel_size=blur_kernel_size(img_size), sigma=BLUR_SIGMA),
             ]
         )
         jitter = recipe.color_jitter
@@ -99,6 +99,10 @@ def train_transform(img_size: int, *, mean: tuple[float, ...], std: tuple[float,
             + steps[to_tensor:]
         )
     return T.Compose(faster_steps(list(transform.transforms)))
+
+
+BLUR_SIGMA = (0.1, 2.0)
+"""3-Augment's Gaussian blur: its sigma drawn uniformly from this range."""
 
 
 def blur_kernel_size(img_size: int) -> int:
