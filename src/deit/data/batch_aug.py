@@ -155,8 +155,8 @@ class BatchAugment:
             images = self._simple_crops(images, g)
             h = w = size
         x = images.float() / 255
-        theta = self._geometry(b, h, w, ops, g)
         if not self.src or any(name in _GEOMETRIC for layer in ops for name in layer):
+            theta = self._geometry(b, h, w, ops, g)
             grid = F.affine_grid(theta.to(device), [b, c, size, size], align_corners=False)
             x = F.grid_sample(x - fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False) + fill
             x = x.clamp(0, 1)

@@ -97,8 +97,8 @@ class DrawView:
         else:
             box, mode = self.crop.draw(image.width, image.height)
             resized, window = (self.crop.size[1], self.crop.size[0]), (0, 0)
-        view = replace(image, box=box, resized=resized, window=window, interpolation=mode.value)
-        return replace(view, flip=self.flip.draw())
+        flip = self.flip.draw()  # after the crop's draws, as in crop_transform
+        return replace(image, box=box, resized=resized, window=window, flip=flip, interpolation=mode.value)
 
     def __repr__(self) -> str:
         return f"DrawView({self.crop!r}, {self.flip!r})"
