@@ -71,7 +71,9 @@ def create_cnn(name: str, *, num_classes: int, in_chans: int) -> nn.Module:
         raise ValueError(f"unknown architecture {name!r}: not a deit model, small_cnn, nor a timm or torchvision model")
     model.model_name = name
     model.cnn_hparams = {"num_classes": num_classes, "in_chans": in_chans}  # what rebuilds it (`deit_config`)
-    return model
+    # channels-last weights make oneDNN and cuDNN convolve in that layout whatever the input's: faster for every
+    # CNN measured (docs/distillation.md)
+    return model.to(memory_format=torch.channels_last)
 
 
 class Teacher(nn.Module):

@@ -92,8 +92,6 @@ def distillation_parts(cfg: dict, dev: torch.device):
 
     cnn = create_cnn(cfg["teacher"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
     teacher = Teacher(cnn, cfg["teacher"], cfg["num_classes"]).to(dev)
-    if dev.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
     loss = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, "hard", 0.5, 1.0)
     cached_loss = DistillationLoss(torch.nn.CrossEntropyLoss(), None, "hard", 0.5, 1.0, cached=True)
     return teacher, loss, cached_loss
