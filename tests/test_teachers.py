@@ -134,3 +134,17 @@ def test_vit_teacher_of_another_size_takes_the_students_views(tmp_path):
     x = torch.randn(2, 1, 32, 32)
     expected = vit(torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", antialias=True))
     assert teacher.input_size == 28 and torch.allclose(teacher(x), expected)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_cnns_keep_channels_last_weights_as_built_and_as_loaded(tmp_path, name):
+    """oneDNN and cuDNN convolve channels-last when the weights are (docs/distillation.md), trained or teaching."""
+    in_chans = 1 if name == "small_cnn" else 3
+    cnn = create_cnn(name, num_classes=10, in_chans=in_chans)
+    convs = [m.weight for m in cnn.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)
+    save_run_checkpoint(tmp_path / "checkpoint.pth", cnn, deit_config(cnn))
+    teacher = load_teacher("ignored", tmp_path, num_classes=10, in_chans=in_chans)
+    loaded = [m.weight for m in teacher.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in loaded)
