@@ -134,6 +134,21 @@ def test_every_data_set_gets_the_demos_settings_but_mirroring(tmp_path):
         assert (by_set["folder"][1]["cutmix"], by_set["folder"][1]["eval_crop_ratio"]) == (0.0, 1.0), name
 
 
+def test_with_few_labels_the_students_train_longer_and_the_student_alone_takes_their_steps(tmp_path):
+    from deit.demo.plan import FEW_LABEL_EPOCHS, LABELS, STUDENTS, TEACHER, study_jobs
+
+    targets = [c for c in range(10) for _ in range(400)]
+    jobs = {j.name: j.cfg for j in study_jobs(tmp_path, {"data.data_set": "mnist5k"}, targets, LABELS)}
+    for tag, epochs in (("10", FEW_LABEL_EPOCHS), ("100", STUDENTS["run.epochs"]), ("all", STUDENTS["run.epochs"])):
+        assert jobs[f"teacher_{tag}"].run.epochs == TEACHER["run.epochs"], tag
+        # the cache refuses a student of another length: it holds exactly the distilled students' epochs of views
+        distilled = [jobs[f"cache_{tag}"], jobs[f"hard_distillation_token_{tag}"], jobs[f"hard_attention_{tag}"]]
+        assert [cfg.run.epochs for cfg in distilled] == [epochs] * 3, tag
+        alone = jobs[f"none_{tag}"]
+        labelled = len(targets) if tag == "all" else 10 * int(tag)
+        assert labelled * alone.data.repeat * alone.run.epochs == len(targets) * epochs, tag
+
+
 def test_a_failing_student_is_reported_in_one_line(tmp_path):
     values, explicit = merge(
         {},

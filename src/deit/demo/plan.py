@@ -75,6 +75,16 @@ STUDENTS = {
 }
 
 
+FEW_LABELS = 0.1
+"""Where fewer than this share of the training images keep their label, the students (and the teacher's cache of
+their views) train `FEW_LABEL_EPOCHS`: nearly all a distilled student learns then comes from the teacher on the
+unlabelled images, and its curve still rises at 18 epochs (docs/few-labels.md). The student alone takes the same
+steps."""
+
+
+FEW_LABEL_EPOCHS = 36
+
+
 ATTENTION_WEIGHT = 1.0
 
 
@@ -140,7 +150,8 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
         tag = "all" if n is None else str(n)
         labelled = len(targets) if n is None else len(first_per_class(targets, n))
         few = {} if n is None else {"data.labels_per_class": n}
-        unlabelled = {} if n is None else {**few, "data.unlabelled": True}
+        long = {"run.epochs": FEW_LABEL_EPOCHS} if labelled < FEW_LABELS * len(targets) else {}
+        unlabelled = {} if n is None else {**few, "data.unlabelled": True, **long}
         teacher, cache = f"teacher_{tag}", f"cache_{tag}"
         repeat = max(1, math.ceil(TEACHER_EPOCH_IMAGES / labelled))
         teachers.append(
@@ -184,9 +195,11 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
                 distilled.append(Job(name, cfg, row, after=(cache,)))
             else:
                 repeat = max(1, round(len(targets) / labelled))
-                cfg = job_config(out, name, {**STUDENTS, "model.model": model, **few, "data.repeat": repeat}, common)
+                cfg = job_config(
+                    out, name, {**STUDENTS, "model.model": model, **few, **long, "data.repeat": repeat}, common
+                )
                 alone.append(Job(name, cfg, row))
-    # the teacher of all labels first: its cache and three students are the longest chain
+    # the teachers first, the longest (every label) first; then the caches and students that wait on them
     return teachers[::-1] + caches[::-1] + distilled[::-1] + alone
 
 
