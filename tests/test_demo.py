@@ -81,6 +81,7 @@ def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(t
             folder.mkdir(parents=True)
             for i in range(count):
                 Image.new("L", (40, 40), color=(label * 25 + i) % 256).save(folder / f"{i}.png")
+    (tmp_path / "images" / "train" / "3" / "damaged.png").write_bytes(b"\x89PNG\r\n not an image")
     out = tmp_path / "demo"
     assert (
         main(
@@ -103,6 +104,54 @@ def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(t
         assert read_checkpoint(out / run).config["data"]["input_size"] == 28
     results = json.loads((out / "results.json").read_text())
     assert [s["method"] for s in results["students"]] == [label for label, _, _ in METHODS]
+    # the damaged file is left out of every run, counted once, and said
+    assert results["unreadable_images"] == 1
+    assert "1 training image could not be read" in (out / "report.md").read_text()
+
+
+def test_a_count_of_labels_a_class_cannot_hold_is_left_out_and_said(tmp_path, capsys):
+    # class 2 has 5 images: 10 labels per class would keep every label of it, which the "all" runs show
+    from deit.demo import study
+    from deit.demo.plan import LABELS, label_counts, study_jobs
+
+    targets = [0] * 30 + [1] * 30 + [2] * 5
+    assert label_counts(targets, LABELS) == ([None], 5)
+    assert label_counts(targets[:-5] + [2] * 11, LABELS) == ([10, None], 11)
+    assert {j.name for j in study_jobs(tmp_path, {"data.data_set": "mnist5k"}, targets, LABELS)} == {
+        "teacher_all",
+        "cache_all",
+        "none_all",
+        "hard_distillation_token_all",
+        "hard_attention_all",
+        "soft_all",
+    }
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    class Data:
+        targets = [0] * 30 + [1] * 30 + [2] * 5
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(study, "build_dataset", lambda *a, **k: (Data(), None))
+        m.setattr(study, "study_jobs", stop)
+        with pytest.raises(Stop):
+            study._demo(
+                tmp_path,
+                data_set="folder",
+                data_path=None,
+                quick=False,
+                seed=0,
+                vit_teacher=False,
+                num_workers=0,
+                lanes=1,
+            )
+    out = capsys.readouterr().out
+    assert "10 labels per class left out: the smallest class has 5 training images" in out
+    assert "100 labels per class left out" in out
 
 
 def test_every_data_set_gets_the_demos_settings_but_mirroring(tmp_path):

@@ -138,13 +138,19 @@ class Job:
     cache_only: bool = False
 
 
+def label_counts(targets: list[int], counts: tuple) -> tuple[list, int]:
+    """The counts of labels per class the data can hold, and its smallest class's images: a count at or above those
+    would keep every label of that class, which the "all" runs already show."""
+    smallest = min(Counter(targets).values())
+    return [n for n in counts if n is None or n < smallest], smallest
+
+
 def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> list[Job]:
     """The runs of the study, for each count of labels per class (None: all): the teacher on the labelled images,
     its cache over the students' views, the student alone on the labelled images (passed over as many times as the
     distilled students' epochs need: the same steps), the distilled students on all images, the unlabelled rest
     taught by the teacher alone. In the order a free process takes them up."""
-    smallest = min(Counter(targets).values())
-    counts = [n for n in counts if n is None or n < smallest]  # a count at or above the smallest class is "all"
+    counts = label_counts(targets, counts)[0]
     teachers, caches, distilled, alone = [], [], [], []
     for n in counts:
         tag = "all" if n is None else str(n)

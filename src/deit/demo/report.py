@@ -129,6 +129,14 @@ def heads_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def unreadable_line(results: dict) -> str | None:
+    n = results.get("unreadable_images", 0)
+    if not n:
+        return None
+    were = "s could not be read and were" if n > 1 else " could not be read and was"
+    return f"{n} training image{were} left out of every run (each run's train.out names them)."
+
+
 def report(results: dict) -> str:
     quick = " (quick mode: a smoke test, not a result)" if results["quick"] else ""
     minutes, rest = divmod(round(results.get("seconds", 0)), 60)
@@ -140,6 +148,7 @@ def report(results: dict) -> str:
             f"on the labelled images; the student (`{STUDENT}`, with a distillation token when distilled) alone on the "
             "labelled images, distilled on those and the unlabelled rest, the same steps either way; top-1 on the "
             "held-out test set.",
+            *(["", line] if (line := unreadable_line(results)) else []),
             "",
             curve_table(results),
             "",

@@ -40,6 +40,8 @@ def gather_results(
         ],
         "curve": curve,
         "heads": heads,
+        # the training images none could read, as the run that passes over each image once per epoch counted them
+        "unreadable_images": max(e.get("skipped_images", 0) for e in done["none_all"]["log"]),
     }
 
 

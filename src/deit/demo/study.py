@@ -12,8 +12,8 @@ from ..data.datasets import BUILTINS, build_dataset, canonical_name
 from ..files import LOCK, FolderLock, write_text
 from .lanes import train_side_by_side
 from .pictures import pictures
-from .plan import LABELS, QUICK, QUICK_LABELS, study_jobs, vit_teacher_job
-from .report import curve_table, report, report_table
+from .plan import LABELS, QUICK, QUICK_LABELS, label_counts, study_jobs, vit_teacher_job
+from .report import curve_table, report, report_table, unreadable_line
 from .results import gather_results
 
 MARKER = ".deit-demo"
@@ -76,7 +76,11 @@ def _demo(
         **(QUICK if quick else {}),
     }
     train_set, info = build_dataset(data_set, data_path, True)
-    jobs = study_jobs(out, common, train_set.targets, QUICK_LABELS if quick else LABELS)
+    wanted = QUICK_LABELS if quick else LABELS
+    counts, smallest = label_counts(train_set.targets, wanted)
+    for n in (n for n in wanted if n not in counts):
+        print(f"deit demo: {n} labels per class left out: the smallest class has {smallest} training images")
+    jobs = study_jobs(out, common, train_set.targets, counts)
     if vit_teacher:
         jobs.append(vit_teacher_job(out, common))
     print(
@@ -90,7 +94,10 @@ def _demo(
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text(out / "report.md", report(results))
-    print(f"\n{curve_table(results)}\n\n{report_table(results)}\nreport, results and pictures in {out}/")
+    print(f"\n{curve_table(results)}\n\n{report_table(results)}")
+    if line := unreadable_line(results):
+        print(line)
+    print(f"report, results and pictures in {out}/")
     return results
 
 
