@@ -270,3 +270,20 @@ def test_study_findings_follow_the_numbers():
     assert "class token 80.0%, distillation token 84.0%, their average 83.0%" in lines[4]
     points[400, "hard"] = 99.0
     assert "does not narrow at every step" in curve_findings(study(points))[3]
+
+
+def test_a_folder_without_val_or_with_other_val_classes_is_refused_before_any_run(tmp_path, capsys):
+    for label in ("a", "b"):
+        folder = tmp_path / "images" / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (30, 30), color=i * 20).save(folder / f"{i}.png")
+    args = ["demo", "--quick", "--data-set", "folder", "--data-path", str(tmp_path / "images")]
+    assert main([*args, "--output_dir", str(tmp_path / "one")]) != 0
+    assert "has no val/ folder" in capsys.readouterr().err
+    (tmp_path / "images" / "val" / "a").mkdir(parents=True)
+    (tmp_path / "images" / "val" / "c").mkdir(parents=True)
+    assert main([*args, "--output_dir", str(tmp_path / "two")]) != 0
+    assert "class folders of" in capsys.readouterr().err
+    for out in ("one", "two"):
+        assert not (tmp_path / out / "teacher_all").exists()

@@ -76,6 +76,7 @@ def _demo(
         **(QUICK if quick else {}),
     }
     train_set, info = build_dataset(data_set, data_path, True)
+    build_dataset(data_set, data_path, False)  # a missing or mismatched val/ said now, not by the first run
     wanted = QUICK_LABELS if quick else LABELS
     counts, smallest = label_counts(train_set.targets, wanted)
     for n in (n for n in wanted if n not in counts):
