@@ -132,10 +132,11 @@ def test_a_count_of_labels_a_class_cannot_hold_is_left_out_and_said(tmp_path, ca
     def stop(*args, **kwargs):
         raise Stop
 
-    class Data:
-        targets = [0] * 30 + [1] * 30 + [2] * 5
+    class Data:  # the folder's training split, as the demo reads it
+        pass
 
-    with pytest.MonkeyPatch.context() as m:
+    Data.targets = targets
+    with pytest.MonkeyPatch.context() as m:  # the demo up to its runs, which are not started
         m.setattr(study, "build_dataset", lambda *a, **k: (Data(), None))
         m.setattr(study, "study_jobs", stop)
         with pytest.raises(Stop):
