@@ -118,6 +118,9 @@ def test_missing_cifar_and_unknown_data_set_are_clear(tmp_path):
         build_dataset("cifar10", str(tmp_path), True)
     with pytest.raises(ValueError, match="unknown data set 'svhn'"):
         build_dataset("svhn", None, True)
+    for name in ("mnist5k", "digits"):  # a user's folder given to a built-in is refused, not passed over unread
+        with pytest.raises(ValueError, match=f"{name} ships with deit and reads no --data-path .*--data-set folder"):
+            build_dataset(name, str(tmp_path), True)
 
 
 def test_augmentation_is_a_function_of_the_sample_seed():

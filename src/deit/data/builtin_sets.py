@@ -67,6 +67,11 @@ def load(name: str, data_path: str | None, train: bool) -> Builtin:
         images, targets = _fashion_mnist(data_path, train, full=name == "fashion-mnist-full")
         return Builtin(images, targets, list(FASHION_CLASSES), (0.2860,), (0.3530,))  # the 60,000 training images'
     if name in ("mnist5k", "digits"):
+        if data_path is not None:  # a user's own images given to a built-in would otherwise be passed over unread
+            raise ValueError(
+                f"{name} ships with deit and reads no --data-path ({data_path}); "
+                "for your own images: --data-set folder --data-path DIR"
+            )
         images, targets = _mnist5k(train) if name == "mnist5k" else _digits(train)
         # the digits' own statistics: ink is rare, so the mean is dark
         mean, std = ((0.1307,), (0.3081,)) if name == "mnist5k" else ((0.19,), (0.34,))
