@@ -272,7 +272,8 @@ def test_the_device_path_needs_batch_augmentation_and_image_files(tmp_path):
     with pytest.raises(ValueError, match="--input-path device .*add --batch-aug"):
         run(folder_config(tmp_path / "digits", tmp_path / "run", "device", **{"aug.batch_aug": False}))
     with pytest.raises(ValueError, match="--input-path device is for image files; .* held in memory"):
-        run(folder_config(None, tmp_path / "run2", "device", **{"data.data_set": "mnist5k", "data.grayscale": False}))
+        built_in = {"data.data_set": "mnist5k", "data.data_path": None, "data.grayscale": False}
+        run(folder_config(None, tmp_path / "run2", "device", **built_in))
 
 
 def test_shards_on_the_device_path_give_the_loader_paths_run(tmp_path):
