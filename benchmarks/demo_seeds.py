@@ -81,7 +81,7 @@ def main() -> None:
     margins = {}
     at = {(p["labels_per_class"], p["method"]): p for p in curve}
     for n in sorted({p["labels_per_class"] for p in curve}):
-        for method in ("hard", "hard + attention"):
+        for method in ("hard", "soft + attention"):
             per_seed = [d - a for d, a in zip(at[n, method]["acc1"], at[n, "none"]["acc1"])]
             to_teacher = [d - t for d, t in zip(at[n, method]["acc1"], at[n, "teacher"]["acc1"])]
             margins[f"{n} {method}"] = {

@@ -25,18 +25,18 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
         assert 0.0 <= student["acc1"] <= 100.0 and student["train_seconds"] > 0
     # the study: each method at 10 labels per class and at all 400
     assert [(p["labels_per_class"], p["method"]) for p in results["curve"]] == [
-        (n, m) for n in (10, 400) for m in ("teacher", "none", "hard", "hard + attention")
+        (n, m) for n in (10, 400) for m in ("teacher", "none", "hard", "soft + attention")
     ]
     assert all(0 <= p["acc1"] <= 100 and p["train_seconds"] > 0 for p in results["curve"])
     at = {(p["labels_per_class"], p["method"]): p["acc1"] for p in results["curve"]}
     assert at[400, "teacher"] == results["teacher"]["acc1"]
     assert at[400, "hard"] == results["students"][2]["acc1"]
     assert [(h["labels_per_class"], h["method"]) for h in results["heads"]] == [
-        (n, m) for n in (10, 400) for m in ("hard", "hard + attention")
+        (n, m) for n in (10, 400) for m in ("hard", "soft + attention")
     ]
     assert all(0 <= h[k] <= 100 for h in results["heads"] for k in ("class", "distillation", "average"))
     # the student alone sees its 100 labelled images 40 times an epoch: as many steps as the distilled students
-    alone, distilled = (load_training_state(out / run / "checkpoint.pth") for run in ("none_10", "hard_attention_10"))
+    alone, distilled = (load_training_state(out / run / "checkpoint.pth") for run in ("none_10", "soft_attention_10"))
     assert alone["config"]["data"]["repeat"] == 40 and alone["config"]["data"]["labels_per_class"] == 10
     assert distilled["config"]["data"]["unlabelled"] and alone["num_updates"] == distilled["num_updates"] == 125
     assert load_training_state(out / "teacher_10" / "checkpoint.pth")["config"]["data"]["labels_per_class"] == 10
@@ -48,13 +48,13 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
     assert results["teacher_cache_seconds"] > 0
     for tag in ("10", "all"):
         assert (out / f"cache_{tag}" / CACHE / "meta.json").exists()
-        assert f"cache_{tag}" in (out / f"hard_attention_{tag}" / "config.yaml").read_text()
+        assert f"cache_{tag}" in (out / f"soft_attention_{tag}" / "config.yaml").read_text()
     assert "quick mode" in report and "10 labels per class: hard distillation" in report
     for picture in ("curve.png", "curves.png", "attention.png"):
         with Image.open(out / picture) as image:
             assert image.size[0] > 400 and image.size[1] > 200
     for tag in ("10", "all"):
-        for run in ("teacher", "none", "hard_distillation_token", "hard_attention"):
+        for run in ("teacher", "none", "hard_distillation_token", "soft_attention"):
             assert (out / f"{run}_{tag}" / "log.jsonl").exists() and (out / f"{run}_{tag}" / "checkpoint.pth").exists()
     # the demo runs again into its own folder; it refuses a folder that holds something else
     # (runs train side by side; the ViT-teacher row waits for the "none" student, its teacher)
@@ -122,7 +122,7 @@ def test_a_count_of_labels_a_class_cannot_hold_is_left_out_and_said(tmp_path, ca
         "cache_all",
         "none_all",
         "hard_distillation_token_all",
-        "hard_attention_all",
+        "soft_attention_all",
         "soft_all",
     }
 
@@ -192,7 +192,7 @@ def test_with_few_labels_the_students_train_longer_and_the_student_alone_takes_t
     for tag, epochs in (("10", FEW_LABEL_EPOCHS), ("100", STUDENTS["run.epochs"]), ("all", STUDENTS["run.epochs"])):
         assert jobs[f"teacher_{tag}"].run.epochs == TEACHER["run.epochs"], tag
         # the cache refuses a student of another length: it holds exactly the distilled students' epochs of views
-        distilled = [jobs[f"cache_{tag}"], jobs[f"hard_distillation_token_{tag}"], jobs[f"hard_attention_{tag}"]]
+        distilled = [jobs[f"cache_{tag}"], jobs[f"hard_distillation_token_{tag}"], jobs[f"soft_attention_{tag}"]]
         assert [cfg.run.epochs for cfg in distilled] == [epochs] * 3, tag
         alone = jobs[f"none_{tag}"]
         labelled = len(targets) if tag == "all" else 10 * int(tag)
@@ -219,25 +219,23 @@ def results_with(none: float, hard: float, attention: float, curves: dict | None
         "none": none,
         "soft (tau 3, alpha 0.1)": none,
         "hard, distillation token": hard,
-        "hard + attention (beta 1)": attention,
+        "soft + attention (tau 3, alpha 0.9, beta 1)": attention,
     }
     return {"students": [{"method": m, "acc1": a, "acc1_by_epoch": curves.get(m)} for m, a in accs.items()]}
 
 
 def test_findings_follow_the_numbers():
     clear = findings(results_with(none=90.0, hard=94.0, attention=95.0))
-    assert "+4.0 points" in clear[0] and "(+1.0 points)" in clear[2]
+    assert "+4.0 points" in clear[0] and "(+1.0 points against hard)" in clear[2]
     close = findings(results_with(none=93.0, hard=93.5, attention=92.0))
-    assert "(-1.5 points)" in close[2]
+    assert "(-1.5 points against hard)" in close[2]
     curves = {
         "none": [10, 20, 30, 40, 50, 60, 70, 80],
         "hard, distillation token": [10, 25, 35, 45, 55, 65, 75, 85],
-        "hard + attention (beta 1)": [20, 40, 50, 60, 70, 75, 80, 86],
+        "soft + attention (tau 3, alpha 0.9, beta 1)": [20, 40, 50, 60, 70, 75, 80, 86],
     }
     early = findings(results_with(none=80.0, hard=85.0, attention=86.0, curves=curves))
-    assert any(
-        "After 3 of 8 epochs: 50.0% with the attention term, 35.0% for hard alone, 30.0%" in line for line in early
-    )
+    assert any("After 3 of 8 epochs: 50.0% for soft + attention, 35.0% for hard, 30.0%" in line for line in early)
 
 
 def study(points: dict) -> dict:
@@ -252,20 +250,20 @@ def test_study_findings_follow_the_numbers():
         (10, "teacher"): 91.0,
         (10, "none"): 80.0,
         (10, "hard"): 89.0,
-        (10, "hard + attention"): 92.0,
+        (10, "soft + attention"): 92.0,
         (100, "teacher"): 97.0,
         (100, "none"): 94.0,
         (100, "hard"): 96.5,
-        (100, "hard + attention"): 96.0,
+        (100, "soft + attention"): 96.0,
         (400, "teacher"): 98.5,
         (400, "none"): 96.0,
         (400, "hard"): 96.5,
-        (400, "hard + attention"): 97.0,
+        (400, "soft + attention"): 97.0,
     }
     lines = curve_findings(study(points))
     assert lines[0].startswith(
         "10 labels per class: hard distillation 89.0% against 80.0% for the student alone "
-        "(+9.0 points), hard + attention 92.0% (+12.0); the teacher 91.0% (hard -2.0"
+        "(+9.0 points), soft + attention 92.0% (+12.0); the teacher 91.0% (hard -2.0"
     )
     assert "margin over the student alone narrows as labels grow: +9.0, +2.5, +0.5 points" in lines[3]
     assert "class token 80.0%, distillation token 84.0%, their average 83.0%" in lines[4]

@@ -31,7 +31,7 @@ def _add_demo(sub) -> None:
         "demo",
         "what distillation is for, on shipped digits in minutes on a CPU: few labels, a CNN teacher",
         "For 10, 100 and all labels per class: a CNN teacher on the labelled images, the same small "
-        "DeiT on them alone, and distilled (hard, hard + attention) on them and the unlabelled rest; with every "
+        "DeiT on them alone, and distilled (hard, soft + attention) on them and the unlabelled rest; with every "
         "label, the paper's Table 3 (soft too). Writes report.md, results.json, curve.png and pictures.",
     )
     p.add_argument("--data-set", default="mnist5k", help="a built-in (mnist5k, digits, fashion-mnist, ...) or folder")

@@ -50,7 +50,7 @@ def curve_label(method: str) -> str:
         "teacher": "teacher (small_cnn), labelled images",
         "none": "DeiT alone, labelled images",
         "hard": "DeiT, hard distillation, + unlabelled",
-        "hard + attention": "DeiT, hard + attention, + unlabelled",
+        "soft + attention": "DeiT, soft + attention, + unlabelled",
     }[method]
 
 
@@ -60,13 +60,13 @@ def curve_findings(results: dict) -> list[str]:
     counts = sorted({n for _, n in at})
     lines = []
     for n in counts:
-        teacher, none, hard, both = (at.get((m, n)) for m in ("teacher", *STUDY))
-        if None in (teacher, none, hard, both):
+        teacher, none, hard, soft = (at.get((m, n)) for m in ("teacher", *STUDY))
+        if None in (teacher, none, hard, soft):
             continue
         lines.append(
             f"{n} labels per class: hard distillation {hard:.1f}% against {none:.1f}% for the student alone "
-            f"({hard - none:+.1f} points), hard + attention {both:.1f}% ({both - none:+.1f}); the teacher "
-            f"{teacher:.1f}% (hard {hard - teacher:+.1f}, hard + attention {both - teacher:+.1f} against it)."
+            f"({hard - none:+.1f} points), soft + attention {soft:.1f}% ({soft - none:+.1f}); the teacher "
+            f"{teacher:.1f}% (hard {hard - teacher:+.1f}, soft + attention {soft - teacher:+.1f} against it)."
         )
     margins = [at[("hard", n)] - at[("none", n)] for n in counts if ("hard", n) in at and ("none", n) in at]
     if len(margins) > 1:
@@ -93,22 +93,22 @@ def findings(results: dict) -> list[str]:
     """What the Table-3 rows say, in plain sentences computed from the numbers."""
     by = {short_label(s["method"]): s["acc1"] for s in results["students"]}
     none, hard = by["none"], by["hard, distillation token"]
-    soft = next(v for k, v in by.items() if k.startswith("soft"))
-    attention = next(v for k, v in by.items() if k.startswith("hard + attention"))
+    soft, attention = by["soft"], by["soft + attention"]
     lines = [
         f"Hard distillation through the distillation token: {hard:.1f}% against {none:.1f}% without a teacher "
         f"({hard - none:+.1f} points).",
         f"Soft distillation: {soft:.1f}% ({soft - none:+.1f} points against none, {soft - hard:+.1f} against hard).",
-        f"Attention distillation on top of hard: {attention:.1f}% ({attention - hard:+.1f} points).",
+        f"Soft distillation weighted up, with the attention term: {attention:.1f}% ({attention - hard:+.1f} points "
+        "against hard).",
     ]
     curves = {short_label(s["method"]): s.get("acc1_by_epoch") for s in results["students"]}
-    with_attention = next((v for k, v in curves.items() if k.startswith("hard + attention")), None)
+    with_attention = curves.get("soft + attention")
     hard_curve = curves.get("hard, distillation token")
     if with_attention and hard_curve and len(with_attention) > 2:
         mid = len(with_attention) // 4
         lines.append(
-            f"After {mid + 1} of {len(hard_curve)} epochs: {with_attention[mid]:.1f}% with the attention "
-            f"term, {hard_curve[mid]:.1f}% for hard alone, {curves['none'][mid]:.1f}% without a teacher."
+            f"After {mid + 1} of {len(hard_curve)} epochs: {with_attention[mid]:.1f}% for soft + attention, "
+            f"{hard_curve[mid]:.1f}% for hard, {curves['none'][mid]:.1f}% without a teacher."
         )
     vit = by.get("hard, ViT teacher")
     if vit is not None:
