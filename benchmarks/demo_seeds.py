@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record
 from deit.demo import run_demo
+from deit.demo.plan import STUDY
 from deit.demo.report import curve_label
 from deit.distributed import machine
 from deit.viz import plot_label_curve
@@ -81,7 +82,7 @@ def main() -> None:
     margins = {}
     at = {(p["labels_per_class"], p["method"]): p for p in curve}
     for n in sorted({p["labels_per_class"] for p in curve}):
-        for method in ("hard", "soft + attention"):
+        for method in (m for m in STUDY if m != "none"):  # the distilled students
             per_seed = [d - a for d, a in zip(at[n, method]["acc1"], at[n, "none"]["acc1"])]
             to_teacher = [d - t for d, t in zip(at[n, method]["acc1"], at[n, "teacher"]["acc1"])]
             margins[f"{n} {method}"] = {

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-NAMES = {
-    "teacher": "teacher (small_cnn), labelled images",
-    "none": "DeiT alone, labelled images",
-    "hard": "DeiT, hard distillation, + unlabelled",
-    "soft + attention": "DeiT, soft + attention, + unlabelled",
-    "hard + attention": "DeiT, hard + attention, + unlabelled",  # records before 2026-12-07
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
+from deit.demo.report import curve_label
+
+EARLIER = {"hard + attention": "DeiT, hard + attention, + unlabelled"}
+"""Rows of records made before 2026-12-07, whose third student was hard + attention."""
+
+
+def row_name(method: str) -> str:
+    return EARLIER.get(method) or curve_label(method)
 
 
 def curve_table(record: dict) -> str:
@@ -29,7 +32,7 @@ def curve_table(record: dict) -> str:
     ]
     for p in record["curve"]:
         values = " | ".join(f"{v:.1f}" for v in p["acc1"])
-        name = NAMES.get(p["method"], p["method"])
+        name = row_name(p["method"])
         lines.append(f"| {p['labels_per_class']} | {name} | {values} | {p['mean']:.1f} | {p['spread']:.1f} |")
     return "\n".join(lines)
 

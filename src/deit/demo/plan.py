@@ -88,11 +88,11 @@ FEW_LABEL_EPOCHS = 36
 ATTENTION_WEIGHT = 1.0
 
 
-SOFT_ALPHA = 0.9
-"""The soft + attention students' alpha. The official soft term is divided by the number of logits (batch x
-classes), so on ten classes the paper's alpha 0.1 leaves the teacher's term a small share of the loss. At 0.9 (tau
-3) the mean of 3 seeds rose above hard + attention's at five of the six points of the two built-in sets' studies, and
-fell 0.4 at the sixth (mnist5k, 10 labels; docs/few-labels.md)."""
+SOFT_TAU, SOFT_ALPHA = 3.0, 0.9
+"""The soft + attention students' temperature (the paper's) and alpha. The official soft term is divided by the
+number of logits (batch x classes), so on ten classes the paper's alpha 0.1 leaves the teacher's term a small share
+of the loss. At 0.9 (tau 3) the mean of 3 seeds rose above hard + attention's at five of the six points of the two
+built-in sets' studies, and fell 0.4 at the sixth (mnist5k, 10 labels; docs/few-labels.md)."""
 
 
 # (label, model, settings): the rows of the Table-3 report, in the paper's order, then ours
@@ -109,11 +109,11 @@ METHODS = [
         {"distill.distillation_type": "hard", "distill.distillation_alpha": 0.5},
     ),
     (
-        f"soft + attention (tau 3, alpha {SOFT_ALPHA:g}, beta {ATTENTION_WEIGHT:g})",
+        f"soft + attention (tau {SOFT_TAU:g}, alpha {SOFT_ALPHA:g}, beta {ATTENTION_WEIGHT:g})",
         DISTILLED_STUDENT,
         {
             "distill.distillation_type": "soft",
-            "distill.distillation_tau": 3.0,
+            "distill.distillation_tau": SOFT_TAU,
             "distill.distillation_alpha": SOFT_ALPHA,
             "distill.attn_distillation_weight": ATTENTION_WEIGHT,
         },
