@@ -286,3 +286,22 @@ def test_a_folder_without_val_or_with_other_val_classes_is_refused_before_any_ru
     assert "class folders of" in capsys.readouterr().err
     for out in ("one", "two"):
         assert not (tmp_path / out / "teacher_all").exists()
+
+
+def test_the_runs_that_start_the_longest_chains_of_work_are_taken_up_first(tmp_path):
+    # a free lane takes the first job it can: the 10-label runs (4x the epochs) and the teacher and cache they wait
+    # on first, then the short ones, which fill both lanes at the end; each job after those it reads
+    from deit.demo.plan import LABELS, Job, longest_chain_first, study_jobs
+
+    targets = [c for c in range(10) for _ in range(400)]
+    jobs = study_jobs(tmp_path, {"data.data_set": "mnist5k"}, targets, LABELS)
+    names = [j.name for j in jobs]
+    for job in jobs:
+        assert job.work > 0, job.name
+        assert all(names.index(a) < names.index(job.name) for a in job.after), job.name
+    assert names[:2] == ["teacher_10", "cache_10"]
+    tens = [i for i, n in enumerate(names) if n.endswith("_10")]
+    assert tens == list(range(len(tens)))  # every 10-label run before any other
+    # the rule itself: a short job that starts a long chain goes before a long job that ends one
+    a, b, c = Job("a", None, work=1.0), Job("b", None, work=10.0, after=("a",)), Job("c", None, work=5.0)
+    assert [j.name for j in longest_chain_first([c, b, a])] == ["a", "b", "c"]
