@@ -86,7 +86,7 @@ def _demo(
         jobs.append(vit_teacher_job(out, common))
     print(
         f"deit demo: {len(jobs)} runs on {canonical_name(data_set)} ({len(train_set)} training images), "
-        "side by side: teachers, their cached outputs, then the students"
+        "side by side: each teacher, its cached outputs, then its students, the longest first"
     )
     done = train_side_by_side(jobs, out, lanes=lanes)
     per_class = round(len(train_set) / info.num_classes)  # "all": the curve's x for every label kept
