@@ -180,7 +180,7 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
     distilled students' epochs need: the same steps), the distilled students on all images, the unlabelled rest
     taught by the teacher alone. In the order a free process takes them up."""
     counts = label_counts(targets, counts)[0]
-    teachers, caches, distilled, alone = [], [], [], []
+    jobs = []
     for n in counts:
         tag = "all" if n is None else str(n)
         labelled = len(targets) if n is None else len(first_per_class(targets, n))
@@ -190,7 +190,7 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
         epochs = long.get("run.epochs", STUDENTS["run.epochs"])
         teacher, cache = f"teacher_{tag}", f"cache_{tag}"
         repeat = max(1, math.ceil(TEACHER_EPOCH_IMAGES / labelled))
-        teachers.append(
+        jobs.append(
             Job(
                 teacher,
                 job_config(out, teacher, {**TEACHER, **few, "data.repeat": repeat}, common),
@@ -201,7 +201,7 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
         # one pass of the teacher serves every distilled student: the soft + attention settings ask for all
         # that any of them reads, logits and maps
         reads = {"distill.teacher_path": str(out / teacher), "distill.teacher_cache": str(out / cache / CACHE)}
-        caches.append(
+        jobs.append(
             Job(
                 cache,
                 job_config(
@@ -231,14 +231,14 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
                     out, name, {**STUDENTS, "model.model": model, **settings, **reads, **unlabelled}, common
                 )
                 work = WORK["distilled"] * epochs * len(targets)
-                distilled.append(Job(name, cfg, row, after=(cache,), work=work))
+                jobs.append(Job(name, cfg, row, after=(cache,), work=work))
             else:
                 repeat = max(1, round(len(targets) / labelled))
                 cfg = job_config(
                     out, name, {**STUDENTS, "model.model": model, **few, **long, "data.repeat": repeat}, common
                 )
-                alone.append(Job(name, cfg, row, work=WORK["train"] * epochs * labelled * repeat))
-    return longest_chain_first(teachers + caches + distilled + alone)
+                jobs.append(Job(name, cfg, row, work=WORK["train"] * epochs * labelled * repeat))
+    return longest_chain_first(jobs)
 
 
 def vit_teacher_job(out: Path, common: dict) -> Job:
