@@ -47,6 +47,7 @@ for _distilled in (False, True):
     MODELS[f"deit_pico{_d}_patch4_28"] = ModelSpec(4, 64, 4, 4, 28, _distilled, "CPU-sized, 28 px")
     MODELS[f"deit_pico{_d}_patch7_28"] = ModelSpec(7, 64, 4, 4, 28, _distilled, "CPU-sized, 28 px")
     MODELS[f"deit_nano{_d}_patch4_32"] = ModelSpec(4, 128, 6, 4, 32, _distilled, "CPU-sized, 32 px")
+    MODELS[f"deit_nano{_d}_patch7_28"] = ModelSpec(7, 128, 6, 4, 28, _distilled, "CPU-sized, 28 px")
 
 # DeiT III (Touvron et al. 2022, the official models_v2.py and timm's deit3_*): LayerScale (from 1e-4, as
 # models_v2.py starts it), position embeddings for the patches only, every block dropped at the same rate. The
