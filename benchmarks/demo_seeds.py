@@ -3,6 +3,7 @@ spread, at each count of labels per class?
 
     python benchmarks/demo_seeds.py                          # seeds 0 1 2, the whole demo each time
     python benchmarks/demo_seeds.py --data-set fashion-mnist --seeds 0
+    python benchmarks/demo_seeds.py --student deit_nano_patch7_28 --epochs 72   # another student and schedule
 
 Each seed runs `deit demo` (every teacher and student) into a folder of its own. Prints each point of the curve
 (method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label kept); the two
@@ -39,14 +40,20 @@ def main() -> None:
     parser.add_argument("--data-set", default="mnist5k")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--keep", default=None, help="a folder to keep each seed's demo output in (seed0/, ...)")
+    parser.add_argument("--student", default=None, help="`deit demo --student`: a DeiT in place of the demo's")
+    parser.add_argument("--epochs", type=int, default=None, help="`deit demo --epochs`: the students' at every count")
     args = parser.parse_args()
+    study = {"student": args.student, "epochs": args.epochs}
+    name = "_".join(
+        [args.data_set, *([args.student] if args.student else []), *([f"{args.epochs}-epochs"] if args.epochs else [])]
+    )
 
     runs, seconds = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             start = time.perf_counter()
-            folder = Path(args.keep or scratch) / f"{args.data_set}_seed{seed}"
-            runs[seed] = run_demo(data_set=args.data_set, output_dir=folder, seed=seed, num_workers=2)
+            folder = Path(args.keep or scratch) / f"{name}_seed{seed}"
+            runs[seed] = run_demo(data_set=args.data_set, output_dir=folder, seed=seed, num_workers=2, **study)
             seconds[seed] = round(time.perf_counter() - start, 1)
     first = runs[args.seeds[0]]
     curve = []
@@ -103,10 +110,12 @@ def main() -> None:
             f"{h['distillation']:.1f}%, average {h['average']:.1f}%"
         )
     record = {
-        "benchmark": f"demo_seeds_{args.data_set}",
+        "benchmark": f"demo_seeds_{name}",
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "data_set": args.data_set,
+        "student": first["student"],
+        "student_epochs": args.epochs,  # None: the demo's rule
         "seeds": args.seeds,
         "curve": curve,
         "table3": table3,

@@ -71,16 +71,22 @@ def test_quick_demo_writes_report_results_and_pictures(tmp_path):
         run_demo(output_dir=other, quick=True, num_workers=0)
 
 
+def small_folder(root, train=20, val=4):
+    """Ten classes of flat 40 px grayscale images in train/ and val/."""
+    for split, count in (("train", train), ("val", val)):
+        for label in range(10):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (40, 40), color=(label * 25 + i) % 256).save(folder / f"{i}.png")
+    return root
+
+
 def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(tmp_path):
     # folder images have no size of their own: the teacher trains on the students' 28 px views, not at 224 px
     from deit.models import read_checkpoint
 
-    for split, count in (("train", 20), ("val", 4)):
-        for label in range(10):
-            folder = tmp_path / "images" / split / str(label)
-            folder.mkdir(parents=True)
-            for i in range(count):
-                Image.new("L", (40, 40), color=(label * 25 + i) % 256).save(folder / f"{i}.png")
+    small_folder(tmp_path / "images")
     (tmp_path / "images" / "train" / "3" / "damaged.png").write_bytes(b"\x89PNG\r\n not an image")
     out = tmp_path / "demo"
     assert (
@@ -112,7 +118,7 @@ def test_quick_demo_on_an_image_folder_trains_the_teacher_at_the_students_size(t
 def test_a_count_of_labels_a_class_cannot_hold_is_left_out_and_said(tmp_path, capsys):
     # class 2 has 5 images: 10 labels per class would keep every label of it, which the "all" runs show
     from deit.demo import study
-    from deit.demo.plan import LABELS, label_counts, study_jobs
+    from deit.demo.plan import LABELS, Students, label_counts, study_jobs
 
     targets = [0] * 30 + [1] * 30 + [2] * 5
     assert label_counts(targets, LABELS) == ([None], 5)
@@ -149,6 +155,7 @@ def test_a_count_of_labels_a_class_cannot_hold_is_left_out_and_said(tmp_path, ca
                 vit_teacher=False,
                 num_workers=0,
                 lanes=1,
+                students=Students(),
             )
     out = capsys.readouterr().out
     assert "10 labels per class left out: the smallest class has 5 training images" in out
@@ -197,6 +204,39 @@ def test_with_few_labels_the_students_train_longer_and_the_student_alone_takes_t
         alone = jobs[f"none_{tag}"]
         labelled = len(targets) if tag == "all" else 10 * int(tag)
         assert labelled * alone.data.repeat * alone.run.epochs == len(targets) * epochs, tag
+
+
+def test_another_student_and_schedule_run_the_same_study(tmp_path, capsys):
+    from deit.demo.plan import LABELS, TEACHER_MODEL, Students, study_jobs
+    from deit.models import read_checkpoint
+
+    targets = [c for c in range(10) for _ in range(400)]
+    students = Students.of("deit_nano_distilled_patch7_28", epochs=5)  # either twin names the pair
+    assert (students.alone, students.distilled) == ("deit_nano_patch7_28", "deit_nano_distilled_patch7_28")
+    jobs = {j.name: j.cfg for j in study_jobs(tmp_path, {"data.data_set": "mnist5k"}, targets, LABELS, students)}
+    for tag in ("10", "100", "all"):
+        assert (jobs[f"teacher_{tag}"].model.model, jobs[f"teacher_{tag}"].model.input_size) == (TEACHER_MODEL, 28)
+        assert jobs[f"none_{tag}"].model.model == "deit_nano_patch7_28"
+        distilled = [jobs[f"cache_{tag}"], jobs[f"hard_distillation_token_{tag}"], jobs[f"soft_attention_{tag}"]]
+        assert {cfg.model.model for cfg in distilled} == {"deit_nano_distilled_patch7_28"}
+        assert [cfg.run.epochs for cfg in distilled] == [5] * 3, tag  # every count: no longer run at 10 labels
+        alone = jobs[f"none_{tag}"]
+        labelled = len(targets) if tag == "all" else 10 * int(tag)
+        assert labelled * alone.data.repeat * alone.run.epochs == len(targets) * 5, tag
+    assert (jobs["soft_all"].model.model, jobs["soft_all"].run.epochs) == ("deit_nano_distilled_patch7_28", 5)
+
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--data-set", "folder", "--data-path", str(small_folder(tmp_path / "images"))]
+    assert main([*args, "--output_dir", str(out), "--num_workers", "0", "--student", "deit_nano_patch7_28"]) == 0
+    assert read_checkpoint(out / "none_10").config["model"] == "deit_nano_patch7_28"
+    assert read_checkpoint(out / "soft_attention_all").config["model"] == "deit_nano_distilled_patch7_28"
+    results = json.loads((out / "results.json").read_text())
+    assert results["student"] == "deit_nano_patch7_28" and len(results["heads"]) == 4
+    assert "the student (`deit_nano_patch7_28`" in (out / "report.md").read_text()
+    capsys.readouterr()
+    # a student that is no registered DeiT: one line, before the demo writes anything
+    assert main([*args, "--output_dir", str(tmp_path / "cnn"), "--student", "small_cnn"]) == 2
+    assert "unknown model 'small_cnn'" in capsys.readouterr().err and not (tmp_path / "cnn").exists()
 
 
 def test_a_failing_student_is_reported_in_one_line(tmp_path):

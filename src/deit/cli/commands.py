@@ -100,7 +100,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     run_demo(
-        **_given(args, "data_set", "data_path", "output_dir", "quick", "seed", "vit_teacher", "num_workers", "lanes")
+        **_given(
+            args,
+            "data_set",
+            "data_path",
+            "output_dir",
+            "quick",
+            "seed",
+            "vit_teacher",
+            "num_workers",
+            "lanes",
+            "student",
+            "epochs",
+        )
     )
     return 0
 

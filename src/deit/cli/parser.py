@@ -51,6 +51,18 @@ def _add_demo(sub) -> None:
         default=None,
         help="runs trained at once, each lane a process of its own (default: one per core, at most 4)",
     )
+    p.add_argument(
+        "--student",
+        default=None,
+        help="a registered DeiT in place of deit_pico_patch7_28 (its distilled twin is the distilled students')",
+    )
+    p.add_argument(
+        "--epochs",
+        type=count(1),
+        default=None,
+        help="the students' epochs at every count of labels (default: 18, and 72 where fewer than 1 in 10 "
+        "training images keep a label)",
+    )
     p.set_defaults(func=commands.cmd_demo)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import TrainConfig, merge
 from ..data.datasets import first_per_class
 from ..files import slug
-from ..models.registry import MODELS
+from ..models.registry import MODELS, distilled_twins
 
 TEACHER_MODEL = "small_cnn"
 
@@ -83,6 +83,31 @@ The student alone takes the same steps."""
 
 
 FEW_LABEL_EPOCHS = 72
+
+
+@dataclass(frozen=True)
+class Students:
+    """The study's students: a DeiT alone, its twin with a distillation token, and their epochs at every count of
+    labels (None: `STUDENTS`' epochs, `FEW_LABEL_EPOCHS` where few images keep a label)."""
+
+    alone: str = STUDENT
+    distilled: str = DISTILLED_STUDENT
+    epochs: int | None = None
+
+    @classmethod
+    def of(cls, model: str | None = None, epochs: int | None = None) -> Students:
+        """`model`: either twin's name (default: the demo's `STUDENT`)."""
+        alone, distilled = distilled_twins(model or STUDENT)
+        return cls(alone, distilled, epochs)
+
+    def model(self, method_model: str) -> str:
+        """The model of a method of `METHODS`, which names the demo's default students."""
+        return self.distilled if method_model == DISTILLED_STUDENT else self.alone
+
+    def schedule(self, labelled: int, images: int) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return FEW_LABEL_EPOCHS if labelled < FEW_LABELS * images else STUDENTS["run.epochs"]
 
 
 ATTENTION_WEIGHT = 1.0
@@ -174,26 +199,29 @@ def label_counts(targets: list[int], counts: tuple) -> tuple[list, int]:
     return [n for n in counts if n is None or n < smallest], smallest
 
 
-def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> list[Job]:
+def study_jobs(
+    out: Path, common: dict, targets: list[int], counts: tuple, students: Students = Students()
+) -> list[Job]:
     """The runs of the study, for each count of labels per class (None: all): the teacher on the labelled images,
     its cache over the students' views, the student alone on the labelled images (passed over as many times as the
     distilled students' epochs need: the same steps), the distilled students on all images, the unlabelled rest
     taught by the teacher alone. In the order a free process takes them up."""
     counts = label_counts(targets, counts)[0]
+    size = {"model.input_size": MODELS[students.alone].img_size}  # the teacher sees the students' views
     jobs = []
     for n in counts:
         tag = "all" if n is None else str(n)
         labelled = len(targets) if n is None else len(first_per_class(targets, n))
         few = {} if n is None else {"data.labels_per_class": n}
-        long = {"run.epochs": FEW_LABEL_EPOCHS} if labelled < FEW_LABELS * len(targets) else {}
-        unlabelled = {} if n is None else {**few, "data.unlabelled": True, **long}
-        epochs = long.get("run.epochs", STUDENTS["run.epochs"])
+        epochs = students.schedule(labelled, len(targets))
+        schedule = {"run.epochs": epochs}
+        unlabelled = {} if n is None else {**few, "data.unlabelled": True}
         teacher, cache = f"teacher_{tag}", f"cache_{tag}"
         repeat = max(1, math.ceil(TEACHER_EPOCH_IMAGES / labelled))
         jobs.append(
             Job(
                 teacher,
-                job_config(out, teacher, {**TEACHER, **few, "data.repeat": repeat}, common),
+                job_config(out, teacher, {**TEACHER, **size, **few, "data.repeat": repeat}, common),
                 {"method": "teacher", "model": TEACHER_MODEL, "labels": n, "curve": "teacher"},
                 work=WORK["train"] * TEACHER["run.epochs"] * labelled * repeat,
             )
@@ -207,7 +235,14 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
                 job_config(
                     out,
                     cache,
-                    {**STUDENTS, "model.model": DISTILLED_STUDENT, **METHODS[-1][2], **reads, **unlabelled},
+                    {
+                        **STUDENTS,
+                        "model.model": students.distilled,
+                        **METHODS[-1][2],
+                        **reads,
+                        **unlabelled,
+                        **schedule,
+                    },
                     common,
                 ),
                 after=(teacher,),
@@ -215,10 +250,11 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
                 work=WORK["cache"] * epochs * len(targets),
             )
         )
-        for label, model, settings in METHODS:
-            if n is not None and (label, model, settings) not in STUDY.values():
+        for label, method_model, settings in METHODS:
+            if n is not None and (label, method_model, settings) not in STUDY.values():
                 continue
             name = f"{run_name(label)}_{tag}"
+            model = students.model(method_model)
             row = {
                 "method": label,
                 "model": model,
@@ -228,31 +264,35 @@ def study_jobs(out: Path, common: dict, targets: list[int], counts: tuple) -> li
             }
             if settings:
                 cfg = job_config(
-                    out, name, {**STUDENTS, "model.model": model, **settings, **reads, **unlabelled}, common
+                    out,
+                    name,
+                    {**STUDENTS, "model.model": model, **settings, **reads, **unlabelled, **schedule},
+                    common,
                 )
                 work = WORK["distilled"] * epochs * len(targets)
                 jobs.append(Job(name, cfg, row, after=(cache,), work=work))
             else:
                 repeat = max(1, round(len(targets) / labelled))
                 cfg = job_config(
-                    out, name, {**STUDENTS, "model.model": model, **few, **long, "data.repeat": repeat}, common
+                    out, name, {**STUDENTS, "model.model": model, **few, **schedule, "data.repeat": repeat}, common
                 )
                 jobs.append(Job(name, cfg, row, work=WORK["train"] * epochs * labelled * repeat))
     return longest_chain_first(jobs)
 
 
-def vit_teacher_job(out: Path, common: dict) -> Job:
+def vit_teacher_job(out: Path, common: dict, targets: list[int], students: Students = Students()) -> Job:
     """The paper's other teacher: a transformer (the student trained without one), run online."""
     settings = {
         **STUDENTS,
-        "model.model": DISTILLED_STUDENT,
+        "model.model": students.distilled,
         "distill.distillation_type": "hard",
         "distill.teacher_path": str(out / "none_all"),
+        "run.epochs": students.schedule(len(targets), len(targets)),
     }
     return Job(
         "hard_vit_teacher_all",
         job_config(out, "hard_vit_teacher_all", settings, common),
-        {"method": "hard, ViT teacher", "model": DISTILLED_STUDENT, "teacher": STUDENT, "labels": None},
+        {"method": "hard, ViT teacher", "model": students.distilled, "teacher": students.alone, "labels": None},
         after=("none_all",),
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .plan import STUDENT, STUDY, short_label
+from .plan import STUDY, short_label
 
 
 def _row(*cells) -> str:
@@ -140,14 +140,15 @@ def unreadable_line(results: dict) -> str | None:
 def report(results: dict) -> str:
     quick = " (quick mode: a smoke test, not a result)" if results["quick"] else ""
     minutes, rest = divmod(round(results.get("seconds", 0)), 60)
+    schedule = f" ({epochs} epochs at every count)" if (epochs := results["student_epochs"]) else ""
     return "\n".join(
         [
             f"# deit demo: few labels and distillation on {results['data_set']}{quick}",
             "",
             f"Machine: {results['machine']}. Seed {results['seed']}. {minutes} min {rest} s in all. The teacher trains "
-            f"on the labelled images; the student (`{STUDENT}`, with a distillation token when distilled) alone on the "
-            "labelled images, distilled on those and the unlabelled rest, the same steps either way; top-1 on the "
-            "held-out test set.",
+            f"on the labelled images; the student (`{results['student']}`, with a distillation token when distilled) "
+            "alone on the labelled images, distilled on those and the unlabelled rest, the same steps either way"
+            f"{schedule}; top-1 on the held-out test set.",
             *(["", line] if (line := unreadable_line(results)) else []),
             "",
             curve_table(results),

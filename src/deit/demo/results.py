@@ -10,11 +10,20 @@ import torch
 
 from ..data.datasets import canonical_name
 from ..distributed import machine
-from .plan import DISTILLED_STUDENT, STUDY_ORDER, TEACHER_MODEL, Job, table3_jobs
+from .plan import STUDY_ORDER, TEACHER_MODEL, Job, Students, table3_jobs
 
 
 def gather_results(
-    out: Path, jobs: list[Job], done: dict, per_class: int, *, data_set: str, data_path, seed: int, quick: bool
+    out: Path,
+    jobs: list[Job],
+    done: dict,
+    per_class: int,
+    *,
+    data_set: str,
+    data_path,
+    seed: int,
+    quick: bool,
+    students: Students,
 ) -> dict:
     """results.json: the teacher, Table 3's students, the curve and the heads."""
     curve, heads = curve_and_heads(out, jobs, done, per_class, data_set, data_path)
@@ -24,6 +33,8 @@ def gather_results(
         "seed": seed,
         "quick": quick,
         "machine": machine(),
+        "student": students.alone,
+        "student_epochs": students.epochs,  # None: the demo's rule (`Students.schedule`)
         "teacher": {
             "model": TEACHER_MODEL,
             "acc1": teacher["acc1"],
@@ -59,7 +70,7 @@ def curve_and_heads(
         result = done[job.name]
         point = {"labels_per_class": n, "method": method}
         curve.append({**point, "acc1": result["acc1"], "train_seconds": result["train_seconds"]})
-        if job.row["model"] == DISTILLED_STUDENT:
+        if job.row.get("teacher"):  # a distilled student
             heads.append({**point, **head_accuracy(out / job.name, data_set, data_path, prepared)})
 
     def order(p):

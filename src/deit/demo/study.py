@@ -12,7 +12,7 @@ from ..data.datasets import BUILTINS, build_dataset, canonical_name
 from ..files import LOCK, FolderLock, write_text
 from .lanes import train_side_by_side
 from .pictures import pictures
-from .plan import LABELS, QUICK, QUICK_LABELS, label_counts, study_jobs, vit_teacher_job
+from .plan import LABELS, QUICK, QUICK_LABELS, Students, label_counts, study_jobs, vit_teacher_job
 from .report import curve_table, report, report_table, unreadable_line
 from .results import gather_results
 
@@ -32,13 +32,20 @@ def run_demo(
     vit_teacher: bool = False,
     num_workers: int = 2,
     lanes: int | None = None,
+    student: str | None = None,
+    epochs: int | None = None,
 ) -> dict:
     """Train the teachers and the students; write report.md, results.json, curve.png, curves.png and
     attention.png.
 
-    `lanes`: processes at once (default: one per CPU core, at most four). The demo owns its folder while it runs (a
-    lock); stopped (Ctrl-C, SIGTERM), it stops its processes too.
+    `lanes`: processes at once (default: one per CPU core, at most four). `student`: a registered DeiT (or its
+    distilled twin) in place of the demo's; `epochs`: the students' epochs at every count of labels in place of the
+    demo's rule. The demo owns its folder while it runs (a lock); stopped (Ctrl-C, SIGTERM), it stops its processes
+    too.
     """
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    students = Students.of(student, epochs)
     out = Path(output_dir)
     with FolderLock(out, "deit demo", owns=DEMO_FILES):
         _prepare(out)
@@ -51,6 +58,7 @@ def run_demo(
             vit_teacher=vit_teacher,
             num_workers=num_workers,
             lanes=lanes,
+            students=students,
         )
 
 
@@ -64,6 +72,7 @@ def _demo(
     vit_teacher: bool,
     num_workers: int,
     lanes: int | None,
+    students: Students,
 ) -> dict:
     start = time.perf_counter()
     in_memory = canonical_name(data_set) in BUILTINS  # augmented a batch at a time, without loader processes
@@ -81,16 +90,18 @@ def _demo(
     counts, smallest = label_counts(train_set.targets, wanted)
     for n in (n for n in wanted if n not in counts):
         print(f"deit demo: {n} labels per class left out: the smallest class has {smallest} training images")
-    jobs = study_jobs(out, common, train_set.targets, counts)
+    jobs = study_jobs(out, common, train_set.targets, counts, students)
     if vit_teacher:
-        jobs.append(vit_teacher_job(out, common))
+        jobs.append(vit_teacher_job(out, common, train_set.targets, students))
     print(
         f"deit demo: {len(jobs)} runs on {canonical_name(data_set)} ({len(train_set)} training images), "
         "side by side: each teacher, its cached outputs, then its students, the longest first"
     )
     done = train_side_by_side(jobs, out, lanes=lanes)
     per_class = round(len(train_set) / info.num_classes)  # "all": the curve's x for every label kept
-    results = gather_results(out, jobs, done, per_class, data_set=data_set, data_path=data_path, seed=seed, quick=quick)
+    results = gather_results(
+        out, jobs, done, per_class, data_set=data_set, data_path=data_path, seed=seed, quick=quick, students=students
+    )
     pictures(out, results, jobs, done, data_set, data_path)
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")

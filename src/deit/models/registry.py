@@ -6,7 +6,7 @@ timm registers `deit_small_patch16_224`. `factory.create_model` builds one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,17 @@ OVERRIDABLE = (
 
 def list_models() -> list[str]:
     return list(MODELS)
+
+
+def distilled_twins(name: str) -> tuple[str, str]:
+    """A DeiT's name and its twin's, the plain one first: the same sizes, with and without a distillation token."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; `deit models` lists the names")
+    spec = MODELS[name]
+    twin = next((n for n, s in MODELS.items() if s == replace(spec, distilled=not spec.distilled)), None)
+    if twin is None:
+        raise ValueError(f"{name} has no twin with{'out' if spec.distilled else ''} a distillation token")
+    return (twin, name) if spec.distilled else (name, twin)
 
 
 def model_kwargs(name: str) -> dict:
