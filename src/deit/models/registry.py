@@ -91,11 +91,15 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; `deit models` lists the names: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
 def distilled_twins(name: str) -> tuple[str, str]:
     """A DeiT's name and its twin's, the plain one first: the same sizes, with and without a distillation token."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; `deit models` lists the names")
-    spec = MODELS[name]
+    spec = model_spec(name)
     twin = next((n for n, s in MODELS.items() if s == replace(spec, distilled=not spec.distilled)), None)
     if twin is None:
         raise ValueError(f"{name} has no twin with{'out' if spec.distilled else ''} a distillation token")
@@ -103,9 +107,7 @@ def distilled_twins(name: str) -> tuple[str, str]:
 
 
 def model_kwargs(name: str) -> dict:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; `deit models` lists the names: {', '.join(MODELS)}")
-    spec = MODELS[name]
+    spec = model_spec(name)
     keys = (
         "patch_size",
         "embed_dim",
