@@ -5,9 +5,11 @@ spread, at each count of labels per class?
     python benchmarks/demo_seeds.py --data-set fashion-mnist --seeds 0
     python benchmarks/demo_seeds.py --student deit_nano_patch7_28 --epochs 72   # another student and schedule
 
-Each seed runs `deit demo` (every teacher and student) into a folder of its own. Prints each point of the curve
-(method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label kept); the two
-heads of the distilled students; the margins the demo is about. Saves benchmarks/results/demo_seeds_<data
+Each seed runs `deit demo` (every teacher and student) into a folder of its own; with `--keep DIR`, a seed whose
+demo in DIR finished (its results.json, of the same data set, student, schedule and seed) is read, not run again, so
+a long study can be run a seed at a time (`--seeds 0`, later `--seeds 1`, ...) and summed up over all. Prints each
+point of the curve (method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label
+kept); the two heads of the distilled students; the margins the demo is about. Saves benchmarks/results/demo_seeds_<data
 set>_<machine>_<date>.json and the mean curve beside it (.png).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
 from deit.benchmark import save_record
 from deit.demo import run_demo
-from deit.demo.plan import STUDY
+from deit.demo.plan import STUDY, Students
 from deit.demo.report import curve_label
 from deit.distributed import machine
 from deit.viz import plot_label_curve
@@ -32,6 +35,22 @@ from deit.viz import plot_label_curve
 
 def summary(values: list[float]) -> dict:
     return {"acc1": values, "mean": round(statistics.mean(values), 2), "spread": round(max(values) - min(values), 2)}
+
+
+def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs: int | None) -> dict | None:
+    """The results of the demo in `folder` when it finished with these settings, else None (it is run again)."""
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = {"data_set": data_set, "seed": seed, "quick": False, "student_epochs": epochs}
+    if not isinstance(results, dict) or any(results.get(k) != v for k, v in wanted.items()):
+        return None
+    if results.get("student") != Students.of(student).alone:
+        return None
+    if not all(isinstance(results.get(k), list) for k in ("curve", "students", "heads")):
+        return None
+    return results
 
 
 def main() -> None:
@@ -51,8 +70,12 @@ def main() -> None:
     runs, seconds = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
-            start = time.perf_counter()
             folder = Path(args.keep or scratch) / f"{name}_seed{seed}"
+            if args.keep and (earlier := finished(folder, args.data_set, seed, args.student, args.epochs)):
+                print(f"seed {seed}: the finished demo in {folder} read, not run again")
+                runs[seed], seconds[seed] = earlier, earlier["seconds"]
+                continue
+            start = time.perf_counter()
             runs[seed] = run_demo(data_set=args.data_set, output_dir=folder, seed=seed, num_workers=2, **study)
             seconds[seed] = round(time.perf_counter() - start, 1)
     first = runs[args.seeds[0]]
