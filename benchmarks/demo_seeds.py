@@ -10,7 +10,7 @@ demo in DIR finished (its results.json, of the same data set, student, schedule 
 a long study can be run a seed at a time (`--seeds 0`, later `--seeds 1`, ...) and summed up over all. Prints each
 point of the curve (method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label
 kept); the two heads of the distilled students; the margins the demo is about. Saves benchmarks/results/demo_seeds_<data
-set>_<machine>_<date>.json and the mean curve beside it (.png).
+set>[_<student>][_<N>-epochs]_<machine>_<date>.json and the mean curve beside it (.png).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs
         return None
     if not all(isinstance(results.get(k), list) for k in ("curve", "students", "heads")):
         return None
+    if not isinstance(results.get("seconds"), (int, float)):
+        return None
     return results
 
 
@@ -75,6 +77,8 @@ def main() -> None:
                 print(f"seed {seed}: the finished demo in {folder} read, not run again")
                 runs[seed], seconds[seed] = earlier, earlier["seconds"]
                 continue
+            if args.keep and (folder / "results.json").exists():
+                print(f"seed {seed}: {folder} holds a demo of other settings or an unreadable one; it runs again there")
             start = time.perf_counter()
             runs[seed] = run_demo(data_set=args.data_set, output_dir=folder, seed=seed, num_workers=2, **study)
             seconds[seed] = round(time.perf_counter() - start, 1)
