@@ -7,10 +7,12 @@ spread, at each count of labels per class?
 
 Each seed runs `deit demo` (every teacher and student) into a folder of its own; with `--keep DIR`, a seed whose
 demo in DIR finished (its results.json, of the same data set, student, schedule and seed) is read, not run again, so
-a long study can be run a seed at a time (`--seeds 0`, later `--seeds 1`, ...) and summed up over all. Prints each
+a long study can be run a seed at a time (`--seeds 0`, later `--seeds 1`, ...) and summed up over all; each seed it
+runs there is saved at once as a record of its own (demo_<data set>[...]_seed<N>_<machine>_<date>.json). Prints each
 point of the curve (method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label
-kept); the two heads of the distilled students; the margins the demo is about. Saves benchmarks/results/demo_seeds_<data
-set>[_<student>][_<N>-epochs]_<machine>_<date>.json and the mean curve beside it (.png).
+kept); the two heads of the distilled students; the margins the demo is about. Saves
+benchmarks/results/demo_seeds_<data set>[_<student>][_<N>-epochs]_<machine>_<date>.json and the mean curve beside it
+(.png).
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs
     return results
 
 
+SEED_FIELDS = ("data_set", "seed", "student", "student_epochs", "seconds", "teacher", "teacher_cache_seconds")
+SEED_LISTS = ("students", "curve", "heads")
+
+
+def seed_record(results: dict, name: str, command: str, note: str | None) -> dict:
+    """One seed's whole results as a record of its own (`demo_<name>_seed<N>`): a study of an hour a seed keeps
+    each seed's figures in the repository, whatever becomes of the folder it ran in."""
+    record = {
+        "benchmark": f"demo_{name}_seed{results['seed']}",
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "command": command,
+        **({"note": note} if note else {}),
+    }
+    return {**record, **{k: results.get(k) for k in SEED_FIELDS + SEED_LISTS}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -63,6 +82,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="a folder to keep each seed's demo output in (seed0/, ...)")
     parser.add_argument("--student", default=None, help="`deit demo --student`: a DeiT in place of the demo's")
     parser.add_argument("--epochs", type=int, default=None, help="`deit demo --epochs`: the students' at every count")
+    parser.add_argument("--note", default=None, help="a line on how the seeds ran (e.g. beside other work)")
     args = parser.parse_args()
     study = {"student": args.student, "epochs": args.epochs}
     name = "_".join(
@@ -82,6 +102,9 @@ def main() -> None:
             start = time.perf_counter()
             runs[seed] = run_demo(data_set=args.data_set, output_dir=folder, seed=seed, num_workers=2, **study)
             seconds[seed] = round(time.perf_counter() - start, 1)
+            if args.keep:  # a seed of a long study: its figures saved now, on their own
+                command = " ".join(["python benchmarks/demo_seeds.py", *sys.argv[1:]])
+                save_record(seed_record(runs[seed], name, command, args.note), args.out)
     first = runs[args.seeds[0]]
     curve = []
     for point in first["curve"]:
@@ -149,6 +172,7 @@ def main() -> None:
         "heads": heads,
         "margins": margins,
         "seconds": seconds,  # the whole demo, per seed
+        **({"note": args.note} if args.note else {}),
     }
     path = save_record(record, args.out)
     mean_curve = [{**p, "method": curve_label(p["method"]), "acc1": p["mean"]} for p in curve]

@@ -345,3 +345,56 @@ def test_the_runs_that_start_the_longest_chains_of_work_are_taken_up_first(tmp_p
     # the rule itself: a short job that starts a long chain goes before a long job that ends one
     a, b, c = Job("a", None, work=1.0), Job("b", None, work=10.0, after=("a",)), Job("c", None, work=5.0)
     assert [j.name for j in longest_chain_first([c, b, a])] == ["a", "b", "c"]
+
+
+def _demo_seeds():
+    """benchmarks/demo_seeds.py, a script, as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_seeds.py"
+    spec = importlib.util.spec_from_file_location("demo_seeds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(tmp_path):
+    seeds = _demo_seeds()
+    results = {
+        "data_set": "fashion-mnist",
+        "seed": 1,
+        "quick": False,
+        "student": "deit_nano_patch7_28",
+        "student_epochs": 72,
+        "seconds": 3539.4,
+        "teacher": {"model": "small_cnn", "acc1": 83.2},
+        "teacher_cache_seconds": 2.5,
+        "curve": [{"labels_per_class": 10, "method": "teacher", "acc1": 75.2}],
+        "students": [],
+        "heads": [],
+    }
+    folder = tmp_path / "seed1"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(results))
+    wanted = ("fashion-mnist", 1, "deit_nano_patch7_28", 72)
+    assert seeds.finished(folder, *wanted) == results
+    assert seeds.finished(folder, "fashion-mnist", 1, "deit_nano_distilled_patch7_28", 72) == results  # its twin
+    for other in [
+        ("mnist5k", 1, *wanted[2:]),
+        ("fashion-mnist", 2, *wanted[2:]),
+        (*wanted[:3], None),
+        (*wanted[:2], None, 72),
+    ]:
+        assert seeds.finished(folder, *other) is None, other
+    for broken in [{"quick": True}, {"seconds": None}, {"curve": None}]:
+        (folder / "results.json").write_text(json.dumps({**results, **broken}))
+        assert seeds.finished(folder, *wanted) is None, broken
+    (folder / "results.json").write_text('{"data_set": "fashion-mn')  # unreadable
+    assert seeds.finished(folder, *wanted) is None
+    assert seeds.finished(tmp_path / "none", *wanted) is None
+
+    record = seeds.seed_record(results, "fashion-mnist_deit_nano_patch7_28_72-epochs", "python ...", "alone")
+    assert record["benchmark"] == "demo_fashion-mnist_deit_nano_patch7_28_72-epochs_seed1"
+    assert record["note"] == "alone" and record["command"] == "python ..."
+    assert {k: record[k] for k in results if k != "quick"} == {k: v for k, v in results.items() if k != "quick"}
