@@ -35,8 +35,13 @@ from deit.distributed import machine
 from deit.viz import plot_label_curve
 
 
+def points(value: float) -> float:
+    """Rounded to the record's 0.01 point, a rounding error's -0.0 as 0.0 (a tie with the teacher reads +0.0)."""
+    return round(value, 2) + 0.0
+
+
 def summary(values: list[float]) -> dict:
-    return {"acc1": values, "mean": round(statistics.mean(values), 2), "spread": round(max(values) - min(values), 2)}
+    return {"acc1": values, "mean": points(statistics.mean(values)), "spread": points(max(values) - min(values))}
 
 
 def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs: int | None) -> dict | None:
@@ -144,9 +149,9 @@ def main() -> None:
             to_teacher = [d - t for d, t in zip(at[n, method]["acc1"], at[n, "teacher"]["acc1"])]
             margins[f"{n} {method}"] = {
                 "minus_none": per_seed,
-                "minus_none_mean": round(statistics.mean(per_seed), 2),
+                "minus_none_mean": points(statistics.mean(per_seed)),
                 "largest_spread": max(at[n, method]["spread"], at[n, "none"]["spread"]),
-                "minus_teacher_mean": round(statistics.mean(to_teacher), 2),
+                "minus_teacher_mean": points(statistics.mean(to_teacher)),
             }
             m = margins[f"{n} {method}"]
             print(
