@@ -84,7 +84,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-set", default="mnist5k")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--keep", default=None, help="a folder to keep each seed's demo output in (seed0/, ...)")
+    parser.add_argument(
+        "--keep", default=None, help="a folder to keep each seed's demo in (<study>_seed<N>/), read back once finished"
+    )
     parser.add_argument("--student", default=None, help="`deit demo --student`: a DeiT in place of the demo's")
     parser.add_argument("--epochs", type=int, default=None, help="`deit demo --epochs`: the students' at every count")
     parser.add_argument("--note", default=None, help="a line on how the seeds ran (e.g. beside other work)")

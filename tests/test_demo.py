@@ -398,3 +398,4 @@ def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(
     assert record["benchmark"] == "demo_fashion-mnist_deit_nano_patch7_28_72-epochs_seed1"
     assert record["note"] == "alone" and record["command"] == "python ..."
     assert {k: record[k] for k in results if k != "quick"} == {k: v for k, v in results.items() if k != "quick"}
+    assert str(seeds.points((75.6 + 75.8 + 73.9) / 3 - (74.9 + 75.2 + 75.2) / 3)) == "0.0"  # a tie, not -0.0
