@@ -44,6 +44,10 @@ def summary(values: list[float]) -> dict:
     return {"acc1": values, "mean": points(statistics.mean(values)), "spread": points(max(values) - min(values))}
 
 
+SEED_FIELDS = ("data_set", "seed", "student", "student_epochs", "seconds", "teacher", "teacher_cache_seconds")
+SEED_LISTS = ("students", "curve", "heads")
+
+
 def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs: int | None) -> dict | None:
     """The results of the demo in `folder` when it finished with these settings, else None (it is run again)."""
     try:
@@ -55,15 +59,11 @@ def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs
         return None
     if results.get("student") != Students.of(student).alone:
         return None
-    if not all(isinstance(results.get(k), list) for k in ("curve", "students", "heads")):
+    if not all(isinstance(results.get(k), list) for k in SEED_LISTS):
         return None
     if not isinstance(results.get("seconds"), (int, float)):
         return None
     return results
-
-
-SEED_FIELDS = ("data_set", "seed", "student", "student_epochs", "seconds", "teacher", "teacher_cache_seconds")
-SEED_LISTS = ("students", "curve", "heads")
 
 
 def seed_record(results: dict, name: str, command: str, note: str | None) -> dict:
