@@ -8,7 +8,8 @@ spread, at each count of labels per class?
 Each seed runs `deit demo` (every teacher and student) into a folder of its own; with `--keep DIR`, a seed whose
 demo in DIR finished (its results.json, of the same data set, student, schedule and seed) is read, not run again, so
 a long study can be run a seed at a time (`--seeds 0`, later `--seeds 1`, ...) and summed up over all; each seed it
-runs there is saved at once as a record of its own (demo_<data set>[...]_seed<N>_<machine>_<date>.json). Prints each
+runs there is saved at once as a record of its own (demo_<data set>[...]_seed<N>_<machine>_<date>.json in --out),
+which is read in its place when the folder is gone (the newest of this machine's). Prints each
 point of the curve (method x labels per class) per seed, mean and spread (max - min); the Table-3 rows (every label
 kept); the two heads of the distilled students; the margins the demo is about. Saves
 benchmarks/results/demo_seeds_<data set>[_<student>][_<N>-epochs]_<machine>_<date>.json and the mean curve beside it
@@ -32,6 +33,7 @@ from deit.demo import run_demo
 from deit.demo.plan import STUDY, Students
 from deit.demo.report import curve_label
 from deit.distributed import machine
+from deit.files import slug
 from deit.viz import plot_label_curve
 
 
@@ -48,22 +50,40 @@ SEED_FIELDS = ("data_set", "seed", "student", "student_epochs", "seconds", "teac
 SEED_LISTS = ("students", "curve", "heads")
 
 
+def fits(results: object, data_set: str, seed: int, student: str | None, epochs: int | None) -> bool:
+    """Whether `results` (a demo's or a seed record's) are a whole seed of the study with these settings."""
+    wanted = {"data_set": data_set, "seed": seed, "student_epochs": epochs}
+    return (
+        isinstance(results, dict)
+        and all(results.get(k) == v for k, v in wanted.items())
+        and results.get("student") == Students.of(student).alone
+        and all(isinstance(results.get(k), list) for k in SEED_LISTS)
+        and isinstance(results.get("seconds"), (int, float))
+    )
+
+
 def finished(folder: Path, data_set: str, seed: int, student: str | None, epochs: int | None) -> dict | None:
     """The results of the demo in `folder` when it finished with these settings, else None (it is run again)."""
     try:
         results = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    wanted = {"data_set": data_set, "seed": seed, "quick": False, "student_epochs": epochs}
-    if not isinstance(results, dict) or any(results.get(k) != v for k, v in wanted.items()):
-        return None
-    if results.get("student") != Students.of(student).alone:
-        return None
-    if not all(isinstance(results.get(k), list) for k in SEED_LISTS):
-        return None
-    if not isinstance(results.get("seconds"), (int, float)):
+    if not fits(results, data_set, seed, student, epochs) or results.get("quick") is not False:
         return None
     return results
+
+
+def recorded(out: Path, name: str, data_set: str, seed: int, student: str | None, epochs: int | None) -> dict | None:
+    """This machine's newest record of the seed (`seed_record`), when it fits these settings, else None."""
+    paths = sorted(Path(out).glob(f"demo_{name}_seed{seed}_{slug(machine())}_*.json"))
+    for path in reversed(paths):  # the date ends the name: the newest last
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if fits(results, data_set, seed, student, epochs) and results.get("benchmark") == f"demo_{name}_seed{seed}":
+            return results
+    return None
 
 
 def seed_record(results: dict, name: str, command: str, note: str | None) -> dict:
@@ -85,7 +105,9 @@ def main() -> None:
     parser.add_argument("--data-set", default="mnist5k")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument(
-        "--keep", default=None, help="a folder to keep each seed's demo in (<study>_seed<N>/), read back once finished"
+        "--keep",
+        default=None,
+        help="a folder to keep each seed's demo in (<study>_seed<N>/), read back once finished, or its record in --out",
     )
     parser.add_argument("--student", default=None, help="`deit demo --student`: a DeiT in place of the demo's")
     parser.add_argument("--epochs", type=int, default=None, help="`deit demo --epochs`: the students' at every count")
@@ -100,8 +122,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             folder = Path(args.keep or scratch) / f"{name}_seed{seed}"
-            if args.keep and (earlier := finished(folder, args.data_set, seed, args.student, args.epochs)):
+            settings = (args.data_set, seed, args.student, args.epochs)
+            if args.keep and (earlier := finished(folder, *settings)):
                 print(f"seed {seed}: the finished demo in {folder} read, not run again")
+                runs[seed], seconds[seed] = earlier, earlier["seconds"]
+                continue
+            if args.keep and not folder.exists() and (earlier := recorded(Path(args.out), name, *settings)):
+                print(f"seed {seed}: {folder} is gone; its record in {args.out} read, not run again")
                 runs[seed], seconds[seed] = earlier, earlier["seconds"]
                 continue
             if args.keep and (folder / "results.json").exists():

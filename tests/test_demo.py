@@ -399,3 +399,40 @@ def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(
     assert record["note"] == "alone" and record["command"] == "python ..."
     assert {k: record[k] for k in results if k != "quick"} == {k: v for k, v in results.items() if k != "quick"}
     assert str(seeds.points((75.6 + 75.8 + 73.9) / 3 - (74.9 + 75.2 + 75.2) / 3)) == "0.0"  # a tie, not -0.0
+
+
+def test_a_study_reads_a_seed_whose_folder_is_gone_from_this_machines_newest_record_of_it(tmp_path):
+    seeds = _demo_seeds()
+    name = "fashion-mnist_deit_nano_patch7_28_72-epochs"
+    results = {
+        "data_set": "fashion-mnist",
+        "seed": 1,
+        "student": "deit_nano_patch7_28",
+        "student_epochs": 72,
+        "seconds": 3539.4,
+        "teacher": {"model": "small_cnn", "acc1": 83.2},
+        "teacher_cache_seconds": 2.5,
+        "curve": [{"labels_per_class": 10, "method": "teacher", "acc1": 75.2}],
+        "students": [],
+        "heads": [],
+    }
+    wanted = ("fashion-mnist", 1, "deit_nano_patch7_28", 72)
+    assert seeds.recorded(tmp_path, name, *wanted) is None  # none yet
+    older = seeds.save_record({**seeds.seed_record(results, name, "python ...", None), "date": "2026-12-06"}, tmp_path)
+    newer = seeds.seed_record({**results, "seconds": 3600.0}, name, "python ...", None)
+    seeds.save_record({**newer, "date": "2026-12-07"}, tmp_path)
+    assert seeds.recorded(tmp_path, name, *wanted)["seconds"] == 3600.0  # the newest
+    assert seeds.recorded(tmp_path, name, "fashion-mnist", 1, "deit_nano_distilled_patch7_28", 72)  # its twin
+    for other in [("mnist5k", 1, *wanted[2:]), (*wanted[:3], None), (*wanted[:2], None, 72)]:
+        assert seeds.recorded(tmp_path, name, *other) is None, other
+    assert seeds.recorded(tmp_path, name, "fashion-mnist", 2, *wanted[2:]) is None  # another seed's file name
+    # the newest broken (cut short, or of other settings under the name): the older one is read
+    newest = tmp_path / older.name.replace("2026-12-06", "2026-12-08")
+    for broken in ['{"data_set": "fashion-mn', json.dumps({**newer, "curve": None})]:
+        newest.write_text(broken)
+        assert seeds.recorded(tmp_path, name, *wanted)["seconds"] == 3600.0
+    other_machine = tmp_path / older.name.replace(seeds.slug(seeds.machine()), "intel-xeon-2-cores")
+    older.rename(other_machine)
+    (tmp_path / newest.name).unlink()
+    (tmp_path / older.name.replace("2026-12-06", "2026-12-07")).unlink()
+    assert seeds.recorded(tmp_path, name, *wanted) is None  # another machine's seed is not mixed in
