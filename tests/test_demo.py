@@ -359,9 +359,9 @@ def _demo_seeds():
     return module
 
 
-def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(tmp_path):
-    seeds = _demo_seeds()
-    results = {
+def _seed_results() -> dict:
+    """A finished demo's results.json, seed 1 of the nano study on Fashion-MNIST, cut to what a study reads."""
+    return {
         "data_set": "fashion-mnist",
         "seed": 1,
         "quick": False,
@@ -374,6 +374,11 @@ def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(
         "students": [],
         "heads": [],
     }
+
+
+def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(tmp_path):
+    seeds = _demo_seeds()
+    results = _seed_results()
     folder = tmp_path / "seed1"
     folder.mkdir()
     (folder / "results.json").write_text(json.dumps(results))
@@ -404,18 +409,7 @@ def test_a_study_reads_a_kept_seed_only_when_it_finished_with_the_same_settings(
 def test_a_study_reads_a_seed_whose_folder_is_gone_from_this_machines_newest_record_of_it(tmp_path):
     seeds = _demo_seeds()
     name = "fashion-mnist_deit_nano_patch7_28_72-epochs"
-    results = {
-        "data_set": "fashion-mnist",
-        "seed": 1,
-        "student": "deit_nano_patch7_28",
-        "student_epochs": 72,
-        "seconds": 3539.4,
-        "teacher": {"model": "small_cnn", "acc1": 83.2},
-        "teacher_cache_seconds": 2.5,
-        "curve": [{"labels_per_class": 10, "method": "teacher", "acc1": 75.2}],
-        "students": [],
-        "heads": [],
-    }
+    results = _seed_results()
     wanted = ("fashion-mnist", 1, "deit_nano_patch7_28", 72)
     assert seeds.recorded(tmp_path, name, *wanted) is None  # none yet
     older = seeds.save_record({**seeds.seed_record(results, name, "python ...", None), "date": "2026-12-06"}, tmp_path)
