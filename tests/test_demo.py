@@ -414,7 +414,7 @@ def test_a_study_reads_a_seed_whose_folder_is_gone_from_this_machines_newest_rec
     assert seeds.recorded(tmp_path, name, *wanted) is None  # none yet
     older = seeds.save_record({**seeds.seed_record(results, name, "python ...", None), "date": "2026-12-06"}, tmp_path)
     newer = seeds.seed_record({**results, "seconds": 3600.0}, name, "python ...", None)
-    seeds.save_record({**newer, "date": "2026-12-07"}, tmp_path)
+    newer_path = seeds.save_record({**newer, "date": "2026-12-07"}, tmp_path)
     assert seeds.recorded(tmp_path, name, *wanted)["seconds"] == 3600.0  # the newest
     assert seeds.recorded(tmp_path, name, "fashion-mnist", 1, "deit_nano_distilled_patch7_28", 72)  # its twin
     for other in [("mnist5k", 1, *wanted[2:]), (*wanted[:3], None), (*wanted[:2], None, 72)]:
@@ -427,6 +427,6 @@ def test_a_study_reads_a_seed_whose_folder_is_gone_from_this_machines_newest_rec
         assert seeds.recorded(tmp_path, name, *wanted)["seconds"] == 3600.0
     other_machine = tmp_path / older.name.replace(seeds.slug(seeds.machine()), "intel-xeon-2-cores")
     older.rename(other_machine)
-    (tmp_path / newest.name).unlink()
-    (tmp_path / older.name.replace("2026-12-06", "2026-12-07")).unlink()
+    newest.unlink()
+    newer_path.unlink()
     assert seeds.recorded(tmp_path, name, *wanted) is None  # another machine's seed is not mixed in
