@@ -44,3 +44,25 @@ def test_benchmark_measures_each_part_against_its_baseline(tmp_path, precision):
     assert record["results"][2]["cached_ratio"] > 0 and "ours + cache" in record["results"][2]["img_s"]
     assert record["results"][-1]["threads"]["ours"] == torch.get_num_threads()  # no loader processes to share with
     assert record["machine"] and record["batch_size"] == 32 and record["precision"] == precision
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, expected",
+    [
+        (
+            "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\n\n"
+            "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: other\n",
+            "AMD EPYC (family 23, model 49)",
+        ),
+        ("processor\t: 0\nmodel name\t: Some CPU\n", "Some CPU"),  # no family: the name alone
+    ],
+)
+def test_records_name_the_processor_by_its_family_and_model(monkeypatch, cpuinfo, expected):
+    """Two hosts that both call themselves "AMD EPYC" ran the same demo 1.5x apart: records tell them apart."""
+    import os
+    import pathlib
+
+    from deit.distributed import cpu_name
+
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: cpuinfo)
+    assert cpu_name() == f"{expected}, {os.cpu_count()} cores"

@@ -98,18 +98,24 @@ def barrier() -> None:
 
 
 def cpu_name() -> str:
-    """This machine's processor and core count, e.g. "AMD EPYC, 2 cores" (for reports and benchmark records)."""
+    """This machine's processor, its family and model where Linux gives them, and its core count, e.g. "AMD EPYC
+    (family 23, model 49), 2 cores" (for reports and benchmark records): a virtual machine's "AMD EPYC" names
+    processors of several generations, whose speed and rounding differ."""
     import platform
     from pathlib import Path
 
-    cpu = platform.processor() or platform.machine() or "cpu"
+    cpu, fields = platform.processor() or platform.machine() or "cpu", {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not line.strip():  # the first processor's block only
                 break
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = fields.get("model name") or cpu
+    if fields.get("cpu family", "").isdigit() and fields.get("model", "").isdigit():
+        cpu += f" (family {fields['cpu family']}, model {fields['model']})"
     return f"{cpu}, {os.cpu_count()} cores"
 
 

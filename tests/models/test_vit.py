@@ -152,6 +152,39 @@ def test_forward_attention_gives_chosen_maps_and_the_same_output():
         model.forward_attention(x, form="rows")
 
 
+@pytest.mark.parametrize("name", ["deit_pico_distilled_patch7_28", "deit3_pico_patch7_28"])
+@pytest.mark.parametrize("blocks", [[-1], [1, 3]])
+def test_forward_attention_with_class_rows_is_the_whole_last_block_read_at_the_prefix(name, blocks):
+    """With class-token rows (attention distillation's student), forward_attention has its last block compute the
+    prefix tokens alone: the same logits, rows and gradients as every block computing every token. float64, drop
+    path on: only the order of sums differs."""
+    torch.manual_seed(0)
+    model = deit.create_model(name, num_classes=10, in_chans=1, drop_path_rate=0.3).double().train()
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+
+    def whole(x):
+        tokens, rows = model.embed(x), {}
+        for i, block in enumerate(model.blocks):
+            tokens, attn = block(tokens, "cls" if i in {b % 4 for b in blocks} else None)
+            if attn is not None:
+                rows[i] = attn
+        return model.forward_head(model.norm(tokens)), rows
+
+    results = []
+    for forward in (whole, lambda x: model.forward_attention(x, blocks=blocks, form="cls")):
+        torch.manual_seed(1)
+        logits, rows = forward(x)
+        logits = logits if isinstance(logits, tuple) else (logits,)
+        loss = sum(t.logsumexp(-1).sum() for t in logits) + sum(r[..., 1:].pow(2).sum() for r in rows.values())
+        loss.backward()
+        results.append([t.detach() for t in logits] + [rows[k].detach() for k in sorted(rows)])
+        results[-1] += [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+    assert len(results[0]) == len(results[1])
+    for want, got in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_attention_rows_carry_gradient_to_qkv():
     model = deit.create_model("deit_pico_patch4_28").train()
     _, maps = model.forward_attention(torch.randn(2, 3, 28, 28), blocks=[1], form="cls")

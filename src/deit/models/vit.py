@@ -295,9 +295,13 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"block {i} does not exist: the model has {depth} blocks (0..{depth - 1})")
             wanted.add(i % depth)
         x = self.embed(x)
+        last = depth - 1
+        # as in forward(), the last block computes the prefix tokens' outputs only, unless its full map is asked
+        # for (every token's row): the students of attention distillation take class-token rows
+        keep = None if (last in wanted and form == "full") else self.num_prefix_tokens
         maps = {}
         for i, block in enumerate(self.blocks):
-            x, attn = block(x, form if i in wanted else None)
+            x, attn = block(x, form if i in wanted else None, keep if i == last else None)
             if attn is not None:
                 maps[i] = attn
         return self.forward_head(self.norm(x)), maps
