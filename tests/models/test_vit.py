@@ -165,7 +165,7 @@ def test_forward_attention_with_class_rows_is_the_whole_last_block_read_at_the_p
     def whole(x):
         tokens, rows = model.embed(x), {}
         for i, block in enumerate(model.blocks):
-            tokens, attn = block(tokens, "cls" if i in {b % 4 for b in blocks} else None)
+            tokens, attn = block(tokens, "cls" if i in {b % len(model.blocks) for b in blocks} else None)
             if attn is not None:
                 rows[i] = attn
         return model.forward_head(model.norm(tokens)), rows
