@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without an install
+from demo_seeds import points, summary
+
 from deit.benchmark import save_record
 from deit.data.datasets import build_dataset
 from deit.demo.lanes import train_side_by_side
@@ -60,10 +62,10 @@ def main() -> None:
         over_alone = [a - b for a, b in zip(curve[m], curve["none"])]
         over_teacher = [a - b for a, b in zip(curve[m], curve["teacher"])]
         margins[m] = {
-            "minus_none": [round(v, 2) for v in over_alone],
-            "minus_none_mean": round(statistics.mean(over_alone), 2),
-            "minus_teacher": [round(v, 2) for v in over_teacher],
-            "minus_teacher_mean": round(statistics.mean(over_teacher), 2),
+            "minus_none": [points(v) for v in over_alone],
+            "minus_none_mean": points(statistics.mean(over_alone)),
+            "minus_teacher": [points(v) for v in over_teacher],
+            "minus_teacher_mean": points(statistics.mean(over_teacher)),
         }
     for m, values in curve.items():
         print(f"{m:>18}: " + " / ".join(f"{v:.1f}" for v in values) + f"  mean {statistics.mean(values):.2f}")
@@ -80,10 +82,7 @@ def main() -> None:
         "labels_per_class": 10,
         "student_epochs": args.epochs,
         "seeds": args.seeds,
-        "curve": {
-            m: {"acc1": v, "mean": round(statistics.mean(v), 2), "spread": round(max(v) - min(v), 2)}
-            for m, v in curve.items()
-        },
+        "curve": {m: summary(v) for m, v in curve.items()},
         "margins": margins,
         "runs": {str(s): {"seconds": seeds[s]["seconds"], "wall": seeds[s]["wall"]} for s in args.seeds},
     }
